@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARTIFACT ?= artifacts/mnist5k
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# The CPU build of torch that lies on this project's machines; users with CUDA can override: make install TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+TORCHATTACKS_SPEC ?= torchattacks==3.5.1
+
+.PHONY: install run train calibrate serve test lint format bench clean
+
+$(BIN)/lgm: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# torchattacks' metadata asks for torchvision (a multi-GB CUDA torch) and requests~=2.25 that it never imports
+	$(BIN)/python -m pip install -q --no-deps "$(TORCHATTACKS_SPEC)"
+	touch $(BIN)/lgm
+
+install: $(BIN)/lgm
+
+$(ARTIFACT)/model.json: | install
+	$(BIN)/lgm train --dataset mnist5k --out $(ARTIFACT)
+
+train: $(ARTIFACT)/model.json
+
+run: train
+	@$(BIN)/python -c "import json; m=json.load(open('$(ARTIFACT)/model.json'))['metrics']; print(f\"model $(ARTIFACT): test accuracy {m['test_accuracy']:.4f}, calibration accuracy {m['calibration_accuracy']:.4f}\")"
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,53 @@
+"""The ``lgm`` console command. It lives in the outermost package (service -> detector -> training) so that the
+one-way imports hold; each package registers its own subcommands.
+
+User mistakes (bad paths, bad options, malformed files) print one line and exit 2; set LGM_DEBUG=1 for the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from training import cli as training_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lgm",
+        description="Adversarial-example detection with L-GM networks (Wan et al., CVPR 2018).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    training_cli.register(sub)
+    for mod in ("detector.cli", "service.serve_cli"):
+        try:
+            module = __import__(mod, fromlist=["register"])
+        except ModuleNotFoundError as exc:  # a package not built yet
+            if exc.name and mod.startswith(exc.name):
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("lgm: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, FloatingPointError) as exc:
+        if os.environ.get("LGM_DEBUG"):
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"lgm {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
