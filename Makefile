@@ -10,7 +10,7 @@ PORT ?= 8000
 TORCH_SPEC ?= torch==2.13.0
 TORCHATTACKS_SPEC ?= torchattacks==3.5.1
 
-.PHONY: install run train calibrate serve test lint format bench clean
+.PHONY: install run train calibrate test lint format bench clean
 
 $(BIN)/lgm: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,8 +28,15 @@ $(ARTIFACT)/model.json: | install
 
 train: $(ARTIFACT)/model.json
 
-run: train
+# Calibrate again whenever the model is newer than its detector.json.
+$(ARTIFACT)/detector.json: $(ARTIFACT)/model.json
+	$(BIN)/lgm calibrate $(ARTIFACT)
+
+calibrate: $(ARTIFACT)/detector.json
+
+run: calibrate
 	@$(BIN)/python -c "import json; m=json.load(open('$(ARTIFACT)/model.json'))['metrics']; print(f\"model $(ARTIFACT): test accuracy {m['test_accuracy']:.4f}, calibration accuracy {m['calibration_accuracy']:.4f}\")"
+	$(BIN)/lgm serve $(ARTIFACT) --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest
