@@ -1,0 +1,150 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+Start-up (the lifespan): load the detector once (unless one is handed in, as ``lgm serve`` does after checking
+the artifact), set torch's thread count, warm up on the worker thread, start the micro-batcher, then report
+ready. Shutdown (uvicorn's SIGTERM handling): stop accepting, let in-flight requests finish (up to
+``graceful_timeout``), drain the batcher, stop the worker thread.
+
+Routes: ``/`` (web page), ``/static/*``, ``/healthz``, ``/readyz``, ``/metrics``, ``/docs``, ``/v1/*`` and the Open
+Inference Protocol ``/v2/*``. With API keys configured, ``/v1/*`` and ``/v2`` metadata and inference need
+``X-API-Key``; health, metrics, the page and the docs stay open.
+
+Run it without the CLI: ``LGM_ARTIFACT=DIR uvicorn --factory service.app:create_app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from detector.scoring import Detector
+from service import api_v1, api_v2, schemas
+from service.batcher import MicroBatcher
+from service.engine import Engine, model_version
+from service.errors import install_error_handlers
+from service.limits import BodySizeLimit
+from service.metrics import MetricsMiddleware
+from service.settings import ServeSettings
+from service.state import ServiceState, get_state
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("lgm.service")
+
+DESCRIPTION = """
+Classifies images with an L-GM network (Wan et al., CVPR 2018) and scores how abnormal each input's feature is
+under the predicted class's Gaussian; inputs below the calibrated log-likelihood threshold are flagged as
+adversarial.
+
+```
+curl -F files=@digit.png http://localhost:8000/v1/predict
+curl -H 'Content-Type: application/json' -d '{"instances": [{"b64": "'$(base64 -w0 digit.png)'"}]}' \\
+     http://localhost:8000/v1/predict
+curl http://localhost:8000/v1/model
+curl -d '{"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0, ...]}]}' \\
+     http://localhost:8000/v2/models/lgm/infer
+```
+Errors are `{"error": "..."}`. With API keys configured, send `X-API-Key`.
+"""
+
+
+def create_app(settings: ServeSettings | None = None, detector: Detector | None = None) -> FastAPI:
+    """Build the app. ``detector``: an already loaded detector (else loaded from ``settings.artifact``)."""
+    settings = settings or ServeSettings()
+    state = ServiceState(settings=settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        det = detector
+        if det is None:
+            if settings.artifact is None:
+                raise ValueError("no artifact: pass `lgm serve DIR` or set LGM_ARTIFACT")
+            det = await run_in_threadpool(Detector.load, settings.artifact, settings.device)
+        engine = Engine(det, threads=settings.torch_threads())
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(engine.executor, engine.warm_up, settings.max_batch_size)
+        batcher = MicroBatcher(
+            engine.score,
+            engine.executor,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            enabled=settings.batching,
+            on_batch=state.metrics.observe_batch,
+        )
+        batcher.start()
+        state.engine, state.batcher, state.model_version = engine, batcher, model_version(det.meta)
+        state.ready = True
+        log.info(
+            "lgm: model %s version %s on %s, %d torch thread(s), batching %s (max %d images, %.1f ms)",
+            settings.model_name, state.model_version, det.device, engine.threads,
+            "on" if settings.batching else "off", settings.max_batch_size, settings.max_wait_ms,
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            state.ready = False
+            await batcher.stop()
+            engine.shutdown()
+
+    app = FastAPI(
+        title="L-GM adversarial-example detector",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.lgm = state
+    install_error_handlers(app)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/healthz", response_model=schemas.Health, tags=["health"], summary="Alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get(
+        "/readyz",
+        response_model=schemas.Health,
+        tags=["health"],
+        summary="Model loaded and warmed up",
+        responses={503: {"model": schemas.ErrorBody}},
+    )
+    async def readyz(request: Request) -> JSONResponse:
+        if get_state(request).ready:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"error": "model not loaded yet"}, status_code=503)
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+    async def metrics(request: Request) -> Response:
+        body, ctype = get_state(request).metrics.render()
+        return Response(body, media_type=ctype)
+
+    app.include_router(api_v1.router)
+    app.include_router(api_v2.health)
+    app.include_router(api_v2.router)
+
+    # Middleware: the last added runs first. Metrics see everything (413s included); the size cap runs before
+    # any body is read.
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "X-API-Key"],
+        )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    return app
