@@ -37,7 +37,7 @@ from service.settings import ServeSettings
 from service.state import ServiceState, get_state
 
 STATIC = Path(__file__).parent / "static"
-log = logging.getLogger("lgm.service")
+log = logging.getLogger("uvicorn.error")  # uvicorn configures this one
 
 DESCRIPTION = """
 Classifies images with an L-GM network (Wan et al., CVPR 2018) and scores how abnormal each input's feature is
