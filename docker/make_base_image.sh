@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Make the local base image `lgm-base:bookworm` (Debian bookworm minbase + python3 3.11 + python3-venv) with
+# debootstrap and `docker import`, for machines that reach no image registry. Needs root, debootstrap and a
+# Debian mirror (apt's). Elsewhere, build with the public `python:3.11-slim-bookworm` base instead (the default).
+#
+#   docker/make_base_image.sh [TAG]      (TAG defaults to lgm-base:bookworm; does nothing if it exists)
+set -euo pipefail
+TAG="${1:-lgm-base:bookworm}"
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+SUITE="${DEBIAN_SUITE:-bookworm}"
+
+if docker image inspect "$TAG" >/dev/null 2>&1; then
+  echo "base image $TAG exists"
+  exit 0
+fi
+command -v debootstrap >/dev/null || { echo "make_base_image: debootstrap is missing (apt-get install debootstrap)" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "make_base_image: debootstrap needs root" >&2; exit 2; }
+
+ROOTFS="$(mktemp -d /tmp/lgm-rootfs.XXXXXX)"
+trap 'rm -rf "$ROOTFS"' EXIT
+# ca-certificates: lets pip reach the package index in online builds (an offline wheelhouse build needs none).
+debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates "$SUITE" "$ROOTFS" "$MIRROR"
+# Trim what a container never uses: apt lists and caches, docs, man pages, locales.
+rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/*.bin "$ROOTFS"/var/cache/apt/archives/*.deb \
+  "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/info/* "$ROOTFS"/usr/share/locale/*
+tar --numeric-owner -C "$ROOTFS" -c . | docker import \
+  --change 'ENV LANG=C.UTF-8' \
+  --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+  --change 'CMD ["python3"]' \
+  - "$TAG"
+docker run --rm --network none "$TAG" python3 -c 'import sys, venv; print("base image python", sys.version.split()[0])'
