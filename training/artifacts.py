@@ -58,7 +58,9 @@ def read_json(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
     try:
         obj = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: {what} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+        raise ArtifactError(
+            f"{path}: {what} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
+        ) from None
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path}: {what} must hold a JSON object")
     return obj
@@ -98,11 +100,15 @@ def load_meta(art_dir: str | Path) -> dict[str, Any]:
         if key not in meta:
             raise ArtifactError(f"{art / META}: missing key '{key}'")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{art / META}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+        raise ArtifactError(
+            f"{art / META}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
     return meta
 
 
-def load_artifact(art_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
+def load_artifact(
+    art_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Classifier, dict[str, Any]]:
     """Rebuild the model from model.json, check the weights' sha256, load them. Model is in eval mode."""
     art = Path(art_dir)
     meta = load_meta(art)

@@ -26,13 +26,17 @@ class Normalize(nn.Module):
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class MnistCNN(nn.Module):
     """conv32-conv32-pool-conv64-conv64-pool-fc256-fcD. Input (N, C, H, W) -> features (N, D)."""
 
-    def __init__(self, in_channels: int = 1, image_size: int = 28, feat_dim: int = 32, width: int = 32) -> None:
+    def __init__(
+        self, in_channels: int = 1, image_size: int = 28, feat_dim: int = 32, width: int = 32
+    ) -> None:
         super().__init__()
         w = width
         self.body = nn.Sequential(
@@ -67,7 +71,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -84,7 +90,9 @@ class CifarResNet(nn.Module):
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
         n = (depth - 2) // 6
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
         )
         layers: list[nn.Module] = []
         cin = width

@@ -19,7 +19,9 @@ CKPT_WEIGHTS = "checkpoint.safetensors"
 CKPT_META = "checkpoint.json"
 
 
-def save_checkpoint(out_dir: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, info: dict[str, Any]) -> None:
+def save_checkpoint(
+    out_dir: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, info: dict[str, Any]
+) -> None:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     sd = optim.state_dict()
     plain: dict[str, dict[str, Any]] = {}
@@ -30,7 +32,9 @@ def save_checkpoint(out_dir: Path, model: torch.nn.Module, optim: torch.optim.Op
             else:
                 plain.setdefault(str(idx), {})[name] = val
     blob = st_save(tensors)
-    meta = dict(info, optimizer={"param_groups": sd["param_groups"], "plain_state": plain}, sha256=sha256_bytes(blob))
+    meta = dict(
+        info, optimizer={"param_groups": sd["param_groups"], "plain_state": plain}, sha256=sha256_bytes(blob)
+    )
     atomic_write_bytes(out_dir / CKPT_WEIGHTS, blob)
     atomic_write_json(out_dir / CKPT_META, meta)
 
@@ -44,7 +48,9 @@ def load_checkpoint(out_dir: Path, model: torch.nn.Module, optim: torch.optim.Op
     meta = read_json(out_dir / CKPT_META, "checkpoint metadata")
     blob = (out_dir / CKPT_WEIGHTS).read_bytes()
     if sha256_bytes(blob) != meta.get("sha256"):
-        raise ArtifactError(f"{out_dir / CKPT_WEIGHTS}: checkpoint hash mismatch (truncated or tampered with)")
+        raise ArtifactError(
+            f"{out_dir / CKPT_WEIGHTS}: checkpoint hash mismatch (truncated or tampered with)"
+        )
     tensors = st_load(blob)
     device = next(model.parameters()).device
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})

@@ -49,6 +49,15 @@ _GROUPS = {
     "optimisation": ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "lr_schedule", "augment"),
     "run": ("seed", "device", "amp", "threads", "quiet"),
 }  # fmt: skip
+_CHOICES = {
+    "dataset": ("mnist5k", "digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder"),
+    "backbone": ("auto", "mnist_cnn", "resnet"),
+    "head": ("lgm", "softmax"),
+    "variance": ("diagonal", "isotropic", "fixed"),
+    "lkd_form": ("paper", "center"),
+    "optimizer": ("adam", "sgd"),
+    "lr_schedule": ("cosine", "step", "none"),
+}
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -66,7 +75,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
             elif "float" in str(types[name]):
                 g.add_argument(flag, type=float, default=default, help=_HELP[name])
             else:
-                g.add_argument(flag, type=str, default=default, help=_HELP[name])
+                g.add_argument(flag, type=str, default=default, choices=_CHOICES.get(name), help=_HELP[name])
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -103,7 +112,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("plot-features", help="plot the test split's features with the learned Gaussians", formatter_class=fmt)
+    p = sub.add_parser(
+        "plot-features", help="plot the test split's features with the learned Gaussians", formatter_class=fmt
+    )
     p.add_argument("artifact", help="artifact folder")
     p.add_argument("--out", default=None, help="PNG path (default ARTIFACT/features.png)")
     p.add_argument("--split", default="test", choices=["train", "calibration", "test"], help="which split")

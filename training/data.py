@@ -130,7 +130,9 @@ def load_digits(seed: int = 0) -> Dataset:
     return _from_pool("digits", x, d.target.astype(np.int64), DIGIT_NAMES, seed)
 
 
-def load_dataset(name: str, root: str | Path | None = None, seed: int = 0, image_size: int | None = None) -> Dataset:
+def load_dataset(
+    name: str, root: str | Path | None = None, seed: int = 0, image_size: int | None = None
+) -> Dataset:
     """Load a dataset by name; the split depends only on (name, files, seed)."""
     if name == "mnist5k":
         return load_mnist5k(seed)
@@ -169,11 +171,10 @@ def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> tor
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     offs = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
-    out = torch.empty_like(x)
-    for i in range(n):
-        dy, dx = int(offs[i, 0]), int(offs[i, 1])
-        out[i] = padded[i, :, dy : dy + h, dx : dx + w]
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (N, C, 2p+1, 2p+1, H, W), a view: no copy
+    offs = offs.to(x.device)
+    out = windows[torch.arange(n, device=x.device), :, offs[:, 0], offs[:, 1]]  # (N, C, H, W), one gather
     if kind == "crop_flip":
-        flip = torch.rand(n, generator=generator) < 0.5
+        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
         out[flip] = out[flip].flip(3)
     return out

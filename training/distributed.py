@@ -48,6 +48,31 @@ def shutdown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
+def all_reduce_sum(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    """Sum a few numbers over all ranks (identity when not distributed)."""
+    if not info.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+@torch.no_grad()
+def average_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over the ranks.
+
+    DistributedDataParallel keeps parameters identical (gradients are all-reduced) but each rank updates its
+    BatchNorm running statistics on its own shard; averaging them at the end of every epoch makes every rank
+    evaluate, checkpoint and finish with the same model.
+    """
+    if not info.enabled:
+        return
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(info.world_size)
+
+
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` picks CUDA when present (one GPU per local rank), else the CPU."""
     if name == "auto":

@@ -57,7 +57,9 @@ def read_idx(path: Path) -> np.ndarray:
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     size = int(np.prod(dims))
     if len(raw) - header != size:
-        raise FormatError(f"{path}: IDX header says {dims} = {size} bytes of data, file has {len(raw) - header}")
+        raise FormatError(
+            f"{path}: IDX header says {dims} = {size} bytes of data, file has {len(raw) - header}"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -162,7 +164,9 @@ def read_image_folder(root: Path, image_size: int | None = None):
     for ci, c in enumerate(classes):
         imgs = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not imgs:
-            raise FormatError(f"{root / c}: class folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise FormatError(
+                f"{root / c}: class folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+            )
         files += [(p, ci) for p in imgs]
     loaded = []
     for p, _ in files:

@@ -25,6 +25,11 @@ VarianceMode = Literal["diagonal", "isotropic", "fixed"]
 VARIANCE_MODES: tuple[str, ...] = ("diagonal", "isotropic", "fixed")
 
 
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """Half / bfloat16 -> float32; float32 and float64 unchanged (float64 keeps gradcheck exact)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 class LGMHead(nn.Module):
     """Gaussian-mixture classification head.
 
@@ -87,7 +92,7 @@ class LGMHead(nn.Module):
     # -- the quantities of the paper ------------------------------------------------------------------
     def half_mahalanobis(self, x: torch.Tensor) -> torch.Tensor:
         """d_k(x) = 0.5 * sum_j (x_j - mu_kj)^2 / Lambda_kj, shape (N, K)."""
-        x = x.float()
+        x = at_least_fp32(x)
         diff = x.unsqueeze(1) - self.means.unsqueeze(0)  # (N, K, D)
         return 0.5 * (diff.pow(2) / self.variances().unsqueeze(0)).sum(dim=2)
 
@@ -115,4 +120,4 @@ class SoftmaxHead(nn.Module):
         self.fc = nn.Linear(feat_dim, num_classes)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, alpha: float = 0.0) -> torch.Tensor:
-        return self.fc(x.float())
+        return self.fc(at_least_fp32(x))

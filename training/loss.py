@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from training.lgm import LGMHead
+from training.lgm import LGMHead, at_least_fp32
 
 LkdForm = Literal["paper", "center"]
 LKD_FORMS: tuple[str, ...] = ("paper", "center")
@@ -22,7 +22,7 @@ LKD_FORMS: tuple[str, ...] = ("paper", "center")
 
 def likelihood_term(head: LGMHead, feats: torch.Tensor, y: torch.Tensor, form: LkdForm) -> torch.Tensor:
     """Mean likelihood regulariser over the batch. feats (N, D), y (N,) -> scalar."""
-    feats = feats.float()
+    feats = at_least_fp32(feats)
     if form == "center":
         return 0.5 * (feats - head.means[y]).pow(2).sum(dim=1).mean()
     if form == "paper":
@@ -40,7 +40,7 @@ def lgm_loss(
     form: LkdForm,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (total, L_cls, L_lkd). ``logits`` already carry the margin (see LGMHead.forward)."""
-    cls = F.cross_entropy(logits.float(), y)
+    cls = F.cross_entropy(at_least_fp32(logits), y)
     if lam == 0.0:
         return cls, cls, torch.zeros((), device=cls.device)
     lkd = likelihood_term(head, feats, y, form)

@@ -74,7 +74,11 @@ class Classifier(nn.Module):
         return self.backbone(self.normalize(x))
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor | None = None, alpha: float = 0.0, return_features: bool = False
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        alpha: float = 0.0,
+        return_features: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         feats = self.features(x)  # (N, D)
         logits = self.head(feats.float(), y, alpha)  # (N, K), head in fp32 even under autocast

@@ -20,7 +20,15 @@ from training.artifacts import save_artifact
 from training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data import Dataset, Split, augment_batch, load_dataset
-from training.distributed import DistInfo, barrier, init_distributed, resolve_device, shutdown
+from training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    average_buffers,
+    barrier,
+    init_distributed,
+    resolve_device,
+    shutdown,
+)  # fmt: skip
 from training.lgm import VARIANCE_MODES, LGMHead
 from training.loss import LKD_FORMS, AlphaSchedule, lgm_loss
 from training.model import Classifier, ModelSpec
@@ -30,11 +38,23 @@ def validate_config(cfg: TrainConfig) -> None:
     """Raise ValueError with one line for an option out of range."""
     checks = [
         (cfg.head in ("lgm", "softmax"), f"--head must be lgm or softmax, got {cfg.head!r}"),
-        (cfg.backbone in ("auto", "mnist_cnn", "resnet"), f"--backbone must be auto, mnist_cnn or resnet, got {cfg.backbone!r}"),
-        (cfg.variance in VARIANCE_MODES, f"--variance must be one of {', '.join(VARIANCE_MODES)}, got {cfg.variance!r}"),
-        (cfg.lkd_form in LKD_FORMS, f"--lkd-form must be one of {', '.join(LKD_FORMS)}, got {cfg.lkd_form!r}"),
+        (
+            cfg.backbone in ("auto", "mnist_cnn", "resnet"),
+            f"--backbone must be auto, mnist_cnn or resnet, got {cfg.backbone!r}",
+        ),
+        (
+            cfg.variance in VARIANCE_MODES,
+            f"--variance must be one of {', '.join(VARIANCE_MODES)}, got {cfg.variance!r}",
+        ),
+        (
+            cfg.lkd_form in LKD_FORMS,
+            f"--lkd-form must be one of {', '.join(LKD_FORMS)}, got {cfg.lkd_form!r}",
+        ),
         (cfg.optimizer in ("adam", "sgd"), f"--optimizer must be adam or sgd, got {cfg.optimizer!r}"),
-        (cfg.lr_schedule in ("cosine", "step", "none"), f"--lr-schedule must be cosine, step or none, got {cfg.lr_schedule!r}"),
+        (
+            cfg.lr_schedule in ("cosine", "step", "none"),
+            f"--lr-schedule must be cosine, step or none, got {cfg.lr_schedule!r}",
+        ),
         (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
         (cfg.batch_size >= 2, f"--batch-size must be >= 2, got {cfg.batch_size}"),
         (cfg.feat_dim >= 2, f"--feat-dim must be >= 2, got {cfg.feat_dim}"),
@@ -108,9 +128,16 @@ def accuracy(model: Classifier, split: Split, device: torch.device, batch_size: 
     return correct / max(1, len(split))
 
 
-def _autocast(device: torch.device, enabled: bool):
+def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bfloat16 where the GPU has it, else float16; None (full precision) on the CPU or when disabled."""
     if device.type == "cuda" and enabled:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def _autocast(device: torch.device, enabled: bool):
+    dtype = _amp_dtype(device, enabled)
+    if dtype is not None:
         return torch.autocast("cuda", dtype=dtype)
     return torch.autocast("cpu", enabled=False)
 
@@ -118,6 +145,7 @@ def _autocast(device: torch.device, enabled: bool):
 def train_one_epoch(
     model: torch.nn.Module, core: Classifier, ds: Dataset, optim: torch.optim.Optimizer, cfg: TrainConfig,
     epoch: int, device: torch.device, dist_info: DistInfo, schedule: AlphaSchedule,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """One pass over this rank's shard of the training split. Returns mean loss, accuracy and final alpha."""
     model.train()
@@ -132,13 +160,18 @@ def train_one_epoch(
     for g in optim.param_groups:
         g["lr"] = lr * g.get("lr_mult", 1.0)
     tot_loss, tot_correct, seen, alpha = 0.0, 0, 0, schedule(epoch * steps_per_epoch)
-    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=cfg.quiet or not dist_info.is_main, leave=False)
+    bar = tqdm(
+        range(steps),
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=cfg.quiet or not dist_info.is_main,
+        leave=False,
+    )
     for step in bar:
         idx = perm[step * local_bs : (step + 1) * local_bs]
-        x = ds.train.x[idx].float().div_(255.0)
+        x = ds.train.x[idx].to(device, non_blocking=True).float().div_(255.0)  # (B, C, H, W) in [0, 1]
         if cfg.augment:
-            x = augment_batch(x, ds.augment, gen)
-        x, y = x.to(device, non_blocking=True), ds.train.y[idx].to(device, non_blocking=True)
+            x = augment_batch(x, ds.augment, gen)  # random draws on the CPU generator, gather on the device
+        y = ds.train.y[idx].to(device, non_blocking=True)
         alpha = schedule(epoch * steps_per_epoch + step)
         with _autocast(device, cfg.amp):
             logits, feats = model(x, y, alpha, return_features=True)
@@ -148,18 +181,34 @@ def train_one_epoch(
         else:
             loss = torch.nn.functional.cross_entropy(logits.float(), y)
         optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
+        if scaler is not None and scaler.is_enabled():  # float16 autocast: scale against gradient underflow
+            scaler.scale(loss).backward()
+            scaler.step(optim)
+            scaler.update()
+        else:
+            loss.backward()
+            optim.step()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}")
         tot_loss += loss.item() * len(y)
         tot_correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
         bar.set_postfix(loss=f"{tot_loss / seen:.4f}", acc=f"{tot_correct / seen:.4f}", alpha=f"{alpha:.3f}")
-    return {"loss": tot_loss / max(1, seen), "train_accuracy": tot_correct / max(1, seen), "alpha": alpha, "lr": lr}
+    tot_loss, tot_correct, seen = all_reduce_sum(
+        [tot_loss, float(tot_correct), float(seen)], dist_info, device
+    )
+    average_buffers(core, dist_info)
+    return {
+        "loss": tot_loss / max(1, seen),
+        "train_accuracy": tot_correct / max(1, seen),
+        "alpha": alpha,
+        "lr": lr,
+    }
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, out_dir: str | Path, resume: bool = False, stop_after: int | None = None
+) -> dict[str, Any]:
     """Train and write the artifact into ``out_dir``. ``stop_after`` ends after that many epochs in total
     without writing the artifact (used by tests to simulate a run killed mid-way). Returns model.json's dict."""
     validate_config(cfg)
@@ -178,8 +227,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, stop_afte
         optim = make_optimizer(core, cfg)
         model: torch.nn.Module = core
         if dist_info.enabled:
-            model = DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
+            model = DistributedDataParallel(
+                core, device_ids=[device.index] if device.type == "cuda" else None
+            )
         schedule = AlphaSchedule(cfg.alpha, cfg.alpha_factor, cfg.alpha_every, cfg.alpha_cap)
+        scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(device, cfg.amp) == torch.float16)
         start, history = 0, []
         if resume and has_checkpoint(out):
             info = load_checkpoint(out, core, optim)
@@ -190,13 +242,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, stop_afte
             if stop_after is not None and epoch >= stop_after:
                 return {"stopped_at_epoch": epoch}
             t0 = time.perf_counter()
-            stats = train_one_epoch(model, core, ds, optim, cfg, epoch, device, dist_info, schedule)
+            stats = train_one_epoch(model, core, ds, optim, cfg, epoch, device, dist_info, schedule, scaler)
             stats["seconds"] = time.perf_counter() - t0
             stats["epoch"] = epoch + 1
             stats["calibration_accuracy"] = accuracy(core, ds.calibration, device)
             history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()})
             if dist_info.is_main:
-                save_checkpoint(out, core, optim, {"epoch": epoch + 1, "history": history, "config": cfg.to_dict()})
+                save_checkpoint(
+                    out, core, optim, {"epoch": epoch + 1, "history": history, "config": cfg.to_dict()}
+                )
                 if not cfg.quiet:
                     print(
                         f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.4f}  train acc {stats['train_accuracy']:.4f}"

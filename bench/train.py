@@ -1,0 +1,207 @@
+"""Benchmark: the L-GM head versus the softmax head on the same CNN, same data, seed and epochs.
+
+Trains both heads with the default TrainConfig on ``mnist5k`` (3,500 train / 500 calibration / 1,000 test)
+and prints a markdown table: test accuracy of each, seconds per training epoch, and their ratio, checked against
+the targets of issue 2 (L-GM test accuracy >= 98.5% within 10 epochs; L-GM >= softmax; L-GM epoch time
+<= 1.15x softmax). ``--cifar-synthetic`` instead times training epochs of the CIFAR ResNet-20 (both heads) on
+random 32x32 colour images, for GPU runs (keep ``--cifar-n`` small on a CPU).
+
+    python bench/train.py                       # mnist5k, 10 epochs, seed 0
+    python bench/train.py --seeds 0 1 2 --json bench-train.json
+    python bench/train.py --cifar-synthetic --device cuda --cifar-n 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.config import TrainConfig  # noqa: E402
+from training.data import Dataset, Split  # noqa: E402
+from training.distributed import DistInfo, resolve_device  # noqa: E402
+from training.loss import AlphaSchedule  # noqa: E402
+from training.model import Classifier  # noqa: E402
+from training.trainer import _amp_dtype, build_spec, make_optimizer, train, train_one_epoch  # noqa: E402
+
+HEADS = ("lgm", "softmax")
+LABEL = {"lgm": "L-GM", "softmax": "softmax"}
+TARGET_ACC, TARGET_RATIO = 0.985, 1.15
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {cpu}, {torch.get_num_threads()} torch threads"
+
+
+def run_mnist(args: argparse.Namespace) -> dict[str, Any]:
+    """Train both heads for every seed; per head: mean test accuracy and median seconds per epoch."""
+    runs: dict[str, list[dict[str, Any]]] = {h: [] for h in HEADS}
+    for seed in args.seeds:
+        for head in HEADS:  # interleaved, so background load hits both heads alike
+            cfg = TrainConfig(
+                dataset="mnist5k", epochs=args.epochs, seed=seed, head=head, device=args.device, quiet=True
+            )
+            with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+                meta = train(cfg, tmp)
+            secs = [h["seconds"] for h in meta["history"]]
+            run = {
+                "seed": seed,
+                "test_accuracy": meta["metrics"]["test_accuracy"],
+                "calibration_accuracy": meta["metrics"]["calibration_accuracy"],
+                "seconds_per_epoch": statistics.median(secs),
+                "epoch_seconds": secs,
+            }
+            runs[head].append(run)
+            print(f"  seed {seed} {LABEL[head]:8s} test acc {run['test_accuracy']:.4f}  "
+                  f"{run['seconds_per_epoch']:.2f} s/epoch", file=sys.stderr, flush=True)  # fmt: skip
+    summary = {
+        h: {
+            "test_accuracy": statistics.mean(r["test_accuracy"] for r in rs),
+            "test_accuracy_min": min(r["test_accuracy"] for r in rs),
+            "calibration_accuracy": statistics.mean(r["calibration_accuracy"] for r in rs),
+            "seconds_per_epoch": statistics.mean(r["seconds_per_epoch"] for r in rs),
+        }
+        for h, rs in runs.items()
+    }
+    return {"summary": summary, "runs": runs, "config": TrainConfig(epochs=args.epochs).to_dict()}
+
+
+def print_mnist(res: dict[str, Any], args: argparse.Namespace, device: str) -> None:
+    s = res["summary"]
+    lgm, sm = s["lgm"], s["softmax"]
+    ratio = lgm["seconds_per_epoch"] / sm["seconds_per_epoch"]
+    n = len(args.seeds)
+    seeds = f"seed {args.seeds[0]}" if n == 1 else f"mean of {n} seeds ({', '.join(map(str, args.seeds))})"
+    print(
+        f"\nmnist5k (3,500 train / 500 calibration / 1,000 test), {args.epochs} epochs, {seeds}; {device}\n"
+    )
+    print("| head | test accuracy | calibration accuracy | s / epoch (median) |")
+    print("|---|---|---|---|")
+    for h in HEADS:
+        r = s[h]
+        print(f"| {LABEL[h]} | {100 * r['test_accuracy']:.2f}% | {100 * r['calibration_accuracy']:.2f}% "
+              f"| {r['seconds_per_epoch']:.2f} |")  # fmt: skip
+    print(f"| L-GM / softmax | {100 * (lgm['test_accuracy'] - sm['test_accuracy']):+.2f} pts | "
+          f"{100 * (lgm['calibration_accuracy'] - sm['calibration_accuracy']):+.2f} pts | {ratio:.2f}x |")  # fmt: skip
+    checks = [
+        (f"L-GM test accuracy >= {100 * TARGET_ACC:.1f}%", lgm["test_accuracy"] >= TARGET_ACC),
+        ("L-GM test accuracy >= softmax", lgm["test_accuracy"] >= sm["test_accuracy"]),
+        (f"L-GM epoch time <= {TARGET_RATIO:.2f}x softmax", ratio <= TARGET_RATIO),
+    ]
+    print()
+    for text, ok in checks:
+        print(f"- {text}: {'met' if ok else 'NOT met'}")
+    res["ratio"] = ratio
+    res["targets"] = {text: ok for text, ok in checks}
+
+
+def run_cifar_synthetic(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Time training epochs of the CIFAR ResNet on random 32x32 RGB images through the real training loop."""
+    g = torch.Generator().manual_seed(0)
+    n = args.cifar_n
+    x = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,), generator=g)
+    tiny = Split(x[:2], y[:2])
+    ds = Dataset("cifar-synthetic", Split(x, y), tiny, tiny, [str(i) for i in range(10)],
+                 (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "crop_flip")  # fmt: skip
+    out: dict[str, Any] = {}
+    for head in HEADS:
+        cfg = TrainConfig(dataset="cifar10", epochs=args.cifar_epochs, head=head, feat_dim=64,
+                          batch_size=args.batch_size, device=str(device), quiet=True)  # fmt: skip
+        torch.manual_seed(0)
+        core = Classifier(build_spec(cfg, ds)).to(device)
+        optim = make_optimizer(core, cfg)
+        schedule = AlphaSchedule(cfg.alpha, cfg.alpha_factor, cfg.alpha_every, cfg.alpha_cap)
+        scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(device, cfg.amp) == torch.float16)
+        secs = []
+        for epoch in range(cfg.epochs):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            train_one_epoch(core, core, ds, optim, cfg, epoch, device, DistInfo(), schedule, scaler)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            secs.append(time.perf_counter() - t0)
+        steady = secs[1:] if len(secs) > 1 else secs  # the first epoch pays for warm-up (cuDNN autotune etc.)
+        out[head] = {"seconds_per_epoch": statistics.median(steady), "epoch_seconds": secs,
+                     "images_per_second": n / statistics.median(steady)}  # fmt: skip
+        print(f"  {LABEL[head]:8s} {out[head]['seconds_per_epoch']:.2f} s/epoch", file=sys.stderr, flush=True)
+    return out
+
+
+def print_cifar(res: dict[str, Any], args: argparse.Namespace, device: str) -> None:
+    lgm, sm = res["lgm"], res["softmax"]
+    print(f"\nCIFAR ResNet-20 on {args.cifar_n:,} synthetic 32x32 images, batch {args.batch_size}, "
+          f"{args.cifar_epochs} epochs (first one excluded as warm-up); {device}\n")  # fmt: skip
+    print("| head | s / epoch (median) | images / s |")
+    print("|---|---|---|")
+    for h in HEADS:
+        print(f"| {LABEL[h]} | {res[h]['seconds_per_epoch']:.3f} | {res[h]['images_per_second']:.0f} |")
+    res["ratio"] = lgm["seconds_per_epoch"] / sm["seconds_per_epoch"]
+    print(f"| L-GM / softmax | {res['ratio']:.2f}x | |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--epochs", type=int, default=10, help="epochs per mnist5k run")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; means are reported over them")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument(
+        "--cifar-synthetic", action="store_true", help="time the CIFAR ResNet-20 on synthetic data"
+    )
+    p.add_argument(
+        "--cifar-n", type=int, default=None, help="synthetic images (default 50000 on CUDA, 512 on CPU)"
+    )
+    p.add_argument("--cifar-epochs", type=int, default=3, help="synthetic epochs (the first is warm-up)")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size of the synthetic CIFAR runs")
+    args = p.parse_args(argv)
+    if args.epochs < 1 or args.cifar_epochs < 1 or args.batch_size < 2:
+        p.error("--epochs and --cifar-epochs must be >= 1, --batch-size >= 2")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    dev_name = device_name(device)
+    command = "python bench/train.py" + "".join(
+        " " + shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    if args.cifar_synthetic:
+        args.cifar_n = args.cifar_n or (50_000 if device.type == "cuda" else 512)
+        res = run_cifar_synthetic(args, device)
+        print_cifar(res, args, dev_name)
+    else:
+        res = run_mnist(args)
+        print_mnist(res, args, dev_name)
+    print(f"\ncommand: {command}")
+    if args.json:
+        res.update(command=command, device=dev_name, torch=torch.__version__)
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Shared fixtures: one tiny trained model (sklearn 8x8 digits, a few seconds on a CPU) for the whole session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.config import TrainConfig
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """A TrainConfig that trains in about a second on the CPU: digits, narrow CNN, 8-d features."""
+    base = dict(dataset="digits", epochs=2, feat_dim=8, width=8, batch_size=64, device="cpu", quiet=True)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_config_factory():
+    """``tiny_config_factory(**overrides) -> TrainConfig`` for a model that trains in about a second."""
+    return tiny_config
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a trained L-GM artifact (model.safetensors + model.json) on the digits set; treat as read-only."""
+    from training.trainer import train
+
+    out = tmp_path_factory.mktemp("tiny_artifact")
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    train(tiny_config(epochs=3), out)
+    return out
