@@ -57,6 +57,7 @@ class Engine:
         self.forwards = 0
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)
         self._lock = threading.Lock()
+        self._threads_before = torch.get_num_threads()
         set_torch_threads(threads)
         self.executor = ThreadPoolExecutor(
             max_workers=1,
@@ -121,7 +122,9 @@ class Engine:
             self.batch_sizes.clear()
 
     def shutdown(self) -> None:
+        """Stop the worker thread and give torch back the thread count it had (matters when embedded)."""
         self.executor.shutdown(wait=True)
+        torch.set_num_threads(self._threads_before)
 
 
 def info(engine: Engine, model_name: str) -> dict[str, Any]:
