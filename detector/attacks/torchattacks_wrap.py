@@ -1,0 +1,79 @@
+"""Attacks taken from torchattacks (Kim 2020, "Torchattacks: A PyTorch Repository for Adversarial Attacks").
+
+- ``fgsm``: Goodfellow et al. 2015, "Explaining and Harnessing Adversarial Examples".
+- ``bim``: Kurakin et al. 2017, "Adversarial examples in the physical world".
+- ``pgd``: Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial Attacks"; L-inf with random
+  start, restarted on the inputs earlier restarts failed to fool.
+- ``pgdl2``: the same in L2.
+- ``apgd``: Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+  parameter-free attacks" (APGD-CE).
+- ``square``: Andriushchenko et al. 2020, "Square Attack: a query-efficient black-box adversarial attack".
+- ``autoattack``: Croce & Hein 2020, the standard ensemble (APGD-CE, APGD-T, FAB-T, Square); opt-in, slow.
+
+All take x (N, C, H, W) in [0, 1], y (N,), and return x_adv of the same shape. torchattacks is imported
+lazily so scoring and the service never need it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from detector.attacks.base import AttackTarget
+from detector.budgets import Budgets
+
+
+def _ta():
+    import torchattacks
+
+    return torchattacks
+
+
+def fgsm(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
+    return _ta().FGSM(target.model, eps=b.eps)(x, y)
+
+
+def bim(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
+    return _ta().BIM(target.model, eps=b.eps, alpha=b.step_size(b.eps), steps=b.steps)(x, y)
+
+
+@torch.no_grad()
+def _fooled(model, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return model(x_adv).argmax(1) != y
+
+
+def pgd(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    atk = _ta().PGD(target.model, eps=b.eps, alpha=b.step_size(b.eps), steps=b.steps, random_start=True)
+    x_adv = atk(x, y)
+    for _ in range(b.restarts - 1):
+        todo = ~_fooled(target.model, x_adv, y)
+        if not todo.any():
+            break
+        x_adv[todo] = atk(x[todo], y[todo])
+    return x_adv
+
+
+def pgdl2(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return _ta().PGDL2(
+        target.model, eps=b.eps_l2, alpha=b.step_size(b.eps_l2), steps=b.steps, random_start=True
+    )(x, y)
+
+
+def apgd(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
+    return _ta().APGD(
+        target.model, norm="Linf", eps=b.eps, steps=b.steps, n_restarts=1, seed=seed, loss="ce"
+    )(x, y)
+
+
+def square(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
+    return _ta().Square(
+        target.model, norm="Linf", eps=b.eps, n_queries=b.square_queries, n_restarts=1, seed=seed
+    )(x, y)
+
+
+def autoattack(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
+    k = int(target.model.spec.num_classes)
+    return _ta().AutoAttack(target.model, norm="Linf", eps=b.eps, version="standard", n_classes=k, seed=seed)(
+        x, y
+    )
