@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from detector import roc
 from detector.scoring import DETECTOR_FILE, DETECTOR_FORMAT, THRESHOLD_UNITS, lgm_head, raw_scores
@@ -76,6 +78,48 @@ def select_thresholds(
     return glob, per
 
 
+def attack_calibration_split(
+    model, dataset: str, x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor, thresholds: torch.Tensor,
+    attacks: list[str] | None, budgets: dict[str, Any] | None, limit: int | None, seed: int, batch_size: int,
+    device: torch.device, progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """Attack the correctly classified calibration inputs; return the successful adversarials' log-likelihoods
+    and predictions (pooled over attacks) and per-attack figures. The adaptive attack aims at the clean-mode
+    thresholds (the ones in force before this calibration)."""
+    from detector.attacks import AttackTarget, LGMObjective, parse_attack_list, run_attack
+    from detector.budgets import resolve_budgets
+
+    names = parse_attack_list(attacks or ["fgsm", "pgd"])
+    b = resolve_budgets(dataset, budgets, tuple(x.shape[1:]))
+    keep = (pred == y).nonzero().squeeze(1)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {limit}")
+        keep = keep[:limit]
+    xs, ys = x[keep], y[keep]
+    target = AttackTarget("lgm", model, LGMObjective(model, thresholds, b.adaptive_margin))
+    lls, preds, figures = [], [], {}
+    for name in names:
+        parts = []
+        chunks = range(0, len(xs), batch_size)
+        for i in tqdm(chunks, desc=f"calibrate {name}", disable=not progress, leave=False, unit="batch"):
+            xb, yb = xs[i : i + batch_size].to(device), ys[i : i + batch_size].to(device)
+            parts.append(run_attack(name, target, xb, yb, b, seed * 1_000_003 + i).cpu())
+        xa = torch.cat(parts) if parts else xs[:0]
+        s = raw_scores(model, xa)
+        ok = s["pred"] != ys
+        lls.append(s["log_likelihood"][ok].double().numpy())
+        preds.append(s["pred"][ok].numpy())
+        figures[name] = {
+            "n_attacked": len(ys),
+            "n_success": int(ok.sum()),
+            "success_rate": float(ok.float().mean()),
+            "ll": lls[-1],
+        }
+    return {"ll": np.concatenate(lls), "pred": np.concatenate(preds), "attacks": names,
+            "budgets": {n: b.for_attack(n) for n in names}, "figures": figures}  # fmt: skip
+
+
 def validate(mode: str, rule: str, kind: str, target_fpr: float) -> None:
     if mode not in MODES:
         raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -102,6 +146,12 @@ def calibrate(
     model, meta = load_artifact(art, dev)
     lgm_head(model)
     d = meta["dataset"]
+    if mode == "roc":
+        from detector.attacks import parse_attack_list
+        from detector.budgets import resolve_budgets
+
+        attacks = parse_attack_list(attacks or ["fgsm", "pgd"])
+        resolve_budgets(d["name"], budgets, tuple(int(v) for v in meta["arch"]["input_shape"]))
     ds = load_dataset(d["name"], d.get("root"), int(d.get("split_seed", 0)), d.get("image_size"))
     split = ds.calibration
     x, y = split.float(), split.y
@@ -113,14 +163,16 @@ def calibrate(
     used: list[str] = []
     budgets_used: dict[str, Any] = {}
     if mode == "roc":
-        from detector.calibration_roc import attack_calibration_split
-
-        adv = attack_calibration_split(
-            model, d["name"], x, y, attacks, budgets, limit, seed, batch_size, progress
-        )
+        clean_glob, clean_per = select_thresholds(ll, pred, k, target_fpr)
+        thr0 = torch.tensor(clean_per if kind == "per_class" else [clean_glob] * k)
+        adv = attack_calibration_split(model, d["name"], x, y, raw["pred"], thr0, attacks, budgets, limit, seed,
+                                       batch_size, dev, progress)  # fmt: skip
         adv_ll, adv_pred = adv["ll"], adv["pred"]
         used, budgets_used = adv["attacks"], adv["budgets"]
         figures["attacks"] = adv["figures"]
+        for f in figures["attacks"].values():
+            a_ll = f.pop("ll")
+            f["auroc"] = roc.auroc(-ll, -a_ll) if len(a_ll) else None
     glob, per = select_thresholds(ll, pred, k, target_fpr, rule, adv_ll, adv_pred)
     thr = np.asarray(per)[pred] if kind == "per_class" else np.full(len(ll), glob)
     figures["clean_fpr"] = float(np.mean(ll < thr))

@@ -86,17 +86,17 @@ def tpr_at_fpr(neg, pos, target_fpr: float = 0.05) -> float:
 def youden_threshold(neg, pos) -> float:
     """Threshold maximising TPR - FPR; among ties the largest J-maximising threshold (fewest flags).
 
-    The threshold returned lies midway between the chosen score and the next lower distinct score, so that
-    it generalises rather than sitting on a calibration sample.
+    Every threshold between the chosen score and the next higher distinct score flags the same inputs; the
+    midpoint is returned, so that it generalises rather than sitting on a calibration sample.
     """
     roc = roc_curve(neg, pos)
     j = roc.tpr - roc.fpr
     i = int(np.argmax(j))  # first max: the largest threshold
     t = roc.thresholds[i]
-    if np.isinf(t):
+    if np.isinf(t) or i == 0:
         return float(t)
-    lower = roc.thresholds[i + 1]
-    return float(t if np.isinf(lower) else 0.5 * (t + lower))
+    upper = roc.thresholds[i - 1]  # every threshold in [t, upper) flags the same inputs
+    return float(t if np.isinf(upper) else 0.5 * (t + upper))
 
 
 def rates_at(neg, pos, threshold: float | np.ndarray, neg_thr=None, pos_thr=None) -> dict[str, float]:
