@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from fastapi import APIRouter, Depends, Query, Request, Security
+from fastapi import Depends, FastAPI, Query, Request
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -27,13 +28,30 @@ from service.payloads import (
     prediction_dicts,
     stack,
 )
-from service.state import ServiceState, api_key_header, ready_engine, require_key
+from service.state import ServiceState, ready_engine, require_key
 
 # Decode inline below this many body bytes (a few small images decode in microseconds); above it, on a thread,
 # so a large JPEG never stalls the event loop.
 INLINE_DECODE_BYTES = 64 * 1024
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_key), Security(api_key_header)], tags=["v1"])
+# Routes go straight onto the app (``register``): an included APIRouter costs a route resolution per request.
+_ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
+
+
+def _route(method: str, path: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _ROUTES.append((method, path, fn, kw))
+        return fn
+
+    return deco
+
+
+def register(app: FastAPI) -> None:
+    """Add the /v1 routes; each needs X-API-Key when keys are configured."""
+    for method, path, fn, kw in _ROUTES:
+        app.add_api_route(
+            path, fn, methods=[method.upper()], dependencies=[Depends(require_key)], tags=["v1"], **kw
+        )
 
 
 async def _images_from_request(
@@ -78,8 +96,9 @@ async def _images_from_request(
     raise APIError(415, f"unsupported content type {ctype!r}; send multipart/form-data or application/json")
 
 
-@router.post(
-    "/predict",
+@_route(
+    "post",
+    "/v1/predict",
     response_model=None,
     responses={200: {"model": schemas.PredictResponse}, **schemas.ERRORS},
     openapi_extra=schemas.PREDICT_BODY,
@@ -112,8 +131,11 @@ async def predict(
     )
 
 
-@router.get(
-    "/model", responses={200: {"description": "model card"}, **schemas.ERRORS}, summary="Model and detector"
+@_route(
+    "get",
+    "/v1/model",
+    responses={200: {"description": "model card"}, **schemas.ERRORS},
+    summary="Model and detector",
 )
 async def model_info(request: Request) -> dict[str, Any]:
     """Classes, input shape, L-GM settings, detector thresholds and calibration figures."""
@@ -130,8 +152,9 @@ def _png_b64(x: torch.Tensor) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-@router.post(
-    "/perturb",
+@_route(
+    "post",
+    "/v1/perturb",
     response_model=None,
     responses={200: {"model": schemas.PerturbResponse}, **schemas.ERRORS},
     openapi_extra=schemas.PERTURB_BODY,

@@ -9,24 +9,38 @@ One FP32 input ``input`` of shape [N, C, H, W] in [0, 1]; outputs ``class`` (INT
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Security
+from fastapi import Depends, FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
 from service import schemas
 from service.errors import APIError
 from service.payloads import OIP_OUTPUTS, load_json, oip_input, oip_outputs
-from service.state import ServiceState, api_key_header, get_state, ready_engine, require_key
+from service.state import ServiceState, get_state, ready_engine, require_key
 
 SERVER_NAME = "lgm-detect"
-health = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
-router = APIRouter(
-    prefix="/v2",
-    dependencies=[Depends(require_key), Security(api_key_header)],
-    tags=["v2 (Open Inference Protocol)"],
-)
+TAGS = ["v2 (Open Inference Protocol)"]
+_ROUTES: list[tuple[str, str, Callable[..., Any], bool, dict[str, Any]]] = []
+
+
+def _route(
+    method: str, path: str, guarded: bool = True, **kw: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _ROUTES.append((method, path, fn, guarded, kw))
+        return fn
+
+    return deco
+
+
+def register(app: FastAPI) -> None:
+    """Add the /v2 routes straight onto the app; metadata and inference need X-API-Key when keys are set."""
+    for method, path, fn, guarded, kw in _ROUTES:
+        deps = [Depends(require_key)] if guarded else []
+        app.add_api_route(path, fn, methods=[method.upper()], dependencies=deps, tags=TAGS, **kw)
 
 
 def _check_model(st: ServiceState, name: str, version: str | None = None) -> None:
@@ -38,30 +52,38 @@ def _check_model(st: ServiceState, name: str, version: str | None = None) -> Non
         )
 
 
-@health.get("/health/live", summary="Server live")
+@_route("get", "/v2/health/live", guarded=False, summary="Server live")
 async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@health.get("/health/ready", summary="Server ready", responses={400: {"description": "not ready"}})
+@_route(
+    "get",
+    "/v2/health/ready",
+    guarded=False,
+    summary="Server ready",
+    responses={400: {"description": "not ready"}},
+)
 async def ready(request: Request) -> JSONResponse:
     ok = get_state(request).ready
     return JSONResponse({"ready": ok}, status_code=200 if ok else 400)
 
 
-@health.get(
-    "/models/{name}/ready",
+@_route(
+    "get",
+    "/v2/models/{name}/ready",
+    guarded=False,
     summary="Model ready",
     responses={400: {"description": "not ready"}, 404: {"model": schemas.ErrorBody}},
 )
-@health.get("/models/{name}/versions/{version}/ready", include_in_schema=False)
+@_route("get", "/v2/models/{name}/versions/{version}/ready", guarded=False, include_in_schema=False)
 async def model_ready(request: Request, name: str, version: str | None = None) -> JSONResponse:
     st = get_state(request)
     _check_model(st, name, version if st.ready else None)
     return JSONResponse({"name": name, "ready": st.ready}, status_code=200 if st.ready else 400)
 
 
-@router.get("", summary="Server metadata")
+@_route("get", "/v2", summary="Server metadata")
 async def server_metadata() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -72,14 +94,18 @@ async def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": v, "extensions": []}
 
 
-@router.get(
-    "/models/{name}",
+@_route(
+    "get",
+    "/v2/models/{name}",
     response_model=schemas.OIPModelMetadata,
     responses=schemas.ERRORS,
     summary="Model metadata",
 )
-@router.get(
-    "/models/{name}/versions/{version}", response_model=schemas.OIPModelMetadata, include_in_schema=False
+@_route(
+    "get",
+    "/v2/models/{name}/versions/{version}",
+    response_model=schemas.OIPModelMetadata,
+    include_in_schema=False,
 )
 async def model_metadata(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
     st, engine, _ = ready_engine(request)
@@ -98,14 +124,15 @@ async def model_metadata(request: Request, name: str, version: str | None = None
     }
 
 
-@router.post(
-    "/models/{name}/infer",
+@_route(
+    "post",
+    "/v2/models/{name}/infer",
     response_model=None,
     responses={200: {"model": schemas.OIPInferResponse}, **schemas.ERRORS},
     openapi_extra=schemas.INFER_BODY,
     summary="Inference",
 )
-@router.post("/models/{name}/versions/{version}/infer", response_model=None, include_in_schema=False)
+@_route("post", "/v2/models/{name}/versions/{version}/infer", response_model=None, include_in_schema=False)
 async def infer(request: Request, name: str, version: str | None = None) -> JSONResponse:
     """One FP32 tensor [N, C, H, W] in [0, 1], flat or nested ``data``; optional ``outputs`` picks outputs."""
     st, engine, batcher = ready_engine(request)

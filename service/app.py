@@ -132,9 +132,8 @@ def create_app(settings: ServeSettings | None = None, detector: Detector | None 
         body, ctype = get_state(request).metrics.render()
         return Response(body, media_type=ctype)
 
-    app.include_router(api_v1.router)
-    app.include_router(api_v2.health)
-    app.include_router(api_v2.router)
+    api_v1.register(app)
+    api_v2.register(app)
 
     # Middleware: the last added runs first. Metrics see everything (413s included); the size cap runs before
     # any body is read.

@@ -76,8 +76,9 @@ def decode_image(data: bytes, shape: Shape, max_pixels: int, what: str = "image"
             bg = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
             bg.alpha_composite(rgba)
             img = bg.convert("RGB")
-        if img.mode != "F":
-            img = img.convert("L" if c == 1 else "RGB")
+        want = "L" if c == 1 else "RGB"
+        if img.mode not in ("F", want):
+            img = img.convert(want)
         if img.size != (w, h):
             img = img.resize((w, h), Image.Resampling.BILINEAR)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

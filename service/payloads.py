@@ -77,8 +77,7 @@ def decode_instance(it: dict[str, Any], i: int, shape: Shape, max_pixels: int) -
 def prediction_dicts(res: BatchResult, class_names: list[str], top_k: int) -> list[dict[str, Any]]:
     """One dict per image with exactly the fields of ``schemas.Prediction``."""
     k = max(1, min(top_k, len(class_names)))
-    probs = res.probs
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    probs = res.probs.tolist()  # plain floats: cheaper to sort and to serialise than numpy scalars
     out = []
     pred, ll, abn, adv, thr = (
         res.pred.tolist(),
@@ -90,12 +89,13 @@ def prediction_dicts(res: BatchResult, class_names: list[str], top_k: int) -> li
     for i in range(len(pred)):
         row = probs[i]
         c = pred[i]
+        order = sorted(range(len(row)), key=row.__getitem__, reverse=True)[:k]
         out.append(
             {
                 "class_index": c,
                 "label": class_names[c],
-                "confidence": float(row[c]),
-                "top_k": [{"label": class_names[j], "probability": float(row[j])} for j in order[i].tolist()],
+                "confidence": row[c],
+                "top_k": [{"label": class_names[j], "probability": row[j]} for j in order],
                 "log_likelihood": _finite(ll[i]),
                 "abnormality_score": float(abn[i]),
                 "is_adversarial": bool(adv[i]),

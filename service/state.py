@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 
-from fastapi import Request
+from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
 from service.batcher import MicroBatcher
@@ -35,12 +35,13 @@ api_key_header = APIKeyHeader(
 )
 
 
-def require_key(request: Request) -> None:
-    """401 unless X-API-Key matches one configured key (constant-time compare); open when none are set."""
+async def require_key(request: Request, api_key: str | None = Security(api_key_header)) -> None:
+    """401 unless X-API-Key matches one configured key (constant-time compare); open when none are set.
+    Async on purpose: a sync dependency would cost a thread-pool hop on every request."""
     keys = get_state(request).settings.api_keys
     if not keys:
         return
-    given = request.headers.get("x-api-key", "")
+    given = api_key or ""
     ok = False
     for k in keys:  # no early exit: the time does not depend on which key matched
         ok |= hmac.compare_digest(given.encode(), k.encode())
