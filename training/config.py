@@ -19,13 +19,22 @@ class TrainConfig:
     width: int = 0  # 0: the backbone's default (32 for mnist_cnn, 16 for resnet)
     depth: int = 20  # resnet only
     head: str = "lgm"  # lgm | softmax
-    # L-GM
+    # L-GM. Default: the `center` form (0.5 ||x - mu_y||^2, what the official code trains with), lambda 1.0,
+    # variances fixed at 1.0, margin alpha 0.1 doubling every 100 iterations up to 0.3 (the official STEPUP
+    # 0.1 -> 0.3, compressed to a 10-epoch run: mnist5k has 54 steps per epoch, so alpha is 0.2 from epoch 2
+    # and 0.3 from epoch 4). Why: (1) a strong likelihood term is what the detector needs; DESIGN.md's
+    # prototype detected attacks far better with lambda 1.0 / center / alpha 0.3 (PGD eps .3 AUROC 0.81) than
+    # with lambda 0.1 / paper / alpha 0.1 (0.56); (2) accuracy allows it. Measured on mnist5k, 10 epochs, CPU
+    # (test accuracy, seeds 0 / 1): this default 98.9 / 98.9%; the same with alpha_every 500 (alpha stays 0.1)
+    # 99.0 / 98.9%; the softmax head 99.0 / 98.7%. `--variance diagonal --lkd-form paper` reached 99.3% after 30
+    # epochs without NaN, but the paper form's likelihood term is unbounded below (scaling features, means and
+    # variances together lowers log|Lambda|), so it leans on the variance floor and the small variance lr.
     variance: str = "fixed"  # diagonal | isotropic | fixed
     lkd_form: str = "center"  # paper | center
     lam: float = 1.0  # lambda, weight of the likelihood term
     alpha: float = 0.1  # margin (initial value under step-up)
     alpha_factor: float = 2.0
-    alpha_every: int = 500  # iterations; 0 keeps alpha constant
+    alpha_every: int = 100  # iterations; 0 keeps alpha constant
     alpha_cap: float = 0.3
     learn_priors: bool = False
     var_floor: float = 1e-3

@@ -218,7 +218,8 @@ def train(
     device = resolve_device(cfg.device, 0)
     dist_info = init_distributed(device)
     if dist_info.enabled and device.type == "cuda":
-        device = resolve_device(cfg.device if cfg.device != "auto" else "auto", dist_info.local_rank)
+        if device.index is None or cfg.device == "auto":  # one GPU per local rank unless pinned (cuda:N)
+            device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
     try:
         ds = load_dataset(cfg.dataset, cfg.data_root, cfg.split_seed, cfg.image_size)
