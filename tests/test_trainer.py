@@ -76,6 +76,15 @@ def test_resume_without_checkpoint_starts_fresh(tiny_config_factory, tmp_path: P
     assert [h["epoch"] for h in meta["history"]] == [1]
 
 
+def test_resume_with_other_options_is_refused(tiny_config_factory, tmp_path: Path) -> None:
+    train(tiny_config_factory(epochs=2), tmp_path, stop_after=1)
+    with pytest.raises(ValueError, match="trained with --feat-dim 8, this run asks for 6") as exc:
+        train(tiny_config_factory(epochs=2, feat_dim=6), tmp_path, resume=True)
+    assert "\n" not in str(exc.value)
+    meta = train(tiny_config_factory(epochs=3), tmp_path, resume=True)  # more epochs: allowed
+    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]
+
+
 def test_checkpoint_hash_is_checked(tiny_config_factory, tmp_path: Path) -> None:
     cfg = tiny_config_factory(epochs=2)
     train(cfg, tmp_path, stop_after=1)

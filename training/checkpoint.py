@@ -51,9 +51,13 @@ def load_checkpoint(out_dir: Path, model: torch.nn.Module, optim: torch.optim.Op
         raise ArtifactError(
             f"{out_dir / CKPT_WEIGHTS}: checkpoint hash mismatch (truncated or tampered with)"
         )
-    tensors = st_load(blob)
+    try:
+        tensors = st_load(blob)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    except Exception as exc:  # a checkpoint of another model: one line, not a traceback
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ArtifactError(f"{out_dir / CKPT_WEIGHTS}: checkpoint does not fit this model ({msg})") from None
     device = next(model.parameters()).device
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("opt."):

@@ -69,6 +69,27 @@ def validate_config(cfg: TrainConfig) -> None:
             raise ValueError(msg)
 
 
+# options a resumed run may change; any other difference would not end in the state of an uninterrupted run
+RESUME_MAY_CHANGE = ("epochs", "device", "amp", "threads", "quiet", "data_root")
+
+
+def check_resumable(out: Path, cfg: TrainConfig) -> None:
+    """Raise ValueError (one line) when the checkpoint in ``out`` was trained with other options."""
+    from training.artifacts import read_json
+    from training.checkpoint import CKPT_META
+
+    saved = read_json(out / CKPT_META, "checkpoint metadata").get("config", {})
+    now = cfg.to_dict()
+    diff = [k for k in now if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k]]
+    if diff:
+        k = diff[0]
+        flag = "--" + k.replace("_", "-")
+        raise ValueError(
+            f"{out}: the checkpoint was trained with {flag} {saved[k]!r}, this run asks for {now[k]!r}; "
+            "resume with the same options or train into another --out"
+        )
+
+
 def build_spec(cfg: TrainConfig, ds: Dataset) -> ModelSpec:
     c, h, w = ds.input_shape
     backbone = cfg.backbone if cfg.backbone != "auto" else ("resnet" if c == 3 and h >= 32 else "mnist_cnn")
@@ -235,6 +256,7 @@ def train(
         scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(device, cfg.amp) == torch.float16)
         start, history = 0, []
         if resume and has_checkpoint(out):
+            check_resumable(out, cfg)
             info = load_checkpoint(out, core, optim)
             start, history = int(info["epoch"]), list(info["history"])
             if dist_info.is_main and not cfg.quiet:
