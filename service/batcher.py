@@ -6,6 +6,9 @@ images), concatenates them into one (sum n_i, C, H, W) batch, runs ``fn`` on a s
 request its rows back. While a forward runs, the next batch forms by itself, so under load batches grow without
 any waiting; at low load ``max_wait_ms`` bounds the latency added.
 
+The wait is adaptive: it applies only while traffic is concurrent (the previous batch held several requests, or
+several are queued already). A lone client (concurrency 1) is never held back waiting for company.
+
 With ``enabled=False`` every request runs its own forward on the same worker thread (the baseline that the
 benchmark compares against).
 """
@@ -67,6 +70,7 @@ class MicroBatcher(Generic[R]):
         self.on_batch = on_batch
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_images = 0
+        self._last_requests = 1  # requests in the previous batch: a sign of concurrent traffic
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 
@@ -130,7 +134,7 @@ class MicroBatcher(Generic[R]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self.max_wait > 0:
+            if self.max_wait > 0 and (self._last_requests > 1 or len(self._queue) > 1):
                 deadline = self._queue[0].arrived + self.max_wait
                 while self._queued_images < self.max_batch_size:
                     remaining = deadline - time.perf_counter()
@@ -144,6 +148,7 @@ class MicroBatcher(Generic[R]):
             items = self._take()
             if not items:
                 continue
+            self._last_requests = len(items)
             x = items[0].x if len(items) == 1 else torch.cat([it.x for it in items])  # (sum n_i, C, H, W)
             t0 = time.perf_counter()
             try:

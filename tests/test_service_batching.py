@@ -8,9 +8,9 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -167,11 +167,11 @@ def test_real_server_without_coalescing(served_artifact: Path, detector) -> None
 
 
 def test_sigterm_lets_in_flight_requests_finish(served_artifact: Path) -> None:
-    """`lgm serve` in a subprocess; a request parked in the batcher (long max_wait) when SIGTERM arrives still
-    gets its 200, then the lifespan shutdown runs and the process exits."""
+    """`lgm serve` in a subprocess; a request whose body is still arriving when SIGTERM comes gets its 200, then
+    the lifespan shutdown runs and the process exits."""
     port = free_port()
     cmd = [sys.executable, "-m", "service", "serve", str(served_artifact), "--port", str(port), "--threads", "1",
-           "--max-wait-ms", "1000", "--device", "cpu", "--log-level", "info"]  # fmt: skip
+           "--device", "cpu", "--log-level", "info"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -187,20 +187,25 @@ def test_sigterm_lets_in_flight_requests_finish(served_artifact: Path) -> None:
                 pass
             assert time.time() < deadline, "server did not become ready"
             time.sleep(0.2)
-        result: dict = {}
-
-        def call() -> None:
-            result["t0"] = time.perf_counter()
-            result["out"] = _post(port, "/v1/predict", {"instances": [{"array": [[0.5] * 8] * 8}]})
-            result["t1"] = time.perf_counter()
-
-        t = threading.Thread(target=call)
-        t.start()
-        time.sleep(0.4)  # the request now waits in the batcher (1 s)
+        # A request in flight at SIGTERM: headers and half of the body sent before the signal, the rest after.
+        body = json.dumps({"instances": [{"array": [[0.5] * 8] * 8}]}).encode()
+        head = f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(head.encode() + body[: len(body) // 2])
+        time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
-        t.join(timeout=30)
-        code, body = result["out"]
-        assert code == 200 and len(body["predictions"]) == 1
+        time.sleep(0.5)
+        assert proc.poll() is None  # still draining: our request is not finished
+        sock.sendall(body[len(body) // 2 :])
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        sock.close()
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+        assert len(json.loads(reply.split(b"\r\n\r\n", 1)[1])["predictions"]) == 1
         # uvicorn re-raises the captured SIGTERM once shut down, so the exit status is the signal's (143 in a shell)
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
         log = proc.stdout.read().decode() if proc.stdout else ""
@@ -209,3 +214,22 @@ def test_sigterm_lets_in_flight_requests_finish(served_artifact: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_lone_request_is_not_held_back_by_max_wait() -> None:
+    """Adaptive wait: with nobody else around, a request runs at once even with a long max_wait_ms."""
+    fn = SlowDouble(0.0)
+
+    async def run() -> float:
+        with ThreadPoolExecutor(1) as ex:
+            b = MicroBatcher(fn, ex, max_wait_ms=500.0)
+            b.start()
+            t0 = time.perf_counter()
+            for _ in range(3):
+                await b.submit(torch.rand(1, 1))
+            dt = time.perf_counter() - t0
+            await b.stop()
+            return dt
+
+    assert asyncio.run(run()) < 0.4  # three sequential requests; a fixed 500 ms wait would take 1.5 s
+    assert fn.sizes == [1, 1, 1]
