@@ -38,7 +38,12 @@ class ServeSettings(BaseSettings):
     # -- batching and threads --------------------------------------------------------------------------------
     batching: bool = Field(True, description="coalesce concurrent requests into one forward pass")
     max_batch_size: int = Field(64, ge=1, le=4096, description="most images in one coalesced forward")
-    max_wait_ms: float = Field(1.0, ge=0, le=1000, description="longest a request waits for others to join")
+    max_wait_ms: float = Field(
+        1.0,
+        ge=0,
+        le=1000,
+        description="longest a request waits for others to join (only under concurrent traffic)",
+    )
     threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0: auto = cores - 1, at most 8)")
     # -- input caps ------------------------------------------------------------------------------------------
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body (413 above)")
@@ -46,7 +51,8 @@ class ServeSettings(BaseSettings):
     max_images: int = Field(64, ge=1, description="most images in one request")
     # -- access ----------------------------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="accepted X-API-Key values (none: no key needed)"
+        default_factory=list,
+        description="accepted X-API-Key values (none: no key needed; prefer the env var, flags show in ps)",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS (none by default)"
