@@ -38,7 +38,7 @@ _HELP = {
     "seed": "seed of initialisation, shuffling and augmentation",
     "device": "auto (CUDA when present) | cpu | cuda | cuda:N",
     "amp": "mixed precision on CUDA",
-    "threads": "torch CPU threads (0: torch default)",
+    "threads": "torch CPU threads (0: torch default); a CPU run is bit-identical for a seed at a fixed count",
     "quiet": "no progress bars or per-epoch lines",
 }
 _GROUPS = {
