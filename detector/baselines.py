@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from detector import roc
-from training.artifacts import has_artifact, load_artifact
+from training.artifacts import has_artifact, load_artifact, load_meta
 from training.config import TrainConfig
 from training.data import Split
 from training.model import Classifier
@@ -49,7 +49,7 @@ def twin_dir(art_dir: str | Path) -> Path:
 def ensure_twin(art_dir: str | Path, meta: dict[str, Any], quiet: bool = True) -> Path:
     """Train the softmax twin into ARTIFACT/softmax_twin/ unless it is there. Returns its folder."""
     out = twin_dir(art_dir)
-    if has_artifact(out):
+    if has_artifact(out) and twin_matches(out, meta):
         return out
     from training.trainer import train
 
@@ -60,6 +60,21 @@ def ensure_twin(art_dir: str | Path, meta: dict[str, Any], quiet: bool = True) -
     with _single_process_env():
         train(cfg, out)
     return out
+
+
+TWIN_IRRELEVANT = {"head", "quiet", "device", "threads", "amp", "variance", "lkd_form", "lam", "alpha", "alpha_factor",
+                   "alpha_every", "alpha_cap", "learn_priors", "var_floor", "var_lr_mult"}  # fmt: skip
+
+
+def twin_matches(tdir: Path, meta: dict[str, Any]) -> bool:
+    """Whether the twin in ``tdir`` was trained with the L-GM artifact's config (L-GM-only settings aside)."""
+    try:
+        tmeta = load_meta(tdir)
+    except ValueError:
+        return False
+    a, b = tmeta.get("train", {}), meta.get("train", {})
+    keys = (set(a) | set(b)) - TWIN_IRRELEVANT
+    return tmeta.get("arch", {}).get("head") == "softmax" and all(a.get(k) == b.get(k) for k in keys)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from detector import roc
 from detector.attacks import AttackTarget, LGMObjective, TwinObjective, parse_attack_list, run_attack
-from detector.baselines import Baselines, load_baselines, msp_probability_threshold, twin_dir
+from detector.baselines import Baselines, load_baselines, msp_probability_threshold, twin_dir, twin_matches
 from detector.budgets import Budgets, add_budget_args, budgets_from_args, resolve_budgets
 from detector.scoring import Detector
 from training.artifacts import has_artifact, load_meta
@@ -216,7 +216,7 @@ def _evaluate(
     ds = load_dataset(d["name"], d.get("root"), int(d.get("split_seed", 0)), d.get("image_size"))
     cal = det.calibration
     target_fpr = float(cal["target_fpr"])
-    if not has_artifact(twin_dir(cfg.artifact)):
+    if not (has_artifact(twin_dir(cfg.artifact)) and twin_matches(twin_dir(cfg.artifact), det.meta)):
         if info.is_main and not cfg.quiet:
             print(
                 f"training the softmax twin into {twin_dir(cfg.artifact)} (once)", file=sys.stderr, flush=True
