@@ -23,7 +23,7 @@ if [ ! -f "$ARTIFACT/model.json" ]; then
   # shellcheck disable=SC2086  # LGM_TRAIN_ARGS is a list of arguments
   lgm train --out "$ARTIFACT" --resume $TRAIN_ARGS
 fi
-echo "lgm-bootstrap: calibrating $ARTIFACT (lgm calibrate $CALIBRATE_ARGS)"
+echo "lgm-bootstrap: calibrating $ARTIFACT (lgm calibrate${CALIBRATE_ARGS:+ $CALIBRATE_ARGS})"
 # shellcheck disable=SC2086
 lgm calibrate "$ARTIFACT" $CALIBRATE_ARGS
 echo "lgm-bootstrap: done"

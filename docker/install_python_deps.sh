@@ -1,6 +1,9 @@
 #!/bin/sh
 # Install torch, the project and torchattacks into the virtual environment at $VENV (the Dockerfile's build
-# stage runs this). Settings, all environment variables:
+# stage runs this), in two steps so that Docker caches the heavy one:
+#   install_python_deps deps      torch, then the project's dependencies as pyproject.toml lists them
+#   install_python_deps project   the project itself and torchattacks, both without dependencies
+# Settings, all environment variables:
 #   TORCH_VARIANT  cpu (default): torch's CPU wheel (from the CPU index, or the wheelhouse)
 #                  cuda: torch from PyPI, whose Linux x86_64 wheels are CUDA builds (gigabytes of nvidia-* wheels)
 #   TORCH_VERSION  e.g. 2.13.0
@@ -40,15 +43,43 @@ else
   if [ -n "$index" ]; then torch_src="--index-url $index"; else torch_src=""; fi
 fi
 
-# torch first and alone, so that resolving the project's `torch>=2.2,<3` finds it installed and never fetches
-# PyPI's (CUDA) torch for the CPU variant.
-# shellcheck disable=SC2086  # word splitting of the option strings is intended
-run "$pip" install $common $torch_src "torch==$TORCH_VERSION"
-# shellcheck disable=SC2086
-run "$pip" install $common $src "$SRC"
-# shellcheck disable=SC2086
-run "$pip" install $common $src --no-deps "$TORCHATTACKS_SPEC"
-# The CPU variant must still hold the CPU torch: fail the build if anything swapped it.
-if [ "${DRY_RUN:-0}" != 1 ] && [ "$TORCH_VARIANT" = cpu ]; then
-  "$VENV/bin/python" -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if torch.version.cuda is None else 'CPU variant got a CUDA torch: ' + v)"
-fi
+step="${1:-}"
+case "$step" in
+  deps)
+    # torch first and alone, so that the project's `torch>=2.2,<3` finds it installed and pip never fetches
+    # PyPI's (CUDA) torch for the CPU variant.
+    # shellcheck disable=SC2086  # word splitting of the option strings is intended
+    run "$pip" install $common $torch_src "torch==$TORCH_VERSION"
+    reqs="$(mktemp)"
+    "$VENV/bin/python" - "$SRC/pyproject.toml" >"$reqs" <<'PY'
+import sys, tomllib
+deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
+print("\n".join(d for d in deps if not d.replace(" ", "").startswith("torch")))
+PY
+    if [ "${DRY_RUN:-0}" = 1 ]; then sed 's/^/  requirement: /' "$reqs"; fi
+    # shellcheck disable=SC2086
+    run "$pip" install $common $src -r "$reqs"
+    rm -f "$reqs"
+    ;;
+  project)
+    # shellcheck disable=SC2086
+    run "$pip" install $common $src --no-deps "$SRC"
+    # shellcheck disable=SC2086
+    run "$pip" install $common $src --no-deps "$TORCHATTACKS_SPEC"
+    # Every requirement must be met (but torchattacks' torchvision and requests, on purpose), and torch must
+    # be the variant asked for: a CPU wheelhouse (`make wheelhouse`) cannot make the CUDA image, and the CPU
+    # image must not have swapped in a CUDA torch.
+    if [ "${DRY_RUN:-0}" != 1 ]; then
+      problems="$("$pip" check 2>&1 | grep -v -e '^torchattacks ' -e '^No broken requirements' || true)"
+      if [ -n "$problems" ]; then echo "$problems" >&2; exit 1; fi
+      "$VENV/bin/python" - "$TORCH_VARIANT" <<'PY'
+import sys, torch
+variant, cuda = sys.argv[1], torch.version.cuda
+print("torch", torch.__version__, "CUDA", cuda or "none")
+if (variant == "cuda") != (cuda is not None):
+    sys.exit(f"install_python_deps: TORCH_VARIANT={variant} but torch {torch.__version__} is built for CUDA {cuda}")
+PY
+    fi
+    ;;
+  *) echo "usage: install_python_deps deps|project" >&2; exit 2 ;;
+esac
