@@ -49,3 +49,15 @@ format: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# ---- docker (issue 5; see README "Docker"; not part of `make test`) ------------------------------------------
+.PHONY: wheelhouse docker-smoke
+
+# Every wheel the image needs, for an offline build: docker build --build-arg WHEELHOUSE=wheelhouse ...
+wheelhouse:
+	PYTHON=$(BIN)/python docker/make_wheelhouse.sh wheelhouse
+
+# Build the image offline, run the compose stack (train + calibrate, api x2 behind the proxy), post real digits,
+# tear down; needs root, docker.io, docker-compose, debootstrap and the virtual environment (make install).
+docker-smoke:
+	PY=$(BIN)/python bash docker/smoke.sh
