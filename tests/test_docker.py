@@ -388,10 +388,13 @@ def test_compose_hostnet_override_replicas_match_api():
 
 
 def load_proxy():
-    spec = importlib.util.spec_from_file_location("lgm_proxy", ROOT / "docker" / "proxy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """docker/proxy.py as the module ``lgm_proxy`` (a script in the image, not a package of the project)."""
+    if "lgm_proxy" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("lgm_proxy", ROOT / "docker" / "proxy.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["lgm_proxy"] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    return sys.modules["lgm_proxy"]
 
 
 async def _upstream(name: str, ready: bool) -> tuple[asyncio.AbstractServer, int]:
