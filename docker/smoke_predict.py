@@ -66,7 +66,7 @@ def main() -> int:
             picks.append(i)
     picks = picks[: args.count]
 
-    correct, upstreams, times = 0, {}, []
+    correct, upstreams, times, flagged, wrong_flagged = 0, {}, [], 0, 0
     for n, i in enumerate(picks):
         label = int(test.y[i])
         t = time.perf_counter()
@@ -78,6 +78,8 @@ def main() -> int:
         up = headers.get("X-LGM-Upstream", "direct")
         upstreams[up] = upstreams.get(up, 0) + 1
         correct += pred["class_index"] == label
+        flagged += pred["is_adversarial"]
+        wrong_flagged += pred["is_adversarial"] and pred["class_index"] != label
         if n == 0:
             print(f"    first answer (label {label}): {json.dumps(answer)[:400]}")
         print(
@@ -87,6 +89,10 @@ def main() -> int:
         )
     acc = correct / len(picks)
     print(f"    {correct}/{len(picks)} classes match their labels ({acc:.0%}); served by {upstreams}")
+    print(
+        f"    flagged abnormal: {flagged}/{len(picks)} clean digits"
+        f" ({wrong_flagged} of the {len(picks) - correct} misclassified)"
+    )
     print(f"    latency per request: median {sorted(times)[len(times) // 2] * 1000:.0f} ms")
     if acc < args.min_accuracy:
         print(f"smoke_predict: accuracy {acc:.0%} under {args.min_accuracy:.0%}", file=sys.stderr)

@@ -572,3 +572,44 @@ def test_compose_reads_settings_from_the_env_file(tmp_path):
     assert [p["published"] for p in services["proxy"]["ports"]] == [9000]
     assert services["api"]["deploy"]["resources"]["limits"]["memory"] == "3g"
     assert services["train"]["environment"]["LGM_TRAIN_ARGS"] == "--dataset digits --epochs 2"
+
+
+# ---- scripts and make targets -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "script, shell",
+    [
+        ("bootstrap.sh", "sh"),
+        ("install_python_deps.sh", "sh"),
+        ("make_base_image.sh", "bash"),
+        ("make_wheelhouse.sh", "bash"),
+        ("smoke.sh", "bash"),
+    ],
+)
+def test_shell_scripts_parse_with_their_shell(script, shell):
+    path = ROOT / "docker" / script
+    assert path.read_text().splitlines()[0] in (f"#!/bin/{shell}", f"#!/usr/bin/env {shell}")
+    proc = subprocess.run([shell, "-n", str(path)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+
+
+@needs_compose
+def test_smoke_passes_name_services_of_their_compose_files():
+    text = (ROOT / "docker" / "smoke.sh").read_text()
+    passes = dict(re.findall(r"^\s+(bridge|host)\) COMPOSE=.*SERVICES=\(([^)]*)\)", text, re.M))
+    assert set(passes) == {"bridge", "host"}
+    files = {"bridge": ("docker-compose.yml",), "host": ("docker-compose.yml", "docker-compose.hostnet.yml")}
+    for name, services in passes.items():
+        defined = compose_config(*files[name])["services"]
+        assert set(services.split()) <= set(defined), name
+        assert "proxy" in services  # the pass checks a proxy
+
+
+def test_make_targets_run_the_docker_scripts_outside_make_test():
+    make = (ROOT / "Makefile").read_text()
+    rules = dict(re.findall(r"^([\w-]+):[^\n]*\n\t([^\n]*)", make, re.M))
+    assert "docker/make_wheelhouse.sh" in rules["wheelhouse"]
+    assert "docker/smoke.sh" in rules["docker-smoke"]
+    test_rule = re.search(r"^test:([^\n]*)", make, re.M).group(1)
+    assert "docker" not in test_rule and "docker" not in rules["test"]
