@@ -49,8 +49,12 @@ def check_count(n: int, max_images: int) -> None:
 
 
 def stack(arrays: list[np.ndarray]) -> torch.Tensor:
-    """(C, H, W) arrays -> one (N, C, H, W) float32 tensor."""
-    return torch.from_numpy(np.stack(arrays) if len(arrays) > 1 else arrays[0][None])
+    """(C, H, W) arrays -> one (N, C, H, W) float32 tensor (a copy unless the one array is writable: torch
+    tensors over read-only memory, e.g. an array viewing a decoded image's bytes, are undefined behaviour)."""
+    if len(arrays) > 1:
+        return torch.from_numpy(np.stack(arrays))
+    one = arrays[0][None]
+    return torch.from_numpy(one if one.flags.writeable else one.copy())
 
 
 # -- /v1 ---------------------------------------------------------------------------------------------------------

@@ -145,60 +145,55 @@ PREDICT_BODY: dict[str, Any] = {
     }
 }
 
-PERTURB_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "instance": {"type": "object", "description": "one instance, as in /v1/predict"},
-                        "epsilon": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.2},
-                    },
-                },
-                "example": {"instance": {"b64": TINY_PNG_B64}, "epsilon": 0.2},
-            }
-        },
-    }
-}
 
-INFER_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
+def json_body(schema: dict[str, Any], example: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` of a required JSON body, for a route's ``openapi_extra``."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema, "example": example}},
+        }
+    }
+
+
+PERTURB_BODY: dict[str, Any] = json_body(
+    {
+        "type": "object",
+        "properties": {
+            "instance": {"type": "object", "description": "one instance, as in /v1/predict"},
+            "epsilon": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.2},
+        },
+    },
+    {"instance": {"b64": TINY_PNG_B64}, "epsilon": 0.2},
+)
+
+INFER_BODY: dict[str, Any] = json_body(
+    {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "inputs": {
+                "type": "array",
+                "items": {
                     "type": "object",
-                    "required": ["inputs"],
+                    "required": ["name", "shape", "datatype", "data"],
                     "properties": {
-                        "id": {"type": "string"},
-                        "inputs": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["name", "shape", "datatype", "data"],
-                                "properties": {
-                                    "name": {"type": "string"},
-                                    "shape": {"type": "array", "items": {"type": "integer"}},
-                                    "datatype": {"type": "string", "enum": ["FP32"]},
-                                    "data": {"type": "array"},
-                                },
-                            },
-                        },
-                        "outputs": {
-                            "type": "array",
-                            "items": {"type": "object", "properties": {"name": {"type": "string"}}},
-                        },
+                        "name": {"type": "string"},
+                        "shape": {"type": "array", "items": {"type": "integer"}},
+                        "datatype": {"type": "string", "enum": ["FP32"]},
+                        "data": {"type": "array"},
                     },
                 },
-                "example": {
-                    "id": "42",
-                    "inputs": [
-                        {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
-                    ],
-                },
-            }
+            },
+            "outputs": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"name": {"type": "string"}}},
+            },
         },
-    }
-}
+    },
+    {
+        "id": "42",
+        "inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}],
+    },
+)
