@@ -1,7 +1,7 @@
 """Numerical-safety benchmark (issue 2): the least forgiving L-GM setting trained for 30 epochs on mnist5k.
 
-Learned diagonal variances with the ``paper`` likelihood form (d_y + 0.5 log|Lambda_y|, Wan et al. CVPR 2018,
-eq. 9) is the configuration in which the variances can collapse and drive the loss to -inf or NaN: shrinking
+Learned diagonal variances with the ``paper`` likelihood form (d_y + 0.5 log|Lambda_y|, Wan et al. CVPR 2018)
+is the configuration in which the variances can collapse and drive the loss to -inf or NaN: shrinking
 Lambda_y lowers log|Lambda_y| without bound unless something stops it. The trainer stops at the first
 non-finite loss (FloatingPointError), so finishing is already the check; this script also verifies every
 weight and every per-epoch loss is finite and prints how close the variances came to their floor.
