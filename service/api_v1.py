@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Query, Request
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -28,30 +27,11 @@ from service.payloads import (
     prediction_dicts,
     stack,
 )
-from service.state import ServiceState, ready_engine, require_key
+from service.state import RouteTable, ServiceState, parse_off_loop_if_large, ready_engine
 
-# Decode inline below this many body bytes (a few small images decode in microseconds); above it, on a thread,
-# so a large JPEG never stalls the event loop.
-INLINE_DECODE_BYTES = 64 * 1024
-
-# Routes go straight onto the app (``register``): an included APIRouter costs a route resolution per request.
-_ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
-
-
-def _route(method: str, path: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _ROUTES.append((method, path, fn, kw))
-        return fn
-
-    return deco
-
-
-def register(app: FastAPI) -> None:
-    """Add the /v1 routes; each needs X-API-Key when keys are configured."""
-    for method, path, fn, kw in _ROUTES:
-        app.add_api_route(
-            path, fn, methods=[method.upper()], dependencies=[Depends(require_key)], tags=["v1"], **kw
-        )
+# Every /v1 route needs X-API-Key when keys are configured.
+ROUTES = RouteTable(tags=["v1"])
+register = ROUTES.register
 
 
 async def _images_from_request(
@@ -82,8 +62,7 @@ async def _images_from_request(
         def decode_all() -> list[np.ndarray]:
             return [decode_image(b, shape, s.max_image_pixels, f"files[{i}]") for i, b in enumerate(blobs)]
 
-        big = sum(len(b) for b in blobs) > INLINE_DECODE_BYTES
-        return stack(await run_in_threadpool(decode_all) if big else decode_all())
+        return stack(await parse_off_loop_if_large(decode_all, sum(len(b) for b in blobs)))
     if ctype in ("application/json", "") or ctype.endswith("+json"):
         body = await request.body()
         instances = instances_from_json(load_json(body), s.max_images)
@@ -91,12 +70,11 @@ async def _images_from_request(
         def parse_all() -> list[np.ndarray]:
             return [decode_instance(it, i, shape, s.max_image_pixels) for i, it in enumerate(instances)]
 
-        big = len(body) > INLINE_DECODE_BYTES
-        return stack(await run_in_threadpool(parse_all) if big else parse_all())
+        return stack(await parse_off_loop_if_large(parse_all, len(body)))
     raise APIError(415, f"unsupported content type {ctype!r}; send multipart/form-data or application/json")
 
 
-@_route(
+@ROUTES.route(
     "post",
     "/v1/predict",
     response_model=None,
@@ -118,10 +96,7 @@ async def predict(
     st, engine, batcher = ready_engine(request)
     x = await _images_from_request(request, st, engine.input_shape)  # (N, C, H, W)
     res = await batcher.submit(x)
-    n_flagged = int(res.is_adversarial.sum())
-    st.metrics.images.inc(len(res))
-    if n_flagged:
-        st.metrics.flagged.inc(n_flagged)
+    st.metrics.count_scored(res.is_adversarial)
     return JSONResponse(
         {
             "model": st.settings.model_name,
@@ -131,7 +106,7 @@ async def predict(
     )
 
 
-@_route(
+@ROUTES.route(
     "get",
     "/v1/model",
     responses={200: {"description": "model card"}, **schemas.ERRORS},
@@ -152,7 +127,7 @@ def _png_b64(x: torch.Tensor) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-@_route(
+@ROUTES.route(
     "post",
     "/v1/perturb",
     response_model=None,

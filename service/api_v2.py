@@ -9,38 +9,20 @@ One FP32 input ``input`` of shape [N, C, H, W] in [0, 1]; outputs ``class`` (INT
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from starlette.concurrency import run_in_threadpool
+from fastapi import Request
 from starlette.responses import JSONResponse
 
 from service import schemas
 from service.errors import APIError
 from service.payloads import OIP_OUTPUTS, load_json, oip_input, oip_outputs
-from service.state import ServiceState, get_state, ready_engine, require_key
+from service.state import RouteTable, ServiceState, get_state, parse_off_loop_if_large, ready_engine
 
 SERVER_NAME = "lgm-detect"
-TAGS = ["v2 (Open Inference Protocol)"]
-_ROUTES: list[tuple[str, str, Callable[..., Any], bool, dict[str, Any]]] = []
-
-
-def _route(
-    method: str, path: str, guarded: bool = True, **kw: Any
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _ROUTES.append((method, path, fn, guarded, kw))
-        return fn
-
-    return deco
-
-
-def register(app: FastAPI) -> None:
-    """Add the /v2 routes straight onto the app; metadata and inference need X-API-Key when keys are set."""
-    for method, path, fn, guarded, kw in _ROUTES:
-        deps = [Depends(require_key)] if guarded else []
-        app.add_api_route(path, fn, methods=[method.upper()], dependencies=deps, tags=TAGS, **kw)
+# Metadata and inference need X-API-Key when keys are configured; health routes (guarded=False) never do.
+ROUTES = RouteTable(tags=["v2 (Open Inference Protocol)"])
+register = ROUTES.register
 
 
 def _check_model(st: ServiceState, name: str, version: str | None = None) -> None:
@@ -52,12 +34,12 @@ def _check_model(st: ServiceState, name: str, version: str | None = None) -> Non
         )
 
 
-@_route("get", "/v2/health/live", guarded=False, summary="Server live")
+@ROUTES.route("get", "/v2/health/live", guarded=False, summary="Server live")
 async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@_route(
+@ROUTES.route(
     "get",
     "/v2/health/ready",
     guarded=False,
@@ -69,21 +51,21 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"ready": ok}, status_code=200 if ok else 400)
 
 
-@_route(
+@ROUTES.route(
     "get",
     "/v2/models/{name}/ready",
     guarded=False,
     summary="Model ready",
     responses={400: {"description": "not ready"}, 404: {"model": schemas.ErrorBody}},
 )
-@_route("get", "/v2/models/{name}/versions/{version}/ready", guarded=False, include_in_schema=False)
+@ROUTES.route("get", "/v2/models/{name}/versions/{version}/ready", guarded=False, include_in_schema=False)
 async def model_ready(request: Request, name: str, version: str | None = None) -> JSONResponse:
     st = get_state(request)
     _check_model(st, name, version if st.ready else None)
     return JSONResponse({"name": name, "ready": st.ready}, status_code=200 if st.ready else 400)
 
 
-@_route("get", "/v2", summary="Server metadata")
+@ROUTES.route("get", "/v2", summary="Server metadata")
 async def server_metadata() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -94,14 +76,14 @@ async def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": v, "extensions": []}
 
 
-@_route(
+@ROUTES.route(
     "get",
     "/v2/models/{name}",
     response_model=schemas.OIPModelMetadata,
     responses=schemas.ERRORS,
     summary="Model metadata",
 )
-@_route(
+@ROUTES.route(
     "get",
     "/v2/models/{name}/versions/{version}",
     response_model=schemas.OIPModelMetadata,
@@ -124,7 +106,7 @@ async def model_metadata(request: Request, name: str, version: str | None = None
     }
 
 
-@_route(
+@ROUTES.route(
     "post",
     "/v2/models/{name}/infer",
     response_model=None,
@@ -132,23 +114,19 @@ async def model_metadata(request: Request, name: str, version: str | None = None
     openapi_extra=schemas.INFER_BODY,
     summary="Inference",
 )
-@_route("post", "/v2/models/{name}/versions/{version}/infer", response_model=None, include_in_schema=False)
+@ROUTES.route(
+    "post", "/v2/models/{name}/versions/{version}/infer", response_model=None, include_in_schema=False
+)
 async def infer(request: Request, name: str, version: str | None = None) -> JSONResponse:
     """One FP32 tensor [N, C, H, W] in [0, 1], flat or nested ``data``; optional ``outputs`` picks outputs."""
     st, engine, batcher = ready_engine(request)
     _check_model(st, name, version)
     body = await request.body()
-    if len(body) > 64 * 1024:
-        x, names, req_id = await run_in_threadpool(
-            lambda: oip_input(load_json(body), engine.input_shape, st.settings.max_images)
-        )
-    else:
-        x, names, req_id = oip_input(load_json(body), engine.input_shape, st.settings.max_images)
+    x, names, req_id = await parse_off_loop_if_large(
+        lambda: oip_input(load_json(body), engine.input_shape, st.settings.max_images), len(body)
+    )
     res = await batcher.submit(x)
-    st.metrics.images.inc(len(res))
-    n_flagged = int(res.is_adversarial.sum())
-    if n_flagged:
-        st.metrics.flagged.inc(n_flagged)
+    st.metrics.count_scored(res.is_adversarial)
     out: dict[str, Any] = {"model_name": name, "model_version": st.model_version}
     if req_id is not None:
         out["id"] = req_id

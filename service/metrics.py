@@ -61,6 +61,13 @@ class Metrics:
         self.images = Counter("lgm_images", "images scored", registry=r)
         self.flagged = Counter("lgm_flagged_inputs", "images flagged as adversarial", registry=r)
 
+    def count_scored(self, is_adversarial: Any) -> None:
+        """Count the images a request had scored, and those flagged (``is_adversarial``: (N,) bools)."""
+        self.images.inc(len(is_adversarial))
+        n_flagged = int(is_adversarial.sum())
+        if n_flagged:
+            self.flagged.inc(n_flagged)
+
     def observe_batch(self, images: int, seconds: float) -> None:
         self.batch_size.observe(images)
         self.forward_seconds.observe(seconds)

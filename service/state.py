@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from fastapi import Request, Security
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import APIKeyHeader
+from starlette.concurrency import run_in_threadpool
 
 from service.batcher import MicroBatcher
 from service.engine import BatchResult, Engine
 from service.errors import APIError
 from service.metrics import Metrics
 from service.settings import ServeSettings
+
+T = TypeVar("T")
+
+# Parse inline below this many body bytes (a few small images decode in microseconds); above it, on a thread,
+# so a large JPEG or JSON tensor never stalls the event loop.
+INLINE_PARSE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -54,3 +63,32 @@ def ready_engine(request: Request) -> tuple[ServiceState, Engine, MicroBatcher[B
     if not st.ready or st.engine is None or st.batcher is None:
         raise APIError(503, "model not loaded yet; retry when /readyz says ready")
     return st, st.engine, st.batcher
+
+
+async def parse_off_loop_if_large(parse: Callable[[], T], body_bytes: int) -> T:
+    """``parse()`` inline for a small body, on the thread pool for one over ``INLINE_PARSE_BYTES``."""
+    return await run_in_threadpool(parse) if body_bytes > INLINE_PARSE_BYTES else parse()
+
+
+class RouteTable:
+    """Routes declared with ``@table.route(...)`` at import time, then added straight onto the app by
+    ``register`` (an included APIRouter would cost a route resolution per request). Guarded routes need
+    X-API-Key when keys are configured."""
+
+    def __init__(self, tags: list[str]) -> None:
+        self.tags = tags
+        self._routes: list[tuple[str, str, Callable[..., Any], bool, dict[str, Any]]] = []
+
+    def route(
+        self, method: str, path: str, guarded: bool = True, **kw: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self._routes.append((method, path, fn, guarded, kw))
+            return fn
+
+        return deco
+
+    def register(self, app: FastAPI) -> None:
+        for method, path, fn, guarded, kw in self._routes:
+            deps = [Depends(require_key)] if guarded else []
+            app.add_api_route(path, fn, methods=[method.upper()], dependencies=deps, tags=self.tags, **kw)
