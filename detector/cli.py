@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-
-def _csv(s: str) -> list[str]:
-    return [t.strip() for t in s.split(",") if t.strip()]
+from detector.budgets import add_budget_args
+from detector.evaluation import add_evaluate_args, evaluate_from_args
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -18,7 +17,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         from detector.attacks import parse_attack_list
         from detector.budgets import budgets_from_args
 
-        attacks = parse_attack_list(args.attacks, allow_autoattack=True)
+        attacks = parse_attack_list(args.attacks)
         budgets = budgets_from_args(args)
     cal = calibrate(
         args.artifact, mode=args.mode, target_fpr=args.target_fpr, kind=args.thresholds.replace("-", "_"),
@@ -30,17 +29,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from detector.evaluation import evaluate_from_args
-
     return evaluate_from_args(args)
-
-
-def _add_budget_args(p: argparse.ArgumentParser) -> None:
-    try:
-        from detector.budgets import add_budget_args
-    except ModuleNotFoundError:  # attacks not built yet
-        return
-    add_budget_args(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,16 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
     r.add_argument("--batch-size", type=int, default=100, help="inputs per attack batch")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_budget_args(p)
+    add_budget_args(p)
     p.set_defaults(func=cmd_calibrate)
 
-    try:
-        from detector.evaluation import add_evaluate_args
-    except ModuleNotFoundError:
-        return
     p = sub.add_parser(
         "evaluate", help="attack the test split and report every detector side by side", formatter_class=fmt
     )
     add_evaluate_args(p)
-    _add_budget_args(p)
+    add_budget_args(p)
     p.set_defaults(func=cmd_evaluate)

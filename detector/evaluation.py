@@ -35,7 +35,7 @@ from tqdm import tqdm
 from detector import roc
 from detector.attacks import AttackTarget, LGMObjective, TwinObjective, parse_attack_list, run_attack
 from detector.baselines import Baselines, load_baselines, msp_probability_threshold, twin_dir, twin_matches
-from detector.budgets import Budgets, add_budget_args, budgets_from_args, resolve_budgets
+from detector.budgets import Budgets, budgets_from_args, resolve_budgets
 from detector.scoring import Detector
 from training.artifacts import has_artifact, load_meta
 from training.data import load_dataset
@@ -434,4 +434,4 @@ def _argv_of(args: argparse.Namespace) -> list[str]:
     return out
 
 
-__all__ = ["EvalConfig", "add_budget_args", "add_evaluate_args", "detector_metrics", "evaluate", "worst_case"]
+__all__ = ["EvalConfig", "add_evaluate_args", "detector_metrics", "evaluate", "worst_case"]

@@ -12,6 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from detector import cli as detector_cli
+from service import serve_cli
 from training import cli as training_cli
 
 
@@ -21,14 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adversarial-example detection with L-GM networks (Wan et al., CVPR 2018).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    training_cli.register(sub)
-    for mod in ("detector.cli", "service.serve_cli"):
-        try:
-            module = __import__(mod, fromlist=["register"])
-        except ModuleNotFoundError as exc:  # a package not built yet
-            if exc.name and mod.startswith(exc.name):
-                continue
-            raise
+    for module in (training_cli, detector_cli, serve_cli):
         module.register(sub)
     return parser
 

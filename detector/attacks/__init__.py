@@ -38,7 +38,7 @@ __all__ = ["ATTACKS", "DEFAULT_SUITE", "OPT_IN", "AttackTarget", "LGMObjective",
            "run_attack"]  # fmt: skip
 
 
-def parse_attack_list(spec: str | list[str] | None, allow_autoattack: bool = True) -> list[str]:
+def parse_attack_list(spec: str | list[str] | None) -> list[str]:
     """'fgsm,pgd' -> ['fgsm', 'pgd']; 'default' -> the default suite; 'all' adds the opt-in ones."""
     if spec is None or spec == "default":
         return list(DEFAULT_SUITE)
@@ -51,8 +51,6 @@ def parse_attack_list(spec: str | list[str] | None, allow_autoattack: bool = Tru
             out += [a for a in (*DEFAULT_SUITE, *OPT_IN) if a not in out]
         elif name not in ATTACKS:
             raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)} (or default, all)")
-        elif name == "autoattack" and not allow_autoattack:
-            raise ValueError("autoattack is not available here")
         elif name not in out:
             out.append(name)
     if not out:
