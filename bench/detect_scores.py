@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.baselines import fit_mahalanobis  # noqa: E402
+from detector.baselines import fit_mahalanobis, squared_mahalanobis  # noqa: E402
 from detector.roc import auroc  # noqa: E402
 from detector.scoring import Detector  # noqa: E402
 from training.data import load_dataset  # noqa: E402
@@ -43,14 +43,12 @@ def scores(
     logits, feats = det.model(x.float(), return_features=True)  # (N, K), (N, D)
     ll = det.model.head.log_likelihood(feats).double()  # (N, K)
     pred = logits.argmax(1)
-    diff = feats.double().unsqueeze(1) - means.double().unsqueeze(0)  # (N, K, D)
-    maha = torch.einsum("nkd,de,nke->nk", diff, precision.double(), diff)
     log_prior = det.model.head.log_priors().double()
     return {
         "pred": pred,
         "ll_pred": -ll.gather(1, pred[:, None]).squeeze(1),
         "ll_mixture": -torch.logsumexp(ll + log_prior, dim=1),
-        "tied_maha": maha.amin(1),
+        "tied_maha": squared_mahalanobis(feats, means, precision).amin(1).double(),
         "msp": -torch.softmax(logits.double(), 1).amax(1),
         "feat_norm": feats.double().norm(dim=1),
     }

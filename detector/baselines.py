@@ -46,10 +46,16 @@ def twin_dir(art_dir: str | Path) -> Path:
     return Path(art_dir) / TWIN_DIR
 
 
+def twin_ready(art_dir: str | Path, meta: dict[str, Any]) -> bool:
+    """Whether ARTIFACT/softmax_twin/ holds a twin trained like the artifact (L-GM-only settings aside)."""
+    out = twin_dir(art_dir)
+    return has_artifact(out) and twin_matches(out, meta)
+
+
 def ensure_twin(art_dir: str | Path, meta: dict[str, Any], quiet: bool = True) -> Path:
     """Train the softmax twin into ARTIFACT/softmax_twin/ unless it is there. Returns its folder."""
     out = twin_dir(art_dir)
-    if has_artifact(out) and twin_matches(out, meta):
+    if twin_ready(art_dir, meta):
         return out
     from training.trainer import train
 
@@ -75,6 +81,13 @@ def twin_matches(tdir: Path, meta: dict[str, Any]) -> bool:
     a, b = tmeta.get("train", {}), meta.get("train", {})
     keys = (set(a) | set(b)) - TWIN_IRRELEVANT
     return tmeta.get("arch", {}).get("head") == "softmax" and all(a.get(k) == b.get(k) for k in keys)
+
+
+def squared_mahalanobis(feats: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """(f - mu_k)^T Sigma^-1 (f - mu_k) for every class: feats (N, D), means (K, D), precision (D, D) -> (N, K),
+    in float32 on the features' device; differentiable in feats."""
+    diff = feats.float().unsqueeze(1) - means.to(feats.device).unsqueeze(0)  # (N, K, D)
+    return torch.einsum("nkd,de,nke->nk", diff, precision.to(feats.device), diff)
 
 
 @dataclass
@@ -107,8 +120,7 @@ class Baselines:
 
     def mahalanobis(self, feats: torch.Tensor) -> torch.Tensor:
         """Squared Mahalanobis distances to every class mean under the tied covariance, (N, K)."""
-        diff = feats.float().unsqueeze(1) - self.means.to(feats.device).unsqueeze(0)  # (N, K, D)
-        return torch.einsum("nkd,de,nke->nk", diff, self.precision.to(feats.device), diff)
+        return squared_mahalanobis(feats, self.means, self.precision)
 
     def _preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Lee et al.'s input preprocessing: x - noise * sign(grad_x min_k M_k(x)), clamped to [0, 1]."""

@@ -25,7 +25,14 @@ import torch
 from tqdm import tqdm
 
 from detector import roc
-from detector.scoring import DETECTOR_FILE, DETECTOR_FORMAT, THRESHOLD_UNITS, lgm_head, raw_scores
+from detector.scoring import (
+    DETECTOR_FILE,
+    DETECTOR_FORMAT,
+    THRESHOLD_UNITS,
+    deployed_thresholds,
+    lgm_head,
+    raw_scores,
+)
 from training.artifacts import atomic_write_json, load_artifact
 from training.data import load_dataset
 from training.distributed import resolve_device
@@ -164,7 +171,7 @@ def calibrate(
     budgets_used: dict[str, Any] = {}
     if mode == "roc":
         clean_glob, clean_per = select_thresholds(ll, pred, k, target_fpr)
-        thr0 = torch.tensor(clean_per if kind == "per_class" else [clean_glob] * k)
+        thr0 = torch.from_numpy(deployed_thresholds(kind, clean_per, clean_glob))
         adv = attack_calibration_split(model, d["name"], x, y, raw["pred"], thr0, attacks, budgets, limit, seed,
                                        batch_size, dev, progress)  # fmt: skip
         adv_ll, adv_pred = adv["ll"], adv["pred"]
@@ -174,11 +181,10 @@ def calibrate(
             a_ll = f.pop("ll")
             f["auroc"] = roc.auroc(-ll, -a_ll) if len(a_ll) else None
     glob, per = select_thresholds(ll, pred, k, target_fpr, rule, adv_ll, adv_pred)
-    thr = np.asarray(per)[pred] if kind == "per_class" else np.full(len(ll), glob)
-    figures["clean_fpr"] = float(np.mean(ll < thr))
+    deployed = deployed_thresholds(kind, per, glob)  # (K,)
+    figures["clean_fpr"] = float(np.mean(ll < deployed[pred]))
     if adv_ll is not None and len(adv_ll):
-        athr = np.asarray(per)[adv_pred] if kind == "per_class" else np.full(len(adv_ll), glob)
-        figures["adversarial_tpr"] = float(np.mean(adv_ll < athr))
+        figures["adversarial_tpr"] = float(np.mean(adv_ll < deployed[adv_pred]))
         figures["auroc"] = roc.auroc(-ll, -adv_ll)
     figures["seconds"] = round(time.perf_counter() - t0, 3)
     cal = {

@@ -34,14 +34,14 @@ from tqdm import tqdm
 
 from detector import roc
 from detector.attacks import AttackTarget, LGMObjective, TwinObjective, parse_attack_list, run_attack
-from detector.baselines import Baselines, load_baselines, msp_probability_threshold, twin_dir, twin_matches
+from detector.baselines import Baselines, load_baselines, msp_probability_threshold, twin_dir, twin_ready
 from detector.budgets import Budgets, budgets_from_args, resolve_budgets
-from detector.scoring import Detector
-from training.artifacts import has_artifact, load_meta
+from detector.report import DETECTORS
+from detector.scoring import Detector, deployed_thresholds
+from training.artifacts import load_meta
 from training.data import load_dataset
 from training.distributed import DistInfo, barrier, init_distributed, resolve_device, shutdown
 
-DETECTORS = ("lgm", "msp", "mahalanobis")
 NETWORK_OF = {"lgm": "lgm", "msp": "twin", "mahalanobis": "twin"}
 REPORT_FPR = 0.05
 
@@ -216,7 +216,7 @@ def _evaluate(
     ds = load_dataset(d["name"], d.get("root"), int(d.get("split_seed", 0)), d.get("image_size"))
     cal = det.calibration
     target_fpr = float(cal["target_fpr"])
-    if not (has_artifact(twin_dir(cfg.artifact)) and twin_matches(twin_dir(cfg.artifact), det.meta)):
+    if not twin_ready(cfg.artifact, det.meta):
         if info.is_main and not cfg.quiet:
             print(
                 f"training the softmax twin into {twin_dir(cfg.artifact)} (once)", file=sys.stderr, flush=True
@@ -248,9 +248,9 @@ def _evaluate(
         "mahalanobis": (twin_clean["mahalanobis"][correct].double().numpy(),
                         (twin_clean["mahalanobis"][correct] > base.thresholds["mahalanobis"]).numpy()),
     }  # fmt: skip
-    thr_t = torch.tensor(cal["class_thresholds"], dtype=torch.float32)
-    if cal["threshold_kind"] != "per_class":
-        thr_t = torch.full_like(thr_t, float(cal["global_threshold"]))
+    thr_t = torch.from_numpy(
+        deployed_thresholds(cal["threshold_kind"], cal["class_thresholds"], cal["global_threshold"])
+    ).float()
     targets = {
         "lgm": AttackTarget("lgm", det.model, LGMObjective(det.model, thr_t, budgets.adaptive_margin)),
         "twin": AttackTarget("twin", base.model, TwinObjective(base.model, base.means, base.precision,

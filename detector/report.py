@@ -7,7 +7,7 @@ from typing import Any
 
 from training.artifacts import atomic_write_bytes, atomic_write_json
 
-DETECTORS = ("lgm", "msp", "mahalanobis")
+DETECTORS = ("lgm", "msp", "mahalanobis")  # the report's columns, in order
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -24,6 +24,10 @@ def _budget(b: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _cell(m: dict[str, Any]) -> str:
+    return f"{_f(m['auroc'])} / {_f(m['tpr_at_5fpr'])} / {_f(m['fooled_and_undetected'])}"
+
+
 def table(report: dict[str, Any]) -> str:
     """The Markdown table: per attack, success rate, then AUROC / TPR@5%FPR / fooled-and-undetected per detector."""
     head = ["attack", "seen", "success (lgm / twin)"] + [f"{d} AUROC / TPR@5 / undet." for d in DETECTORS]
@@ -32,17 +36,11 @@ def table(report: dict[str, Any]) -> str:
         dets = a["detectors"]
         row = [name, "yes" if a["seen_in_calibration"] else "no",
                f"{a['success_rate']:.3f} / {dets['msp']['success_rate']:.3f}"]  # fmt: skip
-        for d in DETECTORS:
-            m = dets[d]
-            row.append(f"{_f(m['auroc'])} / {_f(m['tpr_at_5fpr'])} / {_f(m['fooled_and_undetected'])}")
+        row += [_cell(dets[d]) for d in DETECTORS]
         lines.append("| " + " | ".join(row) + " |")
     wc = report["worst_case"]["all"]
     row = ["**worst case**", "", ""]
-    for d in DETECTORS:
-        w = wc.get(d)
-        row.append(
-            "-" if not w else f"{_f(w['auroc'])} / {_f(w['tpr_at_5fpr'])} / {_f(w['fooled_and_undetected'])}"
-        )
+    row += [_cell(wc[d]) if wc.get(d) else "-" for d in DETECTORS]
     lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@ per-class thresholds, the same global value for every input otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,12 +91,17 @@ def tail_probability(ll: np.ndarray, pred: np.ndarray, quantiles: dict[str, Any]
     return np.clip(out, 0.0, 1.0)
 
 
+def deployed_thresholds(kind: str | None, per_class: Sequence[float], global_threshold: float) -> np.ndarray:
+    """The threshold in force for each predicted class, (K,): its own when ``kind`` is per_class, else the
+    global one for every class."""
+    per = np.asarray(per_class, dtype=np.float64)
+    return per if kind == "per_class" else np.full(len(per), float(global_threshold), dtype=np.float64)
+
+
 def thresholds_for(pred: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
     """The log-likelihood threshold applied to each input (per-class or global, as deployed)."""
-    if calibration.get("threshold_kind") == "per_class":
-        thr = np.asarray(calibration["class_thresholds"], dtype=np.float64)
-        return thr[pred]
-    return np.full(len(pred), float(calibration["global_threshold"]), dtype=np.float64)
+    c = calibration
+    return deployed_thresholds(c.get("threshold_kind"), c["class_thresholds"], c["global_threshold"])[pred]
 
 
 class Detector:

@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from detector.attacks.base import AttackTarget, project_linf
+from detector.baselines import squared_mahalanobis
 from detector.budgets import Budgets
+from detector.scoring import lgm_outputs
 from training.model import Classifier
 
 
@@ -51,8 +53,7 @@ class LGMObjective:
             return _runner_up(self.model(x), y)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, feats = self.model(x, return_features=True)
-        ll = self.model.head.log_likelihood(feats.float())  # (N, K)
+        logits, ll = lgm_outputs(self.model, x)  # (N, K) each: the detector's own score, differentiable
         ll_t = ll.gather(1, t[:, None]).squeeze(1)
         z_t = logits.gather(1, t[:, None]).squeeze(1)
         thr_t = self.thr.to(x.device)[t]
@@ -77,13 +78,9 @@ class TwinObjective:
         with torch.no_grad():
             return _runner_up(self.model(x), y)
 
-    def _maha(self, feats: torch.Tensor) -> torch.Tensor:
-        diff = feats.float().unsqueeze(1) - self.means.to(feats.device).unsqueeze(0)  # (N, K, D)
-        return torch.einsum("nkd,de,nke->nk", diff, self.precision.to(feats.device), diff)
-
     def loss(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, feats = self.model(x, return_features=True)
-        m = self._maha(feats)  # (N, K)
+        m = squared_mahalanobis(feats, self.means, self.precision)  # (N, K), as the baseline scores it
         m_t = m.gather(1, t[:, None]).squeeze(1)
         tau = max(self.maha_thr, 1e-6)
         loss = F.cross_entropy(logits.float(), t, reduction="none") + F.relu(m_t / tau - 0.9)
