@@ -23,8 +23,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+
+from training.config import RUN_ONLY, TrainConfig  # noqa: E402
+
 TARGET_ATTACKS = ("fgsm", "bim", "pgd", "cw", "deepfool")
-IGNORED = {"quiet", "device", "threads", "data_root", "amp"}
+IGNORED = {"data_root", *RUN_ONLY}  # settings that do not change the trained model
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None) -> None:
@@ -37,9 +41,6 @@ def stale_reason(art: Path) -> str | None:
     meta_path = art / "model.json"
     if not meta_path.is_file():
         return "missing"
-    sys.path.insert(0, str(ROOT))
-    from training.config import TrainConfig
-
     trained = json.loads(meta_path.read_text()).get("train", {})
     now = TrainConfig(dataset="mnist5k").to_dict()
     diff = {k: (trained.get(k), v) for k, v in now.items() if k not in IGNORED and trained.get(k) != v}

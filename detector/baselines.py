@@ -24,9 +24,9 @@ import torch
 
 from detector import roc
 from training.artifacts import has_artifact, load_artifact, load_meta
-from training.config import TrainConfig
+from training.config import LGM_KEYS, RUN_ONLY, TrainConfig
 from training.data import Split
-from training.model import Classifier
+from training.model import Classifier, split_features
 
 TWIN_DIR = "softmax_twin"
 
@@ -68,8 +68,7 @@ def ensure_twin(art_dir: str | Path, meta: dict[str, Any], quiet: bool = True) -
     return out
 
 
-TWIN_IRRELEVANT = {"head", "quiet", "device", "threads", "amp", "variance", "lkd_form", "lam", "alpha", "alpha_factor",
-                   "alpha_every", "alpha_cap", "learn_priors", "var_floor", "var_lr_mult"}  # fmt: skip
+TWIN_IRRELEVANT = {"head", *RUN_ONLY, *LGM_KEYS}
 
 
 def twin_matches(tdir: Path, meta: dict[str, Any]) -> bool:
@@ -135,9 +134,7 @@ def fit_mahalanobis(
     model: Classifier, split: Split, batch_size: int = 500
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class means (K, D) and the precision (D, D) of the tied covariance of the penultimate features."""
-    dev = next(model.parameters()).device
-    feats = torch.cat([model.features(split.x[i : i + batch_size].to(dev).float().div(255.0)).float().cpu()
-                       for i in range(0, len(split), batch_size)]).double()  # fmt: skip
+    feats = split_features(model, split.x, next(model.parameters()).device, batch_size).double()  # (N, D)
     y = split.y
     k = int(model.spec.num_classes)
     means = torch.stack([feats[y == c].mean(0) for c in range(k)])  # (K, D)

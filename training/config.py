@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+# Settings of where and how loudly a run happens, not of what it learns.
+RUN_ONLY = ("device", "amp", "threads", "quiet")
+# The L-GM head's settings (a softmax head ignores them); model.json lists them under "lgm".
+LGM_KEYS = ("variance", "lkd_form", "lam", "alpha", "alpha_factor", "alpha_every", "alpha_cap", "learn_priors",
+            "var_floor", "var_lr_mult")  # fmt: skip
+
 
 @dataclass
 class TrainConfig:

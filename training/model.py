@@ -85,3 +85,16 @@ class Classifier(nn.Module):
         if return_features:
             return logits, feats
         return logits
+
+
+@torch.no_grad()
+def split_features(
+    model: Classifier, x: torch.Tensor, device: torch.device, batch_size: int = 500
+) -> torch.Tensor:
+    """Features (N, D), float32 on the CPU, of uint8 images x (N, C, H, W), in batches and in eval mode."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].to(device).float().div_(255.0)  # (B, C, H, W) in [0, 1]
+        out.append(model.features(xb).float().cpu())
+    return torch.cat(out)

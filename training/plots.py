@@ -16,28 +16,15 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from training.artifacts import atomic_write_bytes, load_artifact
 from training.data import load_dataset
 from training.distributed import resolve_device
 from training.lgm import LGMHead
+from training.model import split_features
 
 SPLITS = ("train", "calibration", "test")
 MAX_POINTS = 10_000  # scatter at most this many points (a fixed subsample); PCA still sees every feature
-
-
-@torch.no_grad()
-def split_features(
-    model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 500
-) -> np.ndarray:
-    """Features (N, D) of uint8 images (N, C, H, W), computed in eval mode."""
-    model.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size].to(device).float().div_(255.0)
-        out.append(model.features(xb).float().cpu())
-    return torch.cat(out).numpy().astype(np.float64)
 
 
 def pca_projection(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -128,7 +115,7 @@ def plot_features(
         ds_meta["name"], ds_meta.get("root"), int(ds_meta.get("split_seed", 0)), ds_meta.get("image_size")
     )
     part = getattr(ds, split)
-    feats = split_features(model, part.x, dev)  # (N, D)
+    feats = split_features(model, part.x, dev).numpy().astype(np.float64)  # (N, D)
     y = part.y.numpy()
     m, proj, ratio = pca_projection(feats)
     z = (feats - m) @ proj.T  # (N, 2)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from training.artifacts import save_artifact
 from training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from training.config import TrainConfig
+from training.config import LGM_KEYS, RUN_ONLY, TrainConfig
 from training.data import Dataset, Split, augment_batch, load_dataset
 from training.distributed import (
     DistInfo,
@@ -70,7 +70,7 @@ def validate_config(cfg: TrainConfig) -> None:
 
 
 # options a resumed run may change; any other difference would not end in the state of an uninterrupted run
-RESUME_MAY_CHANGE = ("epochs", "device", "amp", "threads", "quiet", "data_root")
+RESUME_MAY_CHANGE = ("epochs", "data_root", *RUN_ONLY)
 
 
 def check_resumable(out: Path, cfg: TrainConfig) -> None:
@@ -292,8 +292,7 @@ def train(
             meta = {
                 "dataset": {"name": ds.name, "root": cfg.data_root, "split_seed": cfg.split_seed, "image_size": cfg.image_size,
                             "class_names": ds.class_names, "sizes": {"train": len(ds.train), "calibration": len(ds.calibration), "test": len(ds.test)}},
-                "lgm": {k: getattr(cfg, k) for k in ("variance", "lkd_form", "lam", "alpha", "alpha_factor", "alpha_every",
-                                                     "alpha_cap", "learn_priors", "var_floor", "var_lr_mult")} if cfg.head == "lgm" else None,
+                "lgm": {k: getattr(cfg, k) for k in LGM_KEYS} if cfg.head == "lgm" else None,
                 "train": cfg.to_dict(),
                 "world_size": dist_info.world_size,
                 "device": str(device),
