@@ -7,6 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from training.config import TrainConfig
+from training.trainer import CHOICES, train
 
 _HELP = {
     "dataset": "mnist5k | digits (embedded) | mnist | fashion-mnist | cifar10 | cifar100 | folder (need --data-root)",
@@ -49,15 +50,6 @@ _GROUPS = {
     "optimisation": ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "lr_schedule", "augment"),
     "run": ("seed", "device", "amp", "threads", "quiet"),
 }  # fmt: skip
-_CHOICES = {
-    "dataset": ("mnist5k", "digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder"),
-    "backbone": ("auto", "mnist_cnn", "resnet"),
-    "head": ("lgm", "softmax"),
-    "variance": ("diagonal", "isotropic", "fixed"),
-    "lkd_form": ("paper", "center"),
-    "optimizer": ("adam", "sgd"),
-    "lr_schedule": ("cosine", "step", "none"),
-}
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -75,7 +67,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
             elif "float" in str(types[name]):
                 g.add_argument(flag, type=float, default=default, help=_HELP[name])
             else:
-                g.add_argument(flag, type=str, default=default, choices=_CHOICES.get(name), help=_HELP[name])
+                g.add_argument(flag, type=str, default=default, choices=CHOICES.get(name), help=_HELP[name])
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -83,8 +75,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.trainer import train
-
     cfg = config_from_args(args)
     meta = train(cfg, args.out, resume=args.resume)
     if meta:

@@ -17,9 +17,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from training.artifacts import save_artifact
+from training.backbones import BACKBONES
 from training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from training.config import LGM_KEYS, RUN_ONLY, TrainConfig
-from training.data import Dataset, Split, augment_batch, load_dataset
+from training.data import DATASETS, Dataset, Split, augment_batch, load_dataset
 from training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -33,13 +34,24 @@ from training.lgm import VARIANCE_MODES, LGMHead
 from training.loss import LKD_FORMS, AlphaSchedule, lgm_loss
 from training.model import Classifier, ModelSpec
 
+# The allowed values of the string options (validate_config checks them; `lgm train` offers them as choices).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASETS,
+    "backbone": ("auto", *BACKBONES),
+    "head": ("lgm", "softmax"),
+    "variance": VARIANCE_MODES,
+    "lkd_form": LKD_FORMS,
+    "optimizer": ("adam", "sgd"),
+    "lr_schedule": ("cosine", "step", "none"),
+}
+
 
 def validate_config(cfg: TrainConfig) -> None:
     """Raise ValueError with one line for an option out of range."""
     checks = [
-        (cfg.head in ("lgm", "softmax"), f"--head must be lgm or softmax, got {cfg.head!r}"),
+        (cfg.head in CHOICES["head"], f"--head must be lgm or softmax, got {cfg.head!r}"),
         (
-            cfg.backbone in ("auto", "mnist_cnn", "resnet"),
+            cfg.backbone in CHOICES["backbone"],
             f"--backbone must be auto, mnist_cnn or resnet, got {cfg.backbone!r}",
         ),
         (
@@ -50,9 +62,9 @@ def validate_config(cfg: TrainConfig) -> None:
             cfg.lkd_form in LKD_FORMS,
             f"--lkd-form must be one of {', '.join(LKD_FORMS)}, got {cfg.lkd_form!r}",
         ),
-        (cfg.optimizer in ("adam", "sgd"), f"--optimizer must be adam or sgd, got {cfg.optimizer!r}"),
+        (cfg.optimizer in CHOICES["optimizer"], f"--optimizer must be adam or sgd, got {cfg.optimizer!r}"),
         (
-            cfg.lr_schedule in ("cosine", "step", "none"),
+            cfg.lr_schedule in CHOICES["lr_schedule"],
             f"--lr-schedule must be cosine, step or none, got {cfg.lr_schedule!r}",
         ),
         (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
