@@ -31,9 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.config import TrainConfig  # noqa: E402
 from training.data import Dataset, Split, load_dataset  # noqa: E402
 from training.distributed import DistInfo, resolve_device  # noqa: E402
-from training.loss import AlphaSchedule  # noqa: E402
-from training.model import Classifier  # noqa: E402
-from training.trainer import _amp_dtype, build_spec, make_optimizer, train, train_one_epoch  # noqa: E402
+from training.trainer import start_run, train, train_one_epoch  # noqa: E402
 
 HEADS = ("lgm", "softmax")
 LABEL = {"lgm": "L-GM", "softmax": "softmax"}
@@ -61,12 +59,7 @@ def time_heads(
     from other processes falls on both heads alike. Uses the trainer's own epoch loop."""
     state = {}
     for head, cfg in cfgs.items():
-        torch.manual_seed(cfg.seed)
-        core = Classifier(build_spec(cfg, ds)).to(device)
-        optim = make_optimizer(core, cfg)
-        schedule = AlphaSchedule(cfg.alpha, cfg.alpha_factor, cfg.alpha_every, cfg.alpha_cap)
-        scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(device, cfg.amp) == torch.float16)
-        state[head] = (cfg, core, optim, schedule, scaler)
+        state[head] = (cfg, *start_run(cfg, ds, device))
     secs: dict[str, list[float]] = {h: [] for h in cfgs}
     for r in range(rounds):
         for head in list(cfgs) if r % 2 == 0 else list(cfgs)[::-1]:

@@ -239,6 +239,19 @@ def train_one_epoch(
     }
 
 
+def start_run(
+    cfg: TrainConfig, ds: Dataset, device: torch.device
+) -> tuple[Classifier, torch.optim.Optimizer, AlphaSchedule, torch.amp.GradScaler]:
+    """What a run starts from: the model (initialised from ``cfg.seed``), its optimiser, the margin schedule
+    and the gradient scaler (enabled only for float16 autocast on CUDA)."""
+    torch.manual_seed(cfg.seed)
+    core = Classifier(build_spec(cfg, ds)).to(device)
+    optim = make_optimizer(core, cfg)
+    schedule = AlphaSchedule(cfg.alpha, cfg.alpha_factor, cfg.alpha_every, cfg.alpha_cap)
+    scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(device, cfg.amp) == torch.float16)
+    return core, optim, schedule, scaler
+
+
 def train(
     cfg: TrainConfig, out_dir: str | Path, resume: bool = False, stop_after: int | None = None
 ) -> dict[str, Any]:
@@ -256,16 +269,12 @@ def train(
         torch.cuda.set_device(device)
     try:
         ds = load_dataset(cfg.dataset, cfg.data_root, cfg.split_seed, cfg.image_size)
-        torch.manual_seed(cfg.seed)
-        core = Classifier(build_spec(cfg, ds)).to(device)
-        optim = make_optimizer(core, cfg)
+        core, optim, schedule, scaler = start_run(cfg, ds, device)
         model: torch.nn.Module = core
         if dist_info.enabled:
             model = DistributedDataParallel(
                 core, device_ids=[device.index] if device.type == "cuda" else None
             )
-        schedule = AlphaSchedule(cfg.alpha, cfg.alpha_factor, cfg.alpha_every, cfg.alpha_cap)
-        scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(device, cfg.amp) == torch.float16)
         start, history = 0, []
         if resume and has_checkpoint(out):
             check_resumable(out, cfg)
