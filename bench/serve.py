@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import base64
 import http.client
-import io
 import json
 import os
 import shlex
@@ -35,12 +34,12 @@ from pathlib import Path
 
 import httpx
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from detector.scoring import Detector  # noqa: E402
+from service.images import encode_png  # noqa: E402
 from service.settings import ServeSettings  # noqa: E402
 from training.data import load_dataset  # noqa: E402
 
@@ -89,11 +88,8 @@ def test_images(det: Detector, n: int = 256) -> tuple[torch.Tensor, list[bytes]]
     x = data.test.x[:n]  # (N, C, H, W) uint8
     bodies = []
     for img in x.numpy():
-        pil = Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
-        buf = io.BytesIO()
-        pil.save(buf, format="PNG")
         bodies.append(
-            json.dumps({"instances": [{"b64": base64.b64encode(buf.getvalue()).decode()}]}).encode()
+            json.dumps({"instances": [{"b64": base64.b64encode(encode_png(img)).decode()}]}).encode()
         )
     return x.float() / 255.0, bodies
 

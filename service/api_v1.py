@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 from typing import Any
 
 import numpy as np
 import torch
 from fastapi import Query, Request
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
@@ -18,7 +16,7 @@ from starlette.responses import JSONResponse
 from service import schemas
 from service.engine import info
 from service.errors import APIError
-from service.images import decode_image
+from service.images import decode_image, encode_png
 from service.payloads import (
     check_count,
     decode_instance,
@@ -120,11 +118,7 @@ async def model_info(request: Request) -> dict[str, Any]:
 
 def _png_b64(x: torch.Tensor) -> str:
     """(C, H, W) in [0, 1] -> base64 PNG."""
-    arr = (x.clamp(0, 1).mul(255).round().to(torch.uint8)).numpy()
-    img = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(encode_png(x.clamp(0, 1).mul(255).round().to(torch.uint8).numpy())).decode()
 
 
 @ROUTES.route(

@@ -97,6 +97,14 @@ def decode_image(data: bytes, shape: Shape, max_pixels: int, what: str = "image"
     return np.ascontiguousarray(arr, dtype=np.float32) * np.float32(1.0 / 255.0)
 
 
+def encode_png(chw: np.ndarray) -> bytes:
+    """uint8 (C, H, W) with C = 1 (grey) or 3 (RGB) -> PNG file bytes."""
+    img = Image.fromarray(chw[0] if chw.shape[0] == 1 else chw.transpose(1, 2, 0))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def decode_b64(text: Any, what: str = "image") -> bytes:
     """Base64 (optionally a ``data:...;base64,`` URL) -> bytes."""
     if not isinstance(text, str):
