@@ -99,6 +99,13 @@ class Pool:
         await asyncio.gather(*(self.probe(u) for u in self.upstreams.values()))
 
 
+async def close(writer: asyncio.StreamWriter) -> None:
+    """Close a stream, ignoring a peer that is gone already."""
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
 async def http_get(host: str, port: int, path: str) -> tuple[int, bytes]:
     """A minimal HTTP/1.1 GET: returns (status, body)."""
     reader, writer = await asyncio.open_connection(host, port)
@@ -107,9 +114,7 @@ async def http_get(host: str, port: int, path: str) -> tuple[int, bytes]:
         await writer.drain()
         data = await reader.read(-1)
     finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+        await close(writer)
     head, _, body = data.partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0].split()
     if len(status_line) < 2 or not status_line[1].isdigit():
@@ -153,9 +158,7 @@ class Proxy:
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError):
             pass
         finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            await close(writer)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -216,9 +219,7 @@ class Proxy:
                 writer.write(chunk)
                 await writer.drain()
         finally:
-            uwriter.close()
-            with contextlib.suppress(OSError):
-                await uwriter.wait_closed()
+            await close(uwriter)
 
 
 def parse_upstreams(text: str) -> list[tuple[str, int]]:
