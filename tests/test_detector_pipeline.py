@@ -18,7 +18,6 @@ from detector import Detector, NotCalibratedError
 from detector.calibration import calibrate
 from detector.evaluation import EvalConfig, evaluate
 from training.artifacts import ArtifactError
-from training.config import TrainConfig
 from training.data import load_digits, stratified_split
 from training.trainer import train
 
@@ -28,11 +27,10 @@ TINY = {"steps": 5, "adaptive_steps": 15, "restarts": 1}
 
 
 @pytest.fixture(scope="session")
-def art(tmp_path_factory) -> Path:
+def art(tmp_path_factory, tiny_config_factory) -> Path:
     """A calibrated digits L-GM model with its softmax twin (seconds to train)."""
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("detector") / "digits"
-    cfg = TrainConfig(dataset="digits", epochs=5, feat_dim=8, width=8, quiet=True, device="cpu")
+    cfg = tiny_config_factory(epochs=5)
     train(cfg, out)
     cfg.head = "softmax"
     train(cfg, out / "softmax_twin")
