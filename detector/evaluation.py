@@ -37,7 +37,7 @@ from detector.attacks import AttackTarget, LGMObjective, TwinObjective, parse_at
 from detector.baselines import Baselines, load_baselines, msp_probability_threshold, twin_dir, twin_ready
 from detector.budgets import Budgets, budgets_from_args, resolve_budgets
 from detector.report import DETECTORS
-from detector.scoring import Detector, deployed_thresholds
+from detector.scoring import Detector, Scores, deployed_thresholds
 from training.artifacts import load_meta
 from training.data import load_dataset
 from training.distributed import DistInfo, barrier, init_distributed, resolve_device, shutdown
@@ -113,6 +113,16 @@ def worst_case(attacks: dict[str, Any], names: list[str]) -> dict[str, Any]:
             worst[key] = m[key]
             worst[key + "_attack"] = a
         out[det] = worst
+    return out
+
+
+def scores_and_flags(
+    s_lgm: Scores, s_twin: dict[str, torch.Tensor], base: Baselines
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per detector: its scores (larger = more adversarial) and its flags at the deployed threshold."""
+    out = {"lgm": (-s_lgm.log_likelihood.double().numpy(), s_lgm.is_adversarial.numpy())}
+    for dn in ("msp", "mahalanobis"):
+        out[dn] = (s_twin[dn].double().numpy(), (s_twin[dn] > base.thresholds[dn]).numpy())
     return out
 
 
@@ -242,12 +252,8 @@ def _evaluate(
     n_att = len(y)
     if n_att == 0:
         raise ValueError("no test input is classified correctly by both networks: nothing to attack")
-    neg = {
-        "lgm": (-lgm_clean.log_likelihood[correct].double().numpy(), lgm_clean.is_adversarial[correct].numpy()),
-        "msp": (twin_clean["msp"][correct].double().numpy(), (twin_clean["msp"][correct] > base.thresholds["msp"]).numpy()),
-        "mahalanobis": (twin_clean["mahalanobis"][correct].double().numpy(),
-                        (twin_clean["mahalanobis"][correct] > base.thresholds["mahalanobis"]).numpy()),
-    }  # fmt: skip
+    keep = correct.numpy()
+    neg = {dn: (sc[keep], fl[keep]) for dn, (sc, fl) in scores_and_flags(lgm_clean, twin_clean, base).items()}
     thr_t = torch.from_numpy(
         deployed_thresholds(cal["threshold_kind"], cal["class_thresholds"], cal["global_threshold"])
     ).float()
@@ -288,11 +294,7 @@ def _evaluate(
         s_lgm = det.score(adv["lgm"])
         s_twin = base.scores(adv["twin"])
         ok = {"lgm": (s_lgm.pred != y).numpy(), "twin": (s_twin["pred"] != y).numpy()}
-        pos = {
-            "lgm": (-s_lgm.log_likelihood.double().numpy(), s_lgm.is_adversarial.numpy()),
-            "msp": (s_twin["msp"].double().numpy(), (s_twin["msp"] > base.thresholds["msp"]).numpy()),
-            "mahalanobis": (s_twin["mahalanobis"].double().numpy(), (s_twin["mahalanobis"] > base.thresholds["mahalanobis"]).numpy()),
-        }  # fmt: skip
+        pos = scores_and_flags(s_lgm, s_twin, base)
         dets: dict[str, Any] = {}
         for dn in DETECTORS:
             m = ok[NETWORK_OF[dn]]
