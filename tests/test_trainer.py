@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from training.checkpoint import CKPT_META, CKPT_WEIGHTS
-from training.trainer import lr_at, train, validate_config
+from training.trainer import lr_at, train
 
 
 def _weights(art: Path) -> dict[str, torch.Tensor]:
@@ -127,7 +127,7 @@ def test_paper_form_with_learned_variances_stays_finite(tiny_config_factory, tmp
 )
 def test_bad_options_are_one_line_value_errors(tiny_config_factory, overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message) as exc:
-        validate_config(tiny_config_factory(**overrides))
+        tiny_config_factory(**overrides).validate()
     assert "\n" not in str(exc.value)
 
 

@@ -1,64 +1,86 @@
-"""The training configuration: one dataclass, saved resolved into model.json beside every artifact."""
+"""The training configuration: one dataclass, saved resolved into model.json beside every artifact.
+
+Each field carries its own help, ``lgm train --help`` group, choices and bounds (see ``training/configargs.py``,
+which builds the command line from them). Why the defaults are what they are, with the measurements behind
+them: README.md, section "Training".
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from typing import Any
 
-# Settings of where and how loudly a run happens, not of what it learns.
-RUN_ONLY = ("device", "amp", "threads", "quiet")
-# The L-GM head's settings (a softmax head ignores them); model.json lists them under "lgm".
-LGM_KEYS = ("variance", "lkd_form", "lam", "alpha", "alpha_factor", "alpha_every", "alpha_cap", "learn_priors",
-            "var_floor", "var_lr_mult")  # fmt: skip
+from training.backbones import BACKBONES
+from training.configargs import check_options, names_in_group, option
+from training.data import DATASETS
+from training.lgm import VARIANCE_MODES
+from training.loss import LKD_FORMS
+
+ADVERSARIAL_METHODS = ("none", "pgd", "trades")
+ADV_LKD_MODES = ("pull", "push")
+
+_data = partial(option, group="data")
+_model = partial(option, group="model")
+_lgm = partial(option, group="L-GM")
+_adv = partial(option, group="adversarial training")
+_opt = partial(option, group="optimisation")
+_run = partial(option, group="run")
 
 
 @dataclass
 class TrainConfig:
-    # data
-    dataset: str = "mnist5k"
-    data_root: str | None = None
-    image_size: int | None = None  # image folders only
-    split_seed: int = 0
-    # model
-    backbone: str = "auto"  # auto: mnist_cnn for grey images, resnet for colour
-    feat_dim: int = 32
-    width: int = 0  # 0: the backbone's default (32 for mnist_cnn, 16 for resnet)
-    depth: int = 20  # resnet only
-    head: str = "lgm"  # lgm | softmax
-    # L-GM. Default: the `center` form (0.5 ||x - mu_y||^2, what the official code trains with), lambda 1.0,
-    # variances fixed at 1.0, margin alpha 0.1 doubling every 100 iterations up to 0.3 (the official STEPUP
-    # 0.1 -> 0.3, compressed to a 10-epoch run: mnist5k has 54 steps per epoch, so alpha is 0.2 from epoch 2
-    # and 0.3 from epoch 4). Why: (1) a strong likelihood term is what the detector needs; DESIGN.md's
-    # prototype detected attacks far better with lambda 1.0 / center / alpha 0.3 (PGD eps .3 AUROC 0.81) than
-    # with lambda 0.1 / paper / alpha 0.1 (0.56); (2) accuracy allows it. Measured on mnist5k, 10 epochs, CPU
-    # (test accuracy, seeds 0 / 1): this default 98.9 / 98.9%; the same with alpha_every 500 (alpha stays 0.1)
-    # 99.0 / 98.9%; the softmax head 99.0 / 98.7%. `--variance diagonal --lkd-form paper` reached 99.3% after 30
-    # epochs without NaN, but the paper form's likelihood term is unbounded below (scaling features, means and
-    # variances together lowers log|Lambda|), so it leans on the variance floor and the small variance lr.
-    variance: str = "fixed"  # diagonal | isotropic | fixed
-    lkd_form: str = "center"  # paper | center
-    lam: float = 1.0  # lambda, weight of the likelihood term
-    alpha: float = 0.1  # margin (initial value under step-up)
-    alpha_factor: float = 2.0
-    alpha_every: int = 100  # iterations; 0 keeps alpha constant
-    alpha_cap: float = 0.3
-    learn_priors: bool = False
-    var_floor: float = 1e-3
-    var_lr_mult: float = 0.1
-    # optimisation
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: str = "adam"  # adam | sgd
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
-    lr_schedule: str = "cosine"  # cosine | step | none
-    augment: bool = True
-    # run
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision on CUDA only
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
-    quiet: bool = False
+    dataset: str = _data(
+        "mnist5k",
+        "mnist5k | digits (embedded) | mnist | fashion-mnist | cifar10 | cifar100 | folder (need --data-root)",
+        choices=DATASETS,
+    )
+    data_root: str | None = _data(None, "folder holding the dataset's files")
+    image_size: int | None = _data(None, "resize image-folder images to this square size", ge=1)
+    split_seed: int = _data(0, "seed of the train / calibration / test split")
+
+    backbone: str = _model("auto", "auto | mnist_cnn | resnet", choices=("auto", *BACKBONES))
+    feat_dim: int = _model(32, "feature dimension D (2 for plots)", ge=2)
+    width: int = _model(0, "channels of the first stage (0: backbone default)", ge=0)
+    depth: int = _model(20, "ResNet depth, 6n+2")
+    head: str = _model("lgm", "lgm | softmax (a like-for-like baseline)", choices=("lgm", "softmax"))
+
+    variance: str = _lgm(
+        "fixed", "diagonal | isotropic | fixed (held at 1.0, as the official code)", choices=VARIANCE_MODES
+    )
+    lkd_form: str = _lgm(
+        "center", "paper (d_y + 0.5 log|Lambda_y|) | center (0.5 ||x - mu_y||^2)", choices=LKD_FORMS
+    )
+    lam: float = _lgm(1.0, "lambda, weight of the likelihood term", ge=0)
+    alpha: float = _lgm(0.1, "margin alpha (initial value when stepping up)", ge=0)
+    alpha_factor: float = _lgm(2.0, "step-up factor", gt=0)
+    alpha_every: int = _lgm(100, "step up every N iterations (0: constant alpha)", ge=0)
+    alpha_cap: float = _lgm(0.3, "largest alpha", ge=0)
+    learn_priors: bool = _lgm(False, "learn class priors pi_k")
+    var_floor: float = _lgm(1e-3, "variance floor", gt=0, lt=1)
+    var_lr_mult: float = _lgm(0.1, "learning-rate multiplier of the variances", ge=0)
+
+    epochs: int = _opt(10, "epochs", ge=1)
+    batch_size: int = _opt(64, "global batch size (split across torchrun ranks)", ge=2)
+    optimizer: str = _opt("adam", "adam (AdamW) | sgd (Nesterov momentum 0.9)", choices=("adam", "sgd"))
+    lr: float = _opt(2e-3, "peak learning rate", gt=0)
+    weight_decay: float = _opt(5e-4, "weight decay of the backbone", ge=0)
+    lr_schedule: str = _opt("cosine", "cosine | step | none", choices=("cosine", "step", "none"))
+    augment: bool = _opt(True, "training augmentation (shifts for digits; pad-crop-flip for CIFAR)")
+
+    seed: int = _run(0, "seed of initialisation, shuffling and augmentation")
+    device: str = _run("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
+    amp: bool = _run(True, "mixed precision on CUDA")
+    threads: int = _run(
+        0,
+        "torch CPU threads (0: torch default); a CPU run is bit-identical for a seed at a fixed count",
+        ge=0,
+    )
+    quiet: bool = _run(False, "no progress bars or per-epoch lines")
+
+    def validate(self) -> None:
+        """Raise ValueError with one line naming the flag of the first option out of range."""
+        check_options(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,3 +89,9 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# Settings of where and how loudly a run happens, not of what it learns.
+RUN_ONLY = ("device", "amp", "threads", "quiet")
+# The L-GM head's settings (a softmax head ignores them); model.json lists them under "lgm".
+LGM_KEYS = names_in_group(TrainConfig, "L-GM")

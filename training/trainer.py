@@ -17,10 +17,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from training.artifacts import save_artifact
-from training.backbones import BACKBONES
 from training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from training.config import LGM_KEYS, RUN_ONLY, TrainConfig
-from training.data import DATASETS, Dataset, Split, augment_batch, load_dataset
+from training.data import Dataset, Split, augment_batch, load_dataset
 from training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -30,56 +29,9 @@ from training.distributed import (
     resolve_device,
     shutdown,
 )  # fmt: skip
-from training.lgm import VARIANCE_MODES, LGMHead
-from training.loss import LKD_FORMS, AlphaSchedule, lgm_loss
+from training.lgm import LGMHead
+from training.loss import AlphaSchedule, lgm_loss
 from training.model import Classifier, ModelSpec
-
-# The allowed values of the string options (validate_config checks them; `lgm train` offers them as choices).
-CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": DATASETS,
-    "backbone": ("auto", *BACKBONES),
-    "head": ("lgm", "softmax"),
-    "variance": VARIANCE_MODES,
-    "lkd_form": LKD_FORMS,
-    "optimizer": ("adam", "sgd"),
-    "lr_schedule": ("cosine", "step", "none"),
-}
-
-
-def validate_config(cfg: TrainConfig) -> None:
-    """Raise ValueError with one line for an option out of range."""
-    checks = [
-        (cfg.head in CHOICES["head"], f"--head must be lgm or softmax, got {cfg.head!r}"),
-        (
-            cfg.backbone in CHOICES["backbone"],
-            f"--backbone must be auto, mnist_cnn or resnet, got {cfg.backbone!r}",
-        ),
-        (
-            cfg.variance in VARIANCE_MODES,
-            f"--variance must be one of {', '.join(VARIANCE_MODES)}, got {cfg.variance!r}",
-        ),
-        (
-            cfg.lkd_form in LKD_FORMS,
-            f"--lkd-form must be one of {', '.join(LKD_FORMS)}, got {cfg.lkd_form!r}",
-        ),
-        (cfg.optimizer in CHOICES["optimizer"], f"--optimizer must be adam or sgd, got {cfg.optimizer!r}"),
-        (
-            cfg.lr_schedule in CHOICES["lr_schedule"],
-            f"--lr-schedule must be cosine, step or none, got {cfg.lr_schedule!r}",
-        ),
-        (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
-        (cfg.batch_size >= 2, f"--batch-size must be >= 2, got {cfg.batch_size}"),
-        (cfg.feat_dim >= 2, f"--feat-dim must be >= 2, got {cfg.feat_dim}"),
-        (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
-        (cfg.lam >= 0, f"--lam must be >= 0, got {cfg.lam}"),
-        (cfg.alpha >= 0 and cfg.alpha_cap >= 0, "--alpha and --alpha-cap must be >= 0"),
-        (0 < cfg.var_floor < 1, f"--var-floor must be in (0, 1), got {cfg.var_floor}"),
-        (cfg.var_lr_mult >= 0, f"--var-lr-mult must be >= 0, got {cfg.var_lr_mult}"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ValueError(msg)
-
 
 # options a resumed run may change; any other difference would not end in the state of an uninterrupted run
 RESUME_MAY_CHANGE = ("epochs", "data_root", *RUN_ONLY)
@@ -257,7 +209,7 @@ def train(
 ) -> dict[str, Any]:
     """Train and write the artifact into ``out_dir``. ``stop_after`` ends after that many epochs in total
     without writing the artifact (used by tests to simulate a run killed mid-way). Returns model.json's dict."""
-    validate_config(cfg)
+    cfg.validate()
     out = Path(out_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

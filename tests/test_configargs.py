@@ -1,0 +1,97 @@
+"""The dataclass -> argparse helper: flags, groups, types, choices, defaults, only-given parsing, validation."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from training.config import LGM_KEYS, TrainConfig
+from training.configargs import add_arguments, bounds_text, check_options, from_args, given, option
+
+
+@dataclass
+class Opts:
+    steps: int = option(20, "iterations", group="attack", ge=1, le=100)
+    eps: float = option(0.3, "radius", group="attack", gt=0, le=1, default_help="0.3 grey, 8/255 colour")
+    norm: str = option("linf", "threat model", group="attack", choices=("linf", "l2"))
+    out: str | None = option(None, "where to write", group="output")
+    verbose: bool = option(False, "say more", group="output")
+    api_keys: str = option("", "keys", group="output", flag="--api-key")
+    untouched: int = 7  # no option(): not a flag
+
+
+def _parser(only_given: bool = False) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="t", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(p, Opts, only_given=only_given)
+    return p
+
+
+def test_groups_flags_types_and_defaults_in_help() -> None:
+    p = _parser()
+    titles = [g.title for g in p._action_groups]
+    assert titles[-2:] == ["attack", "output"]
+    help_text = " ".join(p.format_help().split())
+    assert "--steps STEPS iterations (default: 20)" in help_text
+    assert "--norm {linf,l2}" in help_text and "--api-key API_KEYS keys" in help_text
+    assert "--verbose, --no-verbose" in help_text and "--untouched" not in help_text
+    args = p.parse_args(["--steps", "5", "--eps", "0.1", "--verbose", "--api-key", "k"])
+    o = from_args(Opts, args)
+    assert (o.steps, o.eps, o.norm, o.out, o.verbose, o.api_keys) == (5, 0.1, "linf", None, True, "k")
+    assert isinstance(o.steps, int) and isinstance(o.eps, float)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--steps", "x"], "invalid int value: 'x'"), (["--norm", "l1"], "invalid choice: 'l1'")],
+)
+def test_argparse_rejects_bad_types_and_choices(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        _parser().parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_only_given_leaves_the_rest_unset() -> None:
+    p = _parser(only_given=True)
+    assert given(Opts, p.parse_args([])) == {}
+    assert given(Opts, p.parse_args(["--eps", "0.2", "--no-verbose"])) == {"eps": 0.2, "verbose": False}
+    help_text = " ".join(p.format_help().split())
+    assert "radius (default: 0.3 grey, 8/255 colour)" in help_text  # default_help
+    assert "iterations (default: 20)" in help_text
+    assert help_text.count("(default:") == 6  # one per flag: argparse adds none of its own
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"steps": 0}, "--steps must be in [1, 100], got 0"),
+        ({"eps": 0.0}, "--eps must be in (0, 1], got 0.0"),
+        ({"eps": float("nan")}, "--eps must be a finite number, got nan"),
+        ({"norm": "l1"}, "--norm must be one of linf, l2, got 'l1'"),
+    ],
+)
+def test_check_options_messages(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError) as exc:
+        check_options(Opts(**overrides))
+    assert str(exc.value) == message
+    check_options(Opts())  # the defaults pass
+
+
+def test_bounds_text() -> None:
+    assert bounds_text({"ge": 1}) == ">= 1"
+    assert bounds_text({"gt": 0}) == "> 0"
+    assert bounds_text({"lt": 1.5}) == "< 1.5"
+    assert bounds_text({"gt": 0, "lt": 1}) == "in (0, 1)"
+    assert bounds_text({"ge": 0.0, "le": 1.0}) == "in [0, 1]"
+
+
+def test_train_config_is_fully_described() -> None:
+    """Every TrainConfig field is a flag with help and a group; the L-GM group is model.json's lgm block."""
+    p = argparse.ArgumentParser()
+    add_arguments(p, TrainConfig)
+    dests = {a.dest for a in p._actions} - {"help"}
+    assert dests == set(TrainConfig().to_dict())
+    assert all(a.help for a in p._actions)
+    assert LGM_KEYS[0] == "variance" and "lam" in LGM_KEYS and "epochs" not in LGM_KEYS
+    assert from_args(TrainConfig, p.parse_args([])) == TrainConfig()

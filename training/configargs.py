@@ -1,0 +1,171 @@
+"""Command-line flags and option checks built from a dataclass whose fields describe themselves.
+
+A field declared with :func:`option` carries its help, its group in ``--help``, its allowed values and its
+bounds in ``dataclasses.field(metadata=...)``; :func:`add_arguments` turns every such field into one flag
+(``lr_schedule`` -> ``--lr-schedule``, typed from the field's annotation), :func:`from_args` builds the
+dataclass back from the parsed flags, and :func:`check_options` checks choices, bounds and finiteness with
+one-line messages that name the flag. A dataclass's own ``validate()`` calls it and adds any check that spans
+several fields. The package below (``detector``, ``service``) may use it for its own option tables.
+
+Two ways to default a flag:
+
+- ``add_arguments(parser, Cls)``: every flag defaults to the field's default (what ``--help`` shows under
+  ``argparse.ArgumentDefaultsHelpFormatter``); ``from_args(Cls, args)`` builds the whole dataclass.
+- ``add_arguments(parser, Cls, only_given=True)``: a flag left off the command line leaves no attribute on the
+  namespace, and ``given(Cls, args)`` returns only the options that were given, for callers whose defaults are
+  resolved later (per dataset, say). The help ends in ``(default: ...)`` from the field's default, or from
+  ``option(..., default_help="0.3 for grey digits, 8/255 for colour")`` where the default depends on context.
+
+Example::
+
+    @dataclass
+    class Opts:
+        steps: int = option(20, "iterations", group="attack", ge=1)
+        norm: str = option("linf", "threat model", group="attack", choices=("linf", "l2"))
+
+        def validate(self) -> None:
+            check_options(self)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+_KINDS = (bool, int, float, str)
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    group: str,
+    choices: Sequence[str] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    flag: str | None = None,
+    default_help: str | None = None,
+) -> Any:
+    """A dataclass field with its command-line description.
+
+    ``ge``/``gt``/``le``/``lt`` bound a number (checked when the value is not None); ``choices`` lists the
+    allowed strings; ``flag`` overrides the flag name; ``default_help`` replaces the default shown by
+    ``only_given`` parsers."""
+    meta = {
+        "help": help,
+        "group": group,
+        "choices": tuple(choices) if choices is not None else None,
+        "bounds": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None},
+        "flag": flag,
+        "default_help": default_help,
+    }
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line flag of a field: ``metadata['flag']`` or ``--`` + the name with dashes."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def described_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of ``cls`` declared with :func:`option`, in declaration order."""
+    return [f for f in dataclasses.fields(cls) if "group" in f.metadata]
+
+
+def names_in_group(cls: type, group: str) -> tuple[str, ...]:
+    return tuple(f.name for f in described_fields(cls) if f.metadata["group"] == group)
+
+
+def field_kind(cls: type, name: str) -> type:
+    """bool, int, float or str: the field's resolved annotation with ``| None`` removed."""
+    hint = typing.get_type_hints(cls)[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0] if len(args) == 1 else hint
+    if hint not in _KINDS:
+        raise TypeError(f"{cls.__name__}.{name}: annotation {hint!r} is not one of bool, int, float, str")
+    return hint
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, *, only_given: bool = False) -> None:
+    """One argument group per ``group`` (in the order groups first appear), one flag per described field."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in described_fields(cls):
+        g = groups.get(f.metadata["group"])
+        if g is None:
+            g = groups[f.metadata["group"]] = parser.add_argument_group(f.metadata["group"])
+        kind = field_kind(cls, f.name)
+        helptext = f.metadata["help"]
+        default: Any = f.default
+        if only_given:
+            shown = f.metadata["default_help"] or repr(f.default)
+            helptext, default = f"{helptext} (default: {shown})", argparse.SUPPRESS
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": helptext}
+        if kind is bool:
+            g.add_argument(flag_of(f), action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            g.add_argument(flag_of(f), type=kind, choices=f.metadata["choices"], **kwargs)
+
+
+def given(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The described options present on ``args`` and not None (with ``only_given``: those typed by the user)."""
+    out = {}
+    for f in described_fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            out[f.name] = value
+    return out
+
+
+def from_args(cls: type, args: argparse.Namespace) -> Any:
+    """The dataclass built from parsed flags (fields missing from ``args`` keep their defaults)."""
+    return cls(**{f.name: getattr(args, f.name) for f in described_fields(cls) if hasattr(args, f.name)})
+
+
+def _num(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def bounds_text(bounds: dict[str, float]) -> str:
+    """``{"gt": 0, "le": 1}`` -> ``in (0, 1]``; ``{"ge": 1}`` -> ``>= 1``."""
+    lo = ("(", bounds["gt"]) if "gt" in bounds else ("[", bounds["ge"]) if "ge" in bounds else None
+    hi = (")", bounds["lt"]) if "lt" in bounds else ("]", bounds["le"]) if "le" in bounds else None
+    if lo and hi:
+        return f"in {lo[0]}{_num(lo[1])}, {_num(hi[1])}{hi[0]}"
+    if lo:
+        return f"{'>' if lo[0] == '(' else '>='} {_num(lo[1])}"
+    assert hi is not None
+    return f"{'<' if hi[0] == ')' else '<='} {_num(hi[1])}"
+
+
+def _in_bounds(v: float, b: dict[str, float]) -> bool:
+    return (
+        ("ge" not in b or v >= b["ge"])
+        and ("gt" not in b or v > b["gt"])
+        and ("le" not in b or v <= b["le"])
+        and ("lt" not in b or v < b["lt"])
+    )
+
+
+def check_options(obj: Any) -> None:
+    """Raise ValueError with one line naming the flag for the first option that is not allowed: a string
+    outside its choices, a number outside its bounds, a float that is NaN or infinite."""
+    for f in described_fields(type(obj)):
+        value, flag = getattr(obj, f.name), flag_of(f)
+        if value is None:
+            continue
+        choices = f.metadata["choices"]
+        if choices is not None and value not in choices:
+            raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number, got {value}")
+        bounds = f.metadata["bounds"]
+        if bounds and isinstance(value, (int, float)) and not _in_bounds(value, bounds):
+            raise ValueError(f"{flag} must be {bounds_text(bounds)}, got {value}")
