@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import TrainConfig  # noqa: E402
 from training.data import Dataset, Split, load_dataset  # noqa: E402
-from training.distributed import DistInfo, resolve_device  # noqa: E402
-from training.trainer import start_run, train, train_one_epoch  # noqa: E402
+from training.distributed import resolve_device  # noqa: E402
+from training.trainer import Run, train  # noqa: E402
 
 HEADS = ("lgm", "softmax")
 LABEL = {"lgm": "L-GM", "softmax": "softmax"}
@@ -57,20 +57,18 @@ def time_heads(
 ) -> dict[str, list[float]]:
     """Seconds of training epochs of each head, interleaved (L-GM, softmax, softmax, L-GM, ...), so that load
     from other processes falls on both heads alike. Uses the trainer's own epoch loop."""
-    state = {}
-    for head, cfg in cfgs.items():
-        state[head] = (cfg, *start_run(cfg, ds, device))
     secs: dict[str, list[float]] = {h: [] for h in cfgs}
-    for r in range(rounds):
-        for head in list(cfgs) if r % 2 == 0 else list(cfgs)[::-1]:
-            cfg, core, optim, schedule, scaler = state[head]
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            train_one_epoch(core, core, ds, optim, cfg, r, device, DistInfo(), schedule, scaler)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            secs[head].append(time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:  # train_epoch writes nothing there
+        runs = {head: Run(cfg, tmp, ds=ds) for head, cfg in cfgs.items()}
+        for r in range(rounds):
+            for head in list(cfgs) if r % 2 == 0 else list(cfgs)[::-1]:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                runs[head].train_epoch(r)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                secs[head].append(time.perf_counter() - t0)
     return secs
 
 

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from training.checkpoint import CKPT_META, CKPT_WEIGHTS
-from training.trainer import lr_at, train
+from training.optim import lr_at
+from training.trainer import train
 
 
 def _weights(art: Path) -> dict[str, torch.Tensor]:

@@ -68,6 +68,31 @@ class TrainConfig:
     lr_schedule: str = _opt("cosine", "cosine | step | none", choices=("cosine", "step", "none"))
     augment: bool = _opt(True, "training augmentation (shifts for digits; pad-crop-flip for CIFAR)")
 
+    adversarial: str = _adv(
+        "none",
+        "none | pgd (train on PGD examples made against the current network, Madry et al. 2018) | trades "
+        "(clean loss + beta * KL(p(x) || p(x')) at the PGD point x', Zhang et al. 2019)",
+        choices=ADVERSARIAL_METHODS,
+    )
+    adv_eps: float = _adv(
+        0.3, "L-inf radius in [0, 1] pixels (0.3: the usual MNIST budget; CIFAR: 8/255)", gt=0, le=1
+    )
+    adv_steps: int = _adv(10, "PGD steps per training example", ge=1, le=1000)
+    adv_step_frac: float = _adv(
+        2.5, "PGD step size = adv_step_frac * eps / adv_steps (Madry et al.: 2.5)", gt=0, le=10
+    )
+    adv_warmup: int = _adv(3, "epochs over which eps grows linearly from 0 to --adv-eps", ge=0)
+    adv_clean_fraction: float = _adv(
+        0.5, "pgd: fraction of each batch kept clean; the rest is replaced by its PGD examples", ge=0, lt=1
+    )
+    adv_lkd: str = _adv(
+        "pull",
+        "likelihood term of adversarial features: pull (onto the true class's Gaussian, as clean ones) | push "
+        "(also out of the nearest wrong class's)",
+        choices=ADV_LKD_MODES,
+    )
+    trades_beta: float = _adv(6.0, "trades: weight of the KL term", ge=0)
+
     seed: int = _run(0, "seed of initialisation, shuffling and augmentation")
     device: str = _run("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
     amp: bool = _run(True, "mixed precision on CUDA")
@@ -81,6 +106,10 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ValueError with one line naming the flag of the first option out of range."""
         check_options(self)
+        if self.adversarial != "none" and self.adv_warmup >= self.epochs:
+            raise ValueError(
+                f"--adv-warmup must be below --epochs (eps would never reach --adv-eps), got {self.adv_warmup}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,3 +124,5 @@ class TrainConfig:
 RUN_ONLY = ("device", "amp", "threads", "quiet")
 # The L-GM head's settings (a softmax head ignores them); model.json lists them under "lgm".
 LGM_KEYS = names_in_group(TrainConfig, "L-GM")
+# Adversarial training's settings; model.json lists them under "adversarial" (None when not used).
+ADV_KEYS = names_in_group(TrainConfig, "adversarial training")

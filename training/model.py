@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from training.backbones import BACKBONES, Normalize
+from training.data import Split
 from training.lgm import LGMHead, SoftmaxHead
 
 
@@ -98,3 +99,14 @@ def split_features(
         xb = x[i : i + batch_size].to(device).float().div_(255.0)  # (B, C, H, W) in [0, 1]
         out.append(model.features(xb).float().cpu())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def accuracy(model: Classifier, split: Split, device: torch.device, batch_size: int = 500) -> float:
+    """Fraction of a split's uint8 images that ``model`` classifies correctly (eval mode, in batches)."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(split), batch_size):
+        x = split.x[i : i + batch_size].to(device).float().div_(255.0)  # (B, C, H, W) in [0, 1]
+        correct += int((model(x).argmax(1).cpu() == split.y[i : i + batch_size]).sum())
+    return correct / max(1, len(split))
