@@ -91,8 +91,12 @@ def run_mnist(args: argparse.Namespace) -> dict[str, Any]:
                 "epoch_seconds": secs,
             }
             runs[head].append(run)
-            print(f"  seed {seed} {LABEL[head]:8s} test acc {run['test_accuracy']:.4f}  "
-                  f"{run['seconds_per_epoch']:.2f} s/epoch", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"  seed {seed} {LABEL[head]:8s} test acc {run['test_accuracy']:.4f}  "
+                f"{run['seconds_per_epoch']:.2f} s/epoch",
+                file=sys.stderr,
+                flush=True,
+            )
     summary = {
         h: {
             "test_accuracy": statistics.mean(r["test_accuracy"] for r in rs),
@@ -131,17 +135,23 @@ def print_mnist(res: dict[str, Any], args: argparse.Namespace, device: str) -> N
     print("|---|---|---|---|")
     for h in HEADS:
         r = s[h]
-        print(f"| {LABEL[h]} | {100 * r['test_accuracy']:.2f}% | {100 * r['calibration_accuracy']:.2f}% "
-              f"| {r['seconds_per_epoch']:.2f} |")  # fmt: skip
-    print(f"| L-GM / softmax | {100 * (lgm['test_accuracy'] - sm['test_accuracy']):+.2f} pts | "
-          f"{100 * (lgm['calibration_accuracy'] - sm['calibration_accuracy']):+.2f} pts | {ratio:.2f}x |")  # fmt: skip
+        print(
+            f"| {LABEL[h]} | {100 * r['test_accuracy']:.2f}% | {100 * r['calibration_accuracy']:.2f}% "
+            f"| {r['seconds_per_epoch']:.2f} |"
+        )
+    print(
+        f"| L-GM / softmax | {100 * (lgm['test_accuracy'] - sm['test_accuracy']):+.2f} pts | "
+        f"{100 * (lgm['calibration_accuracy'] - sm['calibration_accuracy']):+.2f} pts | {ratio:.2f}x |"
+    )
     checks = [
         (f"L-GM test accuracy >= {100 * TARGET_ACC:.1f}%", lgm["test_accuracy"] >= TARGET_ACC),
         ("L-GM test accuracy >= softmax", lgm["test_accuracy"] >= sm["test_accuracy"]),
         (f"L-GM epoch time <= {TARGET_RATIO:.2f}x softmax", ratio <= TARGET_RATIO),
     ]
-    print(f"\ns / epoch: median of {args.timing_rounds} training epochs per head, timed interleaved "
-          "(L-GM, softmax, softmax, L-GM, ...) after one warm-up epoch each.")  # fmt: skip
+    print(
+        f"\ns / epoch: median of {args.timing_rounds} training epochs per head, timed interleaved "
+        "(L-GM, softmax, softmax, L-GM, ...) after one warm-up epoch each."
+    )
     print()
     for text, ok in checks:
         print(f"- {text}: {'met' if ok else 'NOT met'}")
@@ -156,10 +166,28 @@ def run_cifar_synthetic(args: argparse.Namespace, device: torch.device) -> dict[
     x = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
     y = torch.randint(0, 10, (n,), generator=g)
     tiny = Split(x[:2], y[:2])
-    ds = Dataset("cifar-synthetic", Split(x, y), tiny, tiny, [str(i) for i in range(10)],
-                 (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "crop_flip")  # fmt: skip
-    cfgs = {h: TrainConfig(dataset="cifar10", epochs=args.cifar_epochs, head=h, feat_dim=64,
-                           batch_size=args.batch_size, device=str(device), quiet=True) for h in HEADS}  # fmt: skip
+    ds = Dataset(
+        "cifar-synthetic",
+        Split(x, y),
+        tiny,
+        tiny,
+        [str(i) for i in range(10)],
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+        "crop_flip",
+    )
+    cfgs = {
+        h: TrainConfig(
+            dataset="cifar10",
+            epochs=args.cifar_epochs,
+            head=h,
+            feat_dim=64,
+            batch_size=args.batch_size,
+            device=str(device),
+            quiet=True,
+        )
+        for h in HEADS
+    }
     secs = time_heads(ds, cfgs, device, rounds=args.cifar_epochs)
     out: dict[str, Any] = {}
     for head in HEADS:
@@ -173,8 +201,10 @@ def run_cifar_synthetic(args: argparse.Namespace, device: torch.device) -> dict[
 
 def print_cifar(res: dict[str, Any], args: argparse.Namespace, device: str) -> None:
     lgm, sm = res["lgm"], res["softmax"]
-    print(f"\nCIFAR ResNet-20 on {args.cifar_n:,} synthetic 32x32 images, batch {args.batch_size}, "
-          f"{args.cifar_epochs} epochs (first one excluded as warm-up); {device}\n")  # fmt: skip
+    print(
+        f"\nCIFAR ResNet-20 on {args.cifar_n:,} synthetic 32x32 images, batch {args.batch_size}, "
+        f"{args.cifar_epochs} epochs (first one excluded as warm-up); {device}\n"
+    )
     print("| head | s / epoch (median) | images / s |")
     print("|---|---|---|")
     for h in HEADS:

@@ -18,8 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("LGM_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_subprocess_bad_data_root_is_one_line(tmp_path: Path) -> None:
@@ -120,3 +126,35 @@ def test_plot_features_two_dimensional_and_softmax(tiny_config_factory, tmp_path
     assert (w, h) == pytest.approx((8.0, 4.0)) and abs(ang) % 180 == pytest.approx(0.0, abs=1e-6)
     m, proj, ratio = pca_projection(np.random.default_rng(0).normal(size=(200, 5)) * [5, 1, 1, 1, 0.1])
     assert abs(proj[0, 0]) > 0.99 and ratio[0] > ratio[1]
+
+
+def test_train_help_lists_every_option_by_group_with_defaults(capsys) -> None:
+    """One flag per TrainConfig field, in its group, with its default; adversarial training among them."""
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    groups = ["data:", "model:", "L-GM:", "optimisation:", "adversarial training:", "run:"]
+    assert all(g in text for g in groups) and sorted(groups, key=text.index) == groups
+    for expected in (
+        "--lkd-form {paper,center}",
+        "(default: center)",
+        "--adversarial {none,pgd,trades}",
+        "--adv-eps ADV_EPS L-inf radius",
+        "(default: 0.3)",
+        "--adv-lkd {pull,push}",
+        "--learn-priors, --no-learn-priors",
+    ):
+        assert expected in text, expected
+
+
+def test_cli_adversarial_option_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    rc = main(
+        ["train", "--out", str(tmp_path / "o"), "--adversarial", "pgd", "--epochs", "2", "--adv-warmup", "2"]
+    )
+    assert rc == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "lgm train: error: --adv-warmup must be below --epochs (eps would never reach --adv-eps), got 2"
+    ]
+    assert not (tmp_path / "o").exists()

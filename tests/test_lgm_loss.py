@@ -136,9 +136,14 @@ def test_no_nan_over_many_steps_with_learned_diagonal_variances() -> None:
     net = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, d))
     head = LGMHead(d, k, variance="diagonal", learn_priors=True, var_floor=floor)
     opt = torch.optim.AdamW(
-        [{"params": net.parameters()}, {"params": [head.means, head.prior_logits]},
-         {"params": [head.log_var_raw], "lr": 0.02}], lr=0.05, weight_decay=0.0,
-    )  # fmt: skip
+        [
+            {"params": net.parameters()},
+            {"params": [head.means, head.prior_logits]},
+            {"params": [head.log_var_raw], "lr": 0.02},
+        ],
+        lr=0.05,
+        weight_decay=0.0,
+    )
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(k, 10, generator=g) * 3
     schedule = AlphaSchedule(0.1, 2.0, 200, 0.3)

@@ -57,9 +57,15 @@ def _colours(k: int) -> list:
 
 
 def render_png(
-    z: np.ndarray, y: np.ndarray, class_names: list[str], means: np.ndarray | None, covs: np.ndarray | None,
-    title: str, xlabel: str, ylabel: str,
-) -> bytes:  # fmt: skip
+    z: np.ndarray,
+    y: np.ndarray,
+    class_names: list[str],
+    means: np.ndarray | None,
+    covs: np.ndarray | None,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+) -> bytes:
     """Scatter z (N, 2) coloured by y; optional Gaussians (K, 2) means and (K, 2, 2) covariances. PNG bytes."""
     import matplotlib
 
