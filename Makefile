@@ -50,14 +50,20 @@ format: install
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 
-# ---- docker (issue 5; see README "Docker"; not part of `make test`) ------------------------------------------
-.PHONY: wheelhouse docker-smoke
+# ---- docker (see README "Docker"; not part of `make test`) -------------------------------------------------
+.PHONY: wheelhouse debs docker-smoke
 
-# Every wheel the image needs, for an offline build: docker build --build-arg WHEELHOUSE=wheelhouse ...
+# Every wheel the API image needs, for an offline build: docker build --build-arg WHEELHOUSE=wheelhouse ...
 wheelhouse:
 	PYTHON=$(BIN)/python docker/make_wheelhouse.sh wheelhouse
 
-# Build the image offline, run the compose stack (train + calibrate, api x2 behind the proxy), post real digits,
-# tear down; needs root, docker.io, docker-compose, debootstrap and the virtual environment (make install).
+# HAProxy's .deb files and those the base image lacks, for an offline build of the load balancer's image:
+# docker build -f docker/haproxy/Dockerfile --build-arg DEBS=debs ...  (needs a Docker engine; LGM_BASE_IMAGE)
+debs:
+	docker/make_debs.sh debs
+
+# Build both images offline, run the compose stack (train + calibrate, api x3 behind HAProxy), post real digits,
+# kill a replica under load, run the host-network variant, tear down; needs root, docker.io, docker-compose,
+# debootstrap and the virtual environment (make install).
 docker-smoke:
 	PY=$(BIN)/python bash docker/smoke.sh

