@@ -33,8 +33,10 @@ from service.engine import Engine, model_version
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
 from service.metrics import MetricsMiddleware
+from service.schemas import APIModels
 from service.settings import ServeSettings
 from service.state import ServiceState, get_state
+from training.artifacts import load_meta
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("uvicorn.error")  # uvicorn configures this one
@@ -59,14 +61,20 @@ Errors are `{"error": "..."}`. With API keys configured, send `X-API-Key`.
 def create_app(settings: ServeSettings | None = None, detector: Detector | None = None) -> FastAPI:
     """Build the app. ``detector``: an already loaded detector (else loaded from ``settings.artifact``)."""
     settings = settings or ServeSettings()
-    state = ServiceState(settings=settings)
+    if detector is not None:
+        shape = detector.input_shape
+    elif (
+        settings.artifact is not None
+    ):  # the request models need the input shape before the lifespan loads it
+        shape = tuple(int(v) for v in load_meta(settings.artifact)["arch"]["input_shape"])
+    else:
+        raise ValueError("no artifact: pass `lgm serve DIR` or set LGM_ARTIFACT")
+    state = ServiceState(settings=settings, models=APIModels.build(shape, settings.max_images))  # type: ignore[arg-type]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         det = detector
         if det is None:
-            if settings.artifact is None:
-                raise ValueError("no artifact: pass `lgm serve DIR` or set LGM_ARTIFACT")
             det = await run_in_threadpool(Detector.load, settings.artifact, settings.device)
         engine = Engine(det, threads=settings.torch_threads())
         loop = asyncio.get_running_loop()
@@ -84,9 +92,14 @@ def create_app(settings: ServeSettings | None = None, detector: Detector | None 
         state.ready = True
         log.info(
             "lgm: model %s version %s on %s, %d torch thread(s), batching %s (max %d images, %.1f ms)",
-            settings.model_name, state.model_version, det.device, engine.threads,
-            "on" if settings.batching else "off", settings.max_batch_size, settings.max_wait_ms,
-        )  # fmt: skip
+            settings.model_name,
+            state.model_version,
+            det.device,
+            engine.threads,
+            "on" if settings.batching else "off",
+            settings.max_batch_size,
+            settings.max_wait_ms,
+        )
         try:
             yield
         finally:
@@ -120,14 +133,20 @@ def create_app(settings: ServeSettings | None = None, detector: Detector | None 
         response_model=schemas.Health,
         tags=["health"],
         summary="Model loaded and warmed up",
-        responses={503: {"model": schemas.ErrorBody}},
+        responses=schemas.errors(503),
     )
     async def readyz(request: Request) -> JSONResponse:
         if get_state(request).ready:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"error": "model not loaded yet"}, status_code=503)
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics(request: Request) -> Response:
         body, ctype = get_state(request).metrics.render()
         return Response(body, media_type=ctype)

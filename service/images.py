@@ -13,8 +13,8 @@ The conversion rule for encoded images (PNG, JPEG, GIF, BMP, TIFF, WebP, PPM; th
 5. Pixels are divided by 255, giving values in [0, 1]. No inversion: send what the model was trained on (the
    MNIST models expect a light digit on a dark background).
 
-Arrays (JSON ``array`` instances, OIP tensors) are never resized: they must already have the model's shape, be
-numbers, be finite and lie in [0, 1].
+Arrays (JSON ``array`` instances, OIP tensors) are never resized: their models (``service/schemas.py``) ask for
+the model's shape and numbers in [0, 1].
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -105,10 +104,8 @@ def encode_png(chw: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_b64(text: Any, what: str = "image") -> bytes:
+def decode_b64(text: str, what: str = "image") -> bytes:
     """Base64 (optionally a ``data:...;base64,`` URL) -> bytes."""
-    if not isinstance(text, str):
-        raise _bad(what, f"b64 must be a string, got {type(text).__name__}")
     if text.startswith("data:"):
         comma = text.find(",")
         if comma < 0:
@@ -121,42 +118,3 @@ def decode_b64(text: Any, what: str = "image") -> bytes:
     if not data:
         raise _bad(what, "b64 decodes to zero bytes")
     return data
-
-
-def check_values(arr: np.ndarray, what: str) -> np.ndarray:
-    """Numbers only, finite, in [0, 1]; returns float32."""
-    if arr.dtype.kind not in "fiu":
-        kind = {"b": "booleans", "U": "strings", "S": "strings", "O": "mixed or non-numeric values"}.get(
-            arr.dtype.kind, f"dtype {arr.dtype}"
-        )
-        raise _bad(what, f"values must be numbers, got {kind}")
-    arr = arr.astype(np.float32, copy=False)
-    if arr.size and not np.isfinite(arr).all():
-        raise _bad(what, "values must be finite (found NaN or infinity)")
-    if arr.size and (float(arr.min()) < 0.0 or float(arr.max()) > 1.0):
-        raise _bad(
-            what, f"values must lie in [0, 1] (found min {float(arr.min()):g}, max {float(arr.max()):g})"
-        )
-    return arr
-
-
-def as_array(obj: Any, what: str) -> np.ndarray:
-    """Nested JSON lists -> ndarray, refusing ragged or absurdly nested input."""
-    if not isinstance(obj, list):
-        raise _bad(what, f"array must be a (nested) list of numbers, got {type(obj).__name__}")
-    try:
-        return np.asarray(obj)
-    except (ValueError, TypeError, RecursionError, OverflowError, MemoryError):
-        raise _bad(what, "array is ragged or not a rectangular nested list of numbers") from None
-
-
-def parse_array(obj: Any, shape: Shape, what: str = "array") -> np.ndarray:
-    """A JSON array of shape (C, H, W), or (H, W) for one-channel models -> float32 (C, H, W) in [0, 1]."""
-    c, h, w = shape
-    arr = as_array(obj, what)
-    if arr.shape == (h, w) and c == 1:
-        arr = arr[None]
-    elif arr.shape != (c, h, w):
-        want = f"[{c}, {h}, {w}]" + (f" or [{h}, {w}]" if c == 1 else "")
-        raise _bad(what, f"array shape {list(arr.shape)}, expected {want}")
-    return check_values(arr, what)

@@ -1,13 +1,13 @@
-"""Request bodies -> (N, C, H, W) float32 tensors, and scores -> response JSON, for /v1 and the OIP /v2 routes.
+"""Validated request bodies -> (N, C, H, W) float32 tensors, and scores -> response JSON, for /v1 and the OIP /v2
+routes.
 
-Parsing refuses, with a 4xx ``APIError`` naming the problem: malformed JSON, a wrong JSON shape, an empty batch,
-too many images, a wrong dtype, NaN or infinity, values outside [0, 1], and images Pillow cannot (or must not)
-decode. See ``service/images.py`` for how encoded images are converted to the model's input shape.
+FastAPI has already checked every body against its model (``service/schemas.py``): shapes, counts, numbers in
+[0, 1]. What is left here is turning those into tensors, and decoding images (``service/images.py``), which
+refuses with a 422 naming the problem: bad base64, files Pillow cannot (or must not) decode.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -15,37 +15,8 @@ import numpy as np
 import torch
 
 from service.engine import BatchResult
-from service.errors import APIError
-from service.images import Shape, as_array, check_values, decode_b64, decode_image, parse_array
-
-OIP_OUTPUTS = {
-    "class": "INT64",
-    "probabilities": "FP32",
-    "log_likelihood": "FP32",
-    "abnormality_score": "FP32",
-    "is_adversarial": "BOOL",
-    "threshold": "FP32",
-}
-
-
-def load_json(body: bytes) -> Any:
-    if not body:
-        raise APIError(422, "empty request body; send JSON")
-    try:
-        return json.loads(body)
-    except UnicodeDecodeError:
-        raise APIError(422, "request body is not UTF-8 JSON") from None
-    except json.JSONDecodeError as exc:
-        raise APIError(422, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except RecursionError:
-        raise APIError(422, "malformed JSON: nested too deeply") from None
-
-
-def check_count(n: int, max_images: int) -> None:
-    if n == 0:
-        raise APIError(422, "empty batch: send at least one image")
-    if n > max_images:
-        raise APIError(422, f"too many images: {n} in one request, the cap is {max_images} (max_images)")
+from service.images import Shape, decode_b64, decode_image
+from service.schemas import OIP_OUTPUTS
 
 
 def stack(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -57,25 +28,21 @@ def stack(arrays: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(one if one.flags.writeable else one.copy())
 
 
-# -- /v1 ---------------------------------------------------------------------------------------------------------
-def instances_from_json(obj: Any, max_images: int) -> list[Any]:
-    if not isinstance(obj, dict) or "instances" not in obj:
-        raise APIError(422, 'JSON body must be an object {"instances": [...]}')
-    inst = obj["instances"]
-    if not isinstance(inst, list):
-        raise APIError(422, f'"instances" must be a list, got {type(inst).__name__}')
-    check_count(len(inst), max_images)
-    for i, it in enumerate(inst):
-        if not isinstance(it, dict) or ("b64" in it) == ("array" in it):
-            raise APIError(422, f'instances[{i}] must be an object with exactly one of "b64" or "array"')
-    return inst
-
-
-def decode_instance(it: dict[str, Any], i: int, shape: Shape, max_pixels: int) -> np.ndarray:
+def instance_array(instance: Any, i: int, shape: Shape, max_pixels: int) -> np.ndarray:
+    """One validated ``{"b64": ...}`` or ``{"array": ...}`` instance -> float32 (C, H, W)."""
     what = f"instances[{i}]"
-    if "b64" in it:
-        return decode_image(decode_b64(it["b64"], what), shape, max_pixels, what)
-    return parse_array(it["array"], shape, what)
+    b64 = getattr(instance, "b64", None)
+    if b64 is not None:
+        return decode_image(decode_b64(b64, what), shape, max_pixels, what)
+    return np.asarray(instance.array, dtype=np.float32).reshape(shape)  # [H][W] or [C][H][W], already checked
+
+
+def instances_size(instances: list[Any]) -> int:
+    """Rough bytes of a list of instances (to decide whether to decode them off the event loop)."""
+    return sum(
+        len(it.b64) if getattr(it, "b64", None) is not None else 8 * math.prod(np.shape(it.array))
+        for it in instances
+    )
 
 
 def prediction_dicts(res: BatchResult, class_names: list[str], top_k: int) -> list[dict[str, Any]]:
@@ -117,52 +84,16 @@ def _finite(v: float) -> float:
 
 
 # -- /v2 (Open Inference Protocol) ----------------------------------------------------------------------------------
-def oip_input(obj: Any, shape: Shape, max_images: int) -> tuple[torch.Tensor, list[str], str | None]:
-    """An OIP inference request -> (x (N, C, H, W), requested output names, request id)."""
-    if not isinstance(obj, dict):
-        raise APIError(422, "inference request must be a JSON object")
-    req_id = obj.get("id")
-    if req_id is not None and not isinstance(req_id, str):
-        raise APIError(422, '"id" must be a string')
-    inputs = obj.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1:
-        raise APIError(422, '"inputs" must be a list holding exactly one tensor')
-    t = inputs[0]
-    if not isinstance(t, dict):
-        raise APIError(422, "inputs[0] must be an object with name, shape, datatype and data")
-    for key in ("name", "shape", "datatype", "data"):
-        if key not in t:
-            raise APIError(422, f"inputs[0] lacks {key!r}")
-    if t["datatype"] != "FP32":
-        raise APIError(422, f"inputs[0].datatype is {t['datatype']!r}; this model takes FP32")
-    c, h, w = shape
-    shp = t["shape"]
-    if (
-        not isinstance(shp, list)
-        or len(shp) != 4
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shp)
-        or tuple(shp[1:]) != (c, h, w)
-    ):
-        raise APIError(422, f"inputs[0].shape is {shp!r}; expected [N, {c}, {h}, {w}]")
-    n = shp[0]
-    check_count(n if n >= 0 else 0, max_images)
-    arr = as_array(t["data"], "inputs[0].data")
-    if arr.size != n * c * h * w:
-        raise APIError(422, f"inputs[0].data holds {arr.size} values; shape {shp} needs {n * c * h * w}")
-    arr = check_values(arr.reshape(n, c, h, w), "inputs[0].data")
-    outputs = list(OIP_OUTPUTS)
-    req_out = obj.get("outputs")
-    if req_out is not None:
-        if not isinstance(req_out, list) or not all(
-            isinstance(o, dict) and isinstance(o.get("name"), str) for o in req_out
-        ):
-            raise APIError(422, '"outputs" must be a list of objects with a "name"')
-        names = [o["name"] for o in req_out]
-        unknown = [nm for nm in names if nm not in OIP_OUTPUTS]
-        if unknown:
-            raise APIError(422, f"unknown output {unknown[0]!r}; outputs are {', '.join(OIP_OUTPUTS)}")
-        outputs = names
-    return torch.from_numpy(np.ascontiguousarray(arr)), outputs, req_id
+def oip_tensor(tensor: Any) -> torch.Tensor:
+    """The validated OIP input (shape [N, C, H, W], data flat or nested, count checked) -> (N, C, H, W)."""
+    n, c, h, w = tensor.shape
+    if tensor.data and isinstance(
+        tensor.data[0], list
+    ):  # nested: each image [C][H][W] (or [H][W] when C = 1)
+        return torch.from_numpy(
+            np.stack([np.asarray(d, dtype=np.float32).reshape(c, h, w) for d in tensor.data])
+        )
+    return torch.from_numpy(np.asarray(tensor.data, dtype=np.float32).reshape(n, c, h, w))
 
 
 def oip_outputs(res: BatchResult, names: list[str]) -> list[dict[str, Any]]:

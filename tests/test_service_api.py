@@ -198,7 +198,8 @@ def test_docs_page_and_static(client: TestClient) -> None:
     ):
         assert path in spec["paths"]
     body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
-    assert "multipart/form-data" in body and "examples" in body["application/json"]
+    assert "multipart/form-data" in body and "application/json" in body
+    assert spec["components"]["schemas"]["PredictRequest"]["examples"]
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text and "text/html" in page.headers["content-type"]
     assert client.get("/static/app.js").status_code == 200

@@ -67,14 +67,14 @@ JSON_CASES = {
     "top level a list": ([1, 2], "instances"),
     "empty batch": ({"instances": []}, "empty batch"),
     "wrong shape": ({"instances": [{"array": [[0.5] * 7] * 8}]}, "shape"),
-    "ragged": ({"instances": [{"array": [[0.5] * 8] * 7 + [[0.5] * 3]}]}, "ragged"),
+    "ragged": ({"instances": [{"array": [[0.5] * 8] * 7 + [[0.5] * 3]}]}, "3 values, expected 8"),
     "strings": ({"instances": [{"array": [["0.5"] * 8] * 8}]}, "numbers"),
     "booleans": ({"instances": [{"array": [[True] * 8] * 8}]}, "booleans"),
     "nulls": ({"instances": [{"array": [[None] * 8] * 8}]}, "numbers"),
     "above one": ({"instances": [{"array": [[1.5] * 8] * 8}]}, "[0, 1]"),
     "below zero": ({"instances": [{"array": [[-0.1] * 8] * 8}]}, "[0, 1]"),
     "array not a list": ({"instances": [{"array": 0.5}]}, "list"),
-    "huge integers": ({"instances": [{"array": [[10**40] * 8] * 8}]}, "numbers"),
+    "huge integers": ({"instances": [{"array": [[10**40] * 8] * 8}]}, "[0, 1]"),
 }
 
 
@@ -89,7 +89,7 @@ def test_bad_json_input_is_422(client: TestClient, case: str) -> None:
 @pytest.mark.parametrize(
     "raw, words",
     [
-        (b'{"instances": [{"array": [[NaN, 0.5]]}]}', "shape"),
+        (b'{"instances": [{"array": [[NaN, 0.5]]}]}', "finite"),
         (
             b'{"instances": [{"array": '
             + json.dumps([[0.5] * 8] * 7 + [[0.5] * 7 + [float("inf")]]).encode()
