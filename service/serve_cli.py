@@ -1,4 +1,6 @@
-"""``lgm serve DIR``: every ``ServeSettings`` field as a flag (flags beat ``LGM_*`` env vars, which beat defaults).
+"""``lgm serve DIR``: every ``ServeSettings`` field as a flag, its help and group taken from the field (flags beat
+``LGM_*`` env vars, which beat defaults). With more than one worker, uvicorn starts the processes, each of which
+builds the app from the same settings (handed over as ``LGM_*`` variables).
 
 The artifact is loaded and checked before uvicorn starts, so a missing, tampered or uncalibrated artifact stops
 start-up with one line (``lgm serve: error: ...``) and exit code 2.
@@ -7,18 +9,10 @@ start-up with one line (``lgm serve: error: ...``) and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from service.settings import ServeSettings
-
-_GROUPS: dict[str, tuple[str, ...]] = {
-    "model": ("device", "model_name"),
-    "network": ("host", "port", "log_level", "graceful_timeout"),
-    "batching and threads": ("batching", "max_batch_size", "max_wait_ms", "threads"),
-    "input caps": ("max_request_bytes", "max_image_pixels", "max_images"),
-    "access": ("api_keys", "cors_origins", "perturb"),
-}
-_FLAG = {"api_keys": "--api-key", "cors_origins": "--cors-origin"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,24 +25,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "artifact", nargs="?", default=None, help="calibrated artifact folder (default: $LGM_ARTIFACT)"
     )
-    fields = ServeSettings.model_fields
-    for group, names in _GROUPS.items():
-        g = p.add_argument_group(group)
-        for name in names:
-            f = fields[name]
-            flag = _FLAG.get(name, "--" + name.replace("_", "-"))
-            default = f.get_default(call_default_factory=True)
-            env = f"LGM_{name.upper()}"
-            helptext = f"{f.description} (default: {default!r}; env {env})"
-            if isinstance(default, bool):
-                g.add_argument(
-                    flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=helptext
-                )
-            elif isinstance(default, list):
-                g.add_argument(flag, dest=name, action="append", default=None, help=helptext + "; repeatable")
-            else:
-                typ: Any = type(default) if isinstance(default, (int, float)) else str
-                g.add_argument(flag, dest=name, type=typ, default=None, help=helptext)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name, f in ServeSettings.model_fields.items():
+        if name == "artifact":
+            continue
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        group = str(extra["group"])
+        g = groups.get(group) or groups.setdefault(group, p.add_argument_group(group))
+        flag = str(extra.get("flag") or "--" + name.replace("_", "-"))
+        default = f.get_default(call_default_factory=True)
+        env = f"LGM_{name.upper()}"
+        helptext = f"{f.description} (default: {default!r}; env {env})"
+        if isinstance(default, bool):
+            g.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=helptext
+            )
+        elif isinstance(default, list):
+            g.add_argument(flag, dest=name, action="append", default=None, help=helptext + "; repeatable")
+        else:
+            typ: Any = type(default) if isinstance(default, (int, float)) else str
+            g.add_argument(flag, dest=name, type=typ, default=None, help=helptext)
     p.set_defaults(func=cmd_serve)
 
 
@@ -75,9 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.artifact is None:
         raise ValueError("no artifact: run `lgm serve DIR` (or set LGM_ARTIFACT)")
     detector = Detector.load(settings.artifact, settings.device)  # ValueError with one line when unusable
-    app = create_app(settings, detector=detector)
-    config = uvicorn.Config(
-        app,
+    workers = settings.server_workers()
+    common: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -85,6 +80,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lifespan="on",
         access_log=False,
     )
-    server = uvicorn.Server(config)
-    server.run()
-    return 0 if server.started else 1
+    if workers == 1:
+        server = uvicorn.Server(uvicorn.Config(create_app(settings, detector=detector), **common))
+        server.run()
+        return 0 if server.started else 1
+    del detector  # each worker loads its own
+    os.environ.update(settings_env(settings))
+    uvicorn.run("service.app:create_app", factory=True, workers=workers, **common)
+    return 0
+
+
+def settings_env(settings: ServeSettings) -> dict[str, str]:
+    """The settings as the ``LGM_*`` variables that rebuild them in a worker (lists comma-separated)."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        text = ",".join(value) if isinstance(value, list) else str(value)
+        env[f"LGM_{name.upper()}"] = text
+    env["LGM_WORKERS"] = "1"  # a worker is one process
+    env["LGM_THREADS"] = str(settings.torch_threads())
+    return env
