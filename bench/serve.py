@@ -1,28 +1,37 @@
-"""Serving benchmark: the model's in-process ceiling, then a real uvicorn server under a real HTTP client.
+"""Serving benchmark: the model's in-process ceiling, then ``lgm serve`` under a native load generator.
 
 In one run on one machine:
-1. the in-process batched throughput of ``Detector.score`` (images/s at ``--max-batch-size``): the ceiling, at
-   the torch thread count the server uses (and, for reference, at all cores);
-2. ``lgm serve`` in a subprocess on a free loopback port, then client threads (``http.client``, keep-alive)
-   posting one real test image per request (``POST /v1/predict``, JSON with a base64 PNG) at each concurrency, with coalescing on and
-   off: throughput, p50 and p99 latency, errors.
+1. the in-process ceiling: images/s of ``Detector.score`` on full batches of ``--max-batch-size`` with all
+   cores' torch threads (and, for reference, one thread), measured before and after the load cells, since the
+   machine's speed drifts; the table compares with their median;
+2. for each server layout (``--layouts``, uvicorn workers x torch threads per worker), ``lgm serve`` in a
+   subprocess on a free loopback port, then Debian's ``wrk`` (C, event-driven; the Lua script below posts one
+   real test digit per request, ``POST /v1/predict`` as JSON with a base64 PNG) at each concurrency:
+   throughput, p50 and p99 latency, errors, and the CPU the server and the client each used (CPU seconds per
+   second of wall time, so 2.0 is both cores of a 2-core machine).
 
-Targets (issue 4): at concurrency 32 the server delivers >= 60% of the ceiling; p50 at concurrency 1 < 10 ms for
-the MNIST model on the CPU. Everything is bounded: ``--duration`` seconds per run (plus a short warm-up),
-``--repeats`` runs per cell (the table shows the median run and the range, since a shared CPU is noisy),
-loopback only. Without ``--artifact`` a 1-epoch mnist5k model is trained and calibrated into a temp folder.
+Every cell is ``--repeats`` runs of ``--duration`` seconds after a short warm-up; the table shows the median
+run by throughput (with its latencies and CPU) and the range of throughput over the runs.
 
-    python bench/serve.py --artifact runs/mnist --duration 3
+``--soak SECONDS`` instead keeps one server under ``--soak-concurrency`` connections for that long and samples
+its resident memory (all worker processes) every few seconds: start (after a warm-up), peak, end, errors.
+
+    python bench/serve.py --artifact artifacts/mnist5k
+    python bench/serve.py --artifact artifacts/mnist5k --soak 600
+
+Needs ``wrk`` (``apt-get install wrk``). Loopback only; every run is bounded in time. Without ``--artifact`` a
+1-epoch mnist5k model is trained and calibrated into a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import http.client
+import contextlib
 import json
 import os
 import shlex
+import shutil
 import socket
 import statistics
 import subprocess
@@ -43,27 +52,51 @@ from service.images import encode_png  # noqa: E402
 from service.settings import ServeSettings  # noqa: E402
 from training.data import load_dataset  # noqa: E402
 
+# wrk's script: every thread reads the request bodies (one JSON document a line) and posts them in turn; ``done``
+# prints the run's counts and latency percentiles as one JSON line.
+LUA = r"""
+local reqs, n = {}, 0
+function init(args)
+  for line in io.lines(args[1]) do
+    reqs[#reqs + 1] = wrk.format("POST", nil, {["Content-Type"] = "application/json"}, line)
+  end
+  n = math.random(#reqs)
+end
+function request()
+  n = n % #reqs + 1
+  return reqs[n]
+end
+function done(s, latency, requests)
+  local e = s.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, "status": %d, '
+    .. '"timeout": %d, "p50_us": %d, "p99_us": %d}\n',
+    s.requests, s.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+TICK = os.sysconf("SC_CLK_TCK")
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--artifact", default=None, help="calibrated artifact (default: train a 1-epoch mnist5k model)"
     )
-    p.add_argument("--concurrency", default="1,8,32,64", help="comma-separated client concurrencies")
-    p.add_argument("--duration", type=float, default=3.0, help="seconds measured per cell")
-    p.add_argument("--warmup", type=float, default=0.5, help="seconds of unmeasured load before each cell")
-    p.add_argument("--max-requests", type=int, default=20000, help="stop a cell after this many requests")
+    p.add_argument("--concurrency", default="1,8,32,64", help="comma-separated open connections")
     p.add_argument(
-        "--threads", type=int, default=0, help="server torch threads (0: the server's auto choice)"
+        "--layouts",
+        default="default",
+        help="server layouts WORKERSxTHREADS, comma-separated (e.g. 1x1,1x2,2x1); 'default': lgm serve's own",
     )
+    p.add_argument("--duration", type=int, default=5, help="seconds measured per run")
+    p.add_argument("--warmup", type=int, default=1, help="seconds of unmeasured load before each cell")
+    p.add_argument("--repeats", type=int, default=3, help="runs per cell (median and range reported)")
     p.add_argument("--max-batch-size", type=int, default=64, help="server max_batch_size and ceiling batch")
-    p.add_argument(
-        "--max-wait-ms", type=float, default=ServeSettings().max_wait_ms, help="server max_wait_ms"
-    )
-    p.add_argument("--modes", default="on,off", help="coalescing modes to run: on,off")
-    p.add_argument(
-        "--repeats", type=int, default=3, help="runs per cell; the table shows the median run and the range"
-    )
+    p.add_argument("--max-wait-ms", type=float, default=None, help="server max_wait_ms (default: its own)")
+    p.add_argument("--soak", type=int, default=0, help="instead: one soak of this many seconds")
+    p.add_argument("--soak-concurrency", type=int, default=64, help="connections during the soak")
+    p.add_argument("--soak-layout", default="default", help="server layout for the soak")
     return p.parse_args()
 
 
@@ -81,20 +114,18 @@ def ensure_artifact(path: str | None) -> Path:
     return out
 
 
-def test_images(det: Detector, n: int = 256) -> tuple[torch.Tensor, list[bytes]]:
-    """Real test-split images: as a float batch (N, C, H, W), and as /v1/predict JSON bodies (base64 PNG)."""
+def test_images(det: Detector, n: int = 256) -> tuple[torch.Tensor, list[str]]:
+    """Real test-split images: as a float batch (N, C, H, W), and as one-line /v1/predict JSON bodies."""
     ds = det.meta["dataset"]
     data = load_dataset(ds["name"], ds.get("root"), ds.get("split_seed", 0), ds.get("image_size"))
     x = data.test.x[:n]  # (N, C, H, W) uint8
-    bodies = []
-    for img in x.numpy():
-        bodies.append(
-            json.dumps({"instances": [{"b64": base64.b64encode(encode_png(img)).decode()}]}).encode()
-        )
+    bodies = [
+        json.dumps({"instances": [{"b64": base64.b64encode(encode_png(img)).decode()}]}) for img in x.numpy()
+    ]
     return x.float() / 255.0, bodies
 
 
-def ceiling(det: Detector, x: torch.Tensor, batch: int, threads: int, seconds: float = 2.0) -> float:
+def ceiling(det: Detector, x: torch.Tensor, batch: int, threads: int, seconds: float = 3.0) -> float:
     """Images/s of Detector.score on full batches, in this process, with ``threads`` torch threads."""
     torch.set_num_threads(threads)
     xb = x[:batch] if len(x) >= batch else x.repeat((batch + len(x) - 1) // len(x), 1, 1, 1)[:batch]
@@ -114,16 +145,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(art: Path, port: int, batching: bool, args: argparse.Namespace) -> subprocess.Popen:
-    cmd = [
-        sys.executable, "-m", "service", "serve", str(art), "--host", "127.0.0.1", "--port", str(port),
-        "--batching" if batching else "--no-batching", "--max-batch-size", str(args.max_batch_size),
-        "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning", "--device", "cpu",
-    ]  # fmt: skip
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
+def parse_layout(text: str) -> tuple[int, int] | None:
+    """'WxT' -> (workers, threads); 'default' -> None (lgm serve chooses)."""
+    if text == "default":
+        return None
+    w, t = text.lower().split("x")
+    return int(w), int(t)
+
+
+def start_server(art: Path, port: int, layout: tuple[int, int] | None, args: argparse.Namespace):
+    cmd = [sys.executable, "-m", "service", "serve", str(art), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--max-batch-size", str(args.max_batch_size), "--log-level", "warning", "--device", "cpu"]
+    if args.max_wait_ms is not None:
+        cmd += ["--max-wait-ms", str(args.max_wait_ms)]
+    if layout is not None:
+        cmd += ["--workers", str(layout[0]), "--threads", str(layout[1])]
     proc = subprocess.Popen(cmd, cwd=ROOT)
-    deadline = time.time() + 120
+    deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"server exited with code {proc.returncode}")
@@ -134,133 +172,230 @@ def start_server(art: Path, port: int, batching: bool, args: argparse.Namespace)
             pass
         time.sleep(0.2)
     proc.terminate()
-    raise SystemExit("server not ready within 120 s")
+    raise SystemExit("server not ready within 180 s")
+
+
+# -- the process tree's CPU and memory, from /proc -----------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo += _children(p)
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and all its descendants now alive."""
+    total = 0
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / TICK
+
+
+def rss_mib(pid: int) -> float:
+    total = 0
+    for p in tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
 
 
 # -- load --------------------------------------------------------------------------------------------------------
-def run_load(port: int, bodies: list[bytes], conc: int, duration: float, warmup: float, cap: int) -> dict:
-    """``conc`` closed-loop client threads, each on its own keep-alive ``http.client`` connection (a far cheaper
-    client per request than httpx, so the client is not what is measured); latencies of requests started after
-    the warm-up."""
-    t_start = time.perf_counter()
-    t_measure = t_start + warmup
-    t_end = t_measure + duration
-    lats: list[list[float]] = [[] for _ in range(conc)]
-    errors = [0] * conc
-    headers = {"Content-Type": "application/json"}
-    budget = [cap]
-    lock = threading.Lock()
+def wrk(port: int, bodies_file: Path, conc: int, seconds: int) -> dict:
+    """One wrk run; its JSON summary (from the Lua ``done`` hook) plus the CPU wrk itself used."""
+    threads = max(1, min(conc, os.cpu_count() or 1))
+    cmd = ["wrk", "-t", str(threads), "-c", str(conc), "-d", f"{seconds}s", "--timeout", "30s"]
+    cmd += [
+        "-s",
+        str(bodies_file.with_suffix(".lua")),
+        f"http://127.0.0.1:{port}/v1/predict",
+        "--",
+        str(bodies_file),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out_chunks: list[str] = []
+    reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    reader.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read()
+    line = next((ln for ln in "".join(out_chunks).splitlines() if ln.startswith("{")), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"wrk failed ({proc.returncode}): {err.strip()}")
+    r = json.loads(line)
+    r["client_cpu"] = usage.ru_utime + usage.ru_stime
+    return r
 
-    def worker(k: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        i = k
-        try:
-            while True:
-                t0 = time.perf_counter()
-                if t0 >= t_end:
-                    return
-                if t0 >= t_measure:
-                    with lock:
-                        if budget[0] <= 0:
-                            return
-                        budget[0] -= 1
-                conn.request("POST", "/v1/predict", body=bodies[i % len(bodies)], headers=headers)
-                resp = conn.getresponse()
-                resp.read()
-                t1 = time.perf_counter()
-                i += conc
-                if t0 >= t_measure:
-                    if resp.status == 200:
-                        lats[k].append(t1 - t0)
-                    else:
-                        errors[k] += 1
-        finally:
-            conn.close()
 
-    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(conc)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = min(time.perf_counter(), t_end) - t_measure
-    lat = sorted(v for per in lats for v in per)
-    q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) >= 2 else [float("nan")] * 99
+def run_cell(port: int, pid: int, bodies_file: Path, conc: int, args: argparse.Namespace) -> dict:
+    if args.warmup > 0:
+        wrk(port, bodies_file, conc, args.warmup)
+    c0, t0 = cpu_seconds(pid), time.perf_counter()
+    r = wrk(port, bodies_file, conc, args.duration)
+    wall = time.perf_counter() - t0
+    secs = r["duration_us"] / 1e6
+    errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
     return {
-        "rps": len(lat) / max(elapsed, 1e-9),
-        "p50": q[49] * 1e3,
-        "p99": q[98] * 1e3,
-        "n": len(lat),
-        "errors": sum(errors),
+        "rps": r["requests"] / secs,
+        "p50": r["p50_us"] / 1e3,
+        "p99": r["p99_us"] / 1e3,
+        "errors": errors,
+        "server_cpu": (cpu_seconds(pid) - c0) / wall,
+        "client_cpu": r["client_cpu"] / wall,
     }
 
 
-def forwards(port: int) -> tuple[float, float]:
-    """(forward passes, images) so far, from the server's /metrics."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    count = total = 0.0
-    for line in text.splitlines():
-        if line.startswith("lgm_batch_size_count"):
-            count = float(line.split()[-1])
-        elif line.startswith("lgm_batch_size_sum"):
-            total = float(line.split()[-1])
-    return count, total
+def soak(port: int, pid: int, bodies_file: Path, args: argparse.Namespace) -> None:
+    """--soak seconds at --soak-concurrency, resident memory sampled every 5 s."""
+    wrk(port, bodies_file, args.soak_concurrency, 10)  # warm-up: allocator pools and batch sizes settle
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+    t0 = time.perf_counter()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append((time.perf_counter() - t0, rss_mib(pid)))
+            stop.wait(5.0)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    r = wrk(port, bodies_file, args.soak_concurrency, args.soak)
+    stop.set()
+    sampler.join()
+    samples.append((time.perf_counter() - t0, rss_mib(pid)))
+    errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    rss = [m for _, m in samples]
+    peak_t, peak = max(samples, key=lambda s: s[1])
+    tenth = max(1, len(rss) // 10)
+    print()
+    print(
+        f"Soak: {args.soak} s at concurrency {args.soak_concurrency}, server layout {args.soak_layout}: "
+        f"{r['requests']} requests ({r['requests'] / (r['duration_us'] / 1e6):.0f}/s), {errors} errors "
+        f"(status {r['status']}, timeouts {r['timeout']}, socket {r['connect'] + r['read'] + r['write']}); "
+        f"p50 {r['p50_us'] / 1e3:.1f} ms, p99 {r['p99_us'] / 1e3:.1f} ms."
+    )
+    print(
+        f"Server resident memory (all processes, MiB), sampled every 5 s: start {rss[0]:.1f}, "
+        f"peak {peak:.1f} (at {peak_t:.0f} s), end {rss[-1]:.1f}; mean of the first tenth "
+        f"{statistics.mean(rss[:tenth]):.1f}, of the last tenth {statistics.mean(rss[-tenth:]):.1f}."
+    )
 
 
 def main() -> None:
     args = parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench/serve.py needs wrk: apt-get install wrk")
     concs = [int(c) for c in args.concurrency.split(",") if c.strip()]
     art = ensure_artifact(args.artifact)
-    threads = args.threads or ServeSettings().torch_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     det = Detector.load(art, "cpu")
     x, bodies = test_images(det)
-    ceil = ceiling(det, x, args.max_batch_size, threads)
-    ceil_all = ceiling(det, x, args.max_batch_size, cores) if cores != threads else ceil
-    torch.set_num_threads(1)  # the client process needs no torch threads from here on
-    rows = []
-    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        f.write("\n".join(bodies) + "\n")
+        bodies_file = Path(f.name)
+    bodies_file.with_suffix(".lua").write_text(LUA)
+
+    if args.soak:
+        layout = parse_layout(args.soak_layout)
         port = free_port()
-        proc = start_server(art, port, mode == "on", args)
+        proc = start_server(art, port, layout, args)
+        try:
+            soak(port, proc.pid, bodies_file, args)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+        print(
+            "Command: `" + " ".join(shlex.quote(a) for a in ["python", "bench/serve.py", *sys.argv[1:]]) + "`"
+        )
+        return
+
+    ceils_all = [ceiling(det, x, args.max_batch_size, cores)]
+    ceil_one = ceiling(det, x, args.max_batch_size, 1)
+    torch.set_num_threads(1)
+    rows = []
+    layouts = [s.strip() for s in args.layouts.split(",") if s.strip()]
+    for name in layouts:
+        layout = parse_layout(name)
+        port = free_port()
+        proc = start_server(art, port, layout, args)
         try:
             for conc in concs:
                 runs = []
                 for _ in range(max(1, args.repeats)):
-                    f0, i0 = forwards(port)
-                    r = run_load(port, bodies, conc, args.duration, args.warmup, args.max_requests)
-                    f1, i1 = forwards(port)
-                    r["mean_batch"] = (i1 - i0) / max(f1 - f0, 1.0)
+                    r = run_cell(port, proc.pid, bodies_file, conc, args)
                     runs.append(r)
-                    print(f"# coalescing {mode:3s} concurrency {conc:3d}: {r['rps']:.0f} req/s", flush=True)
+                    print(
+                        f"# {name} concurrency {conc:3d}: {r['rps']:.0f} req/s, p50 {r['p50']:.2f} ms, "
+                        f"server {r['server_cpu']:.2f} / client {r['client_cpu']:.2f} cores",
+                        flush=True,
+                    )
                 runs.sort(key=lambda r: r["rps"])
-                med = dict(runs[len(runs) // 2])  # the median run by throughput, latencies from that run
+                med = dict(runs[len(runs) // 2])
                 med["range"] = (runs[0]["rps"], runs[-1]["rps"])
                 med["errors"] = sum(r["errors"] for r in runs)
-                rows.append((mode, conc, med))
+                rows.append((name, conc, med))
         finally:
             proc.terminate()  # SIGTERM: uvicorn's graceful shutdown
             proc.wait(timeout=60)
+        ceils_all.append(ceiling(det, x, args.max_batch_size, cores))
+        torch.set_num_threads(1)
+    ceil = statistics.median(ceils_all)
 
+    default = ServeSettings()
     shape = "x".join(map(str, det.input_shape))
     print()
-    print(f"Model: {det.meta['dataset']['name']} {det.meta['arch']['backbone']} (input {shape}), CPU, {cores} cores; "
-          f"server torch threads {threads}, max_batch_size {args.max_batch_size}, max_wait_ms {args.max_wait_ms:g}; "
-          f"one image per request (POST /v1/predict, JSON base64 PNG); client: http.client threads on the same machine.")  # fmt: skip
-    print()
-    print(f"In-process ceiling (Detector.score, batch {args.max_batch_size}): **{ceil:.0f} images/s** "
-          f"at {threads} torch thread(s); {ceil_all:.0f} images/s at {cores}.")  # fmt: skip
-    print()
-    print(f"Each cell: {max(1, args.repeats)} run(s) of {args.duration:g} s; the median run by throughput (its "
-          "latencies and batch size), and the range of throughput over the runs.")  # fmt: skip
+    print(
+        f"Model: {det.meta['dataset']['name']} {det.meta['arch']['backbone']} (input {shape}), CPU "
+        f"({cores} cores); max_batch_size {args.max_batch_size}; one real test digit per request (POST "
+        f"/v1/predict, JSON base64 PNG); client: wrk on the same machine. lgm serve's default layout here: "
+        f"{default.server_workers()} worker(s) x {default.torch_threads()} torch thread(s)."
+    )
     print()
     print(
-        "| coalescing | concurrency | throughput (img/s) | range | % of ceiling | p50 (ms) | p99 (ms) | mean batch "
-        "| errors |"
+        f"In-process ceiling (Detector.score, batch {args.max_batch_size}, {cores} torch threads): "
+        f"**{ceil:.0f} images/s** (median of {len(ceils_all)} measurements spread over the run, "
+        f"{min(ceils_all):.0f}-{max(ceils_all):.0f}); {ceil_one:.0f} images/s at 1 thread."
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for mode, conc, r in rows:
+    print()
+    print(
+        f"Each cell: {max(1, args.repeats)} runs of {args.duration} s after {args.warmup} s of warm-up; the "
+        "median run by throughput (its latencies and CPU) and the range of throughput over the runs. CPU: "
+        "CPU-seconds per second (1.00 = one core busy)."
+    )
+    print()
+    print(
+        "| workers x threads | concurrency | throughput (req/s) | range | % of ceiling | p50 (ms) | p99 (ms) "
+        "| server CPU | client CPU | errors |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, conc, r in rows:
         lo, hi = r["range"]
-        print(f"| {mode} | {conc} | {r['rps']:.0f} | {lo:.0f}-{hi:.0f} | {100 * r['rps'] / ceil:.0f}% | {r['p50']:.2f} "
-              f"| {r['p99']:.2f} | {r['mean_batch']:.1f} | {r['errors']} |")  # fmt: skip
+        label = (
+            name if name != "default" else f"{default.server_workers()}x{default.torch_threads()} (default)"
+        )
+        print(
+            f"| {label} | {conc} | {r['rps']:.0f} | {lo:.0f}-{hi:.0f} | {100 * r['rps'] / ceil:.0f}% "
+            f"| {r['p50']:.2f} | {r['p99']:.2f} | {r['server_cpu']:.2f} | {r['client_cpu']:.2f} "
+            f"| {r['errors']} |"
+        )
     print()
     print("Command: `" + " ".join(shlex.quote(a) for a in ["python", "bench/serve.py", *sys.argv[1:]]) + "`")
 
