@@ -17,13 +17,15 @@ import sys
 import time
 import urllib.request
 import uuid
+from email.message import Message
 
 from service.images import encode_png
 from training.data import load_dataset
 
 
-def post_png(url: str, png: bytes, name: str) -> tuple[dict, dict]:
-    """POST one PNG as multipart field ``files``; returns (JSON body, response headers)."""
+def post_png(url: str, png: bytes, name: str) -> tuple[dict, Message]:
+    """POST one PNG as multipart field ``files``; returns (JSON body, response headers). The headers are
+    looked up whatever their case (HAProxy sends header names in lower case)."""
     boundary = uuid.uuid4().hex
     body = (
         (
@@ -37,7 +39,7 @@ def post_png(url: str, png: bytes, name: str) -> tuple[dict, dict]:
         url, data=body, method="POST", headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
     )
     with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.load(resp), dict(resp.headers)
+        return json.load(resp), resp.headers
 
 
 def main() -> int:

@@ -473,3 +473,11 @@ def test_overlays_pick_the_image_and_the_gpu(overlay, tag, gpus):
         assert ("nvidia.com/gpu" in tolerated) == (gpus is not None)
     api = container(pod_spec(find(objects, "Deployment", "lgm-api")), "api")
     assert env(api).get("LGM_DEVICE") == ("cuda" if gpus else None)
+
+
+def test_readme_applies_the_kustomizations_that_exist():
+    readme = (ROOT / "README.md").read_text()
+    applied = set(re.findall(r"kubectl apply -k deploy/([\w/-]+)", readme))
+    assert applied == set(TARGETS)
+    for target in TARGETS:
+        assert (DEPLOY / target / "kustomization.yaml").is_file()
