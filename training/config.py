@@ -86,7 +86,7 @@ class TrainConfig:
         0.5, "pgd: fraction of each batch kept clean; the rest is replaced by its PGD examples", ge=0, lt=1
     )
     adv_lkd: str = _adv(
-        "pull",
+        "push",
         "likelihood term of adversarial features: pull (onto the true class's Gaussian, as clean ones) | push "
         "(also out of the nearest wrong class's)",
         choices=ADV_LKD_MODES,
