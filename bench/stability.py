@@ -1,4 +1,4 @@
-"""Numerical-safety benchmark (issue 2): the least forgiving L-GM setting trained for 30 epochs on mnist5k.
+"""Numerical-safety benchmark: the least forgiving L-GM setting trained for 30 epochs on mnist5k.
 
 Learned diagonal variances with the ``paper`` likelihood form (d_y + 0.5 log|Lambda_y|, Wan et al. CVPR 2018)
 is the configuration in which the variances can collapse and drive the loss to -inf or NaN: shrinking

@@ -2,7 +2,7 @@
 
 Trains both heads with the default TrainConfig on ``mnist5k`` (3,500 train / 500 calibration / 1,000 test)
 and prints a markdown table: test accuracy of each, seconds per training epoch, and their ratio, checked against
-the targets of issue 2 (L-GM test accuracy >= 98.5% within 10 epochs; L-GM >= softmax; L-GM epoch time
+the project's targets (L-GM test accuracy >= 98.5% within 10 epochs; L-GM >= softmax; L-GM epoch time
 <= 1.15x softmax). ``--cifar-synthetic`` instead times training epochs of the CIFAR ResNet-20 (both heads) on
 random 32x32 colour images, for GPU runs (keep ``--cifar-n`` small on a CPU).
 
