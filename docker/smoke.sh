@@ -226,7 +226,8 @@ containers() {
     done
   done
   [ "$n" = $((N_API + 1)) ] || { echo "smoke: $n containers, $((N_API + 1)) expected ($N_API api replicas and HAProxy)" >&2; return 1; }
-  docker exec "$(lb_cid)" haproxy -v | head -n1 | sed 's/^/    lb: /'
+  # sed reads all of it (head would close the pipe early: SIGPIPE, and pipefail fails the step)
+  docker exec "$(lb_cid)" haproxy -v | sed -n '1s/^/    lb: /p'
 }
 
 failover() {  # kill -9 one replica's processes under load; smoke_failover.py judges; then it must be back
@@ -235,9 +236,10 @@ failover() {  # kill -9 one replica's processes under load; smoke_failover.py ju
   pid=$(docker inspect -f '{{.State.Pid}}' "$cid")
   addr="$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$cid"):8000"
   restarts=$(docker inspect -f '{{.RestartCount}}' "$cid")
-  echo "    victim: container $(docker inspect -f '{{.Name}}' "$cid") at $addr, init pid $pid on the host"
-  "$PY" docker/smoke_failover.py "$URL" --victim "$addr" --kill "kill -9 $pid" --replicas "$N_API" \
-    --workers "${SMOKE_WORKERS:-4}"
+  pids=$(docker top "$cid" -eo pid | tail -n +2 | tr -s ' \n' ' ')
+  echo "    victim: container $(docker inspect -f '{{.Name}}' "$cid") at $addr, processes (host PIDs) $pids"
+  "$PY" docker/smoke_failover.py "$URL" --victim "$addr" --kill "kill -9 $pid" --gone "$pids" \
+    --replicas "$N_API" --workers "${SMOKE_WORKERS:-4}"
   echo "    restart count $restarts -> $(docker inspect -f '{{.RestartCount}}' "$cid") (restart: unless-stopped)"
   [ "$(docker inspect -f '{{.RestartCount}}' "$cid")" -gt "$restarts" ]
   [ "$(lb_up | wc -l)" = "$N_API" ] || { echo "smoke: not every replica is back in rotation" >&2; return 1; }

@@ -2,17 +2,19 @@
 ``make docker-smoke``).
 
 Workers post a real test digit (PNG, multipart ``files``) to ``/v1/predict`` back to back. After ``--before``
-seconds the ``--kill`` command runs (``kill -9`` of the replica's processes: a crash, not a clean stop). The
-load goes on until the replica is back in rotation (its restart policy starts it again and HAProxy's /readyz
+seconds the ``--kill`` command runs (``kill -9`` of the replica's processes: a crash, not a clean stop); the
+replica is dead once every process in ``--gone`` has exited (a dying process still holds its sockets, and
+requests that reach it meanwhile die with it). The load goes on until the replica is back in rotation (its restart policy starts it again and HAProxy's /readyz
 checks bring it back), then ``--after`` seconds more. Passes when:
 
 - no request failed but those in flight on the killed replica when it died: each failure names the victim in
-  ``X-LGM-Upstream`` (or no replica at all, if the connection broke), started before the kill ended and
-  ended after it began. A request sent while the replica was gone must be answered by another one;
+  ``X-LGM-Upstream`` (or no replica at all, if the connection broke), started before the replica was dead and
+  ended after the kill began. A request sent once it was gone must be answered by another one;
 - the other replicas answered all along, with no pause longer than ``--max-pause`` seconds;
 - the replica came back (the victim's address, or one not seen before the kill, answered again).
 
-    python docker/smoke_failover.py http://127.0.0.1:8000 --victim 172.18.0.3:8000 --kill 'kill -9 1234'
+    python docker/smoke_failover.py http://127.0.0.1:8000 --victim 172.18.0.3:8000 --kill 'kill -9 1234' \
+        --gone '1234 1250 1261'
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class Verdict:
 
 def judge(records: list[Record], kill_start: float, kill_end: float, victim: str) -> Verdict:
     """Sort failures into in flight on the victim at the kill (allowed) and lost (any other), and find when the
-    victim answered again. ``kill_start``/``kill_end``: when the kill command began and returned."""
+    victim answered again. ``kill_start``/``kill_end``: when the kill command began and when the victim was dead
+    (every process exited)."""
     before = {r.upstream for r in records if r.ok and r.end <= kill_start}
 
     def on_victim_at_kill(r: Record) -> bool:
@@ -126,6 +129,15 @@ def load(url: str, png: bytes, workers: int, stop: threading.Event, t0: float, r
         t.join(timeout=120)
 
 
+def exited(pid: int) -> bool:
+    """The process is gone or a zombie: it has closed every socket it had."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 def _latency(rs: list[Record]) -> str:
     ms = [(r.end - r.start) * 1000 for r in rs if r.ok]
     return f"latency p50 {statistics.median(ms):.0f} ms, max {max(ms):.0f} ms" if ms else "no answers"
@@ -136,6 +148,7 @@ def main() -> int:
     p.add_argument("url", help="the load balancer's base URL")
     p.add_argument("--victim", required=True, help="the replica to kill, address:port as in X-LGM-Upstream")
     p.add_argument("--kill", required=True, help="shell command that kills it")
+    p.add_argument("--gone", default="", help="host PIDs of its processes: dead once every one has exited")
     p.add_argument("--replicas", type=int, default=3, help="replicas behind the load balancer")
     p.add_argument("--workers", type=int, default=4, help="concurrent clients")
     p.add_argument("--before", type=float, default=5.0, help="seconds of load before the kill")
@@ -155,6 +168,9 @@ def main() -> int:
     time.sleep(args.before)
     kill_start = time.perf_counter() - t0
     subprocess.run(shlex.split(args.kill), check=True)
+    pids = [int(x) for x in args.gone.split()]
+    while not all(exited(pid) for pid in pids) and time.perf_counter() - t0 < kill_start + 30:
+        time.sleep(0.001)
     kill_end = time.perf_counter() - t0
     deadline = time.perf_counter() + args.timeout
     while (
@@ -175,7 +191,8 @@ def main() -> int:
         f"    before the kill ({kill_start:.1f} s): {len(pre)} answered, by {dict(Counter(r.upstream for r in pre))}"
     )
     print(
-        f"    killed {args.victim} at {kill_start:.1f} s ({args.kill}): {v.in_flight} request(s) in flight on it,"
+        f"    killed {args.victim} at {kill_start:.2f} s ({args.kill}), its {len(pids)} processes gone"
+        f" {(kill_end - kill_start) * 1000:.0f} ms later: {v.in_flight} request(s) in flight on it,"
         f" {v.failed_in_flight} failed; other requests lost: {len(v.lost)}"
     )
     for r in v.lost[:10]:

@@ -376,8 +376,9 @@ def test_server_settings_ports_and_probes_match_the_service(where, routes, monke
         assert sc["capabilities"]["drop"] == ["ALL"]
         for part in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(each["resources"][part]), f"{each['name']} {part}"
-    # torch's threads fit the CPU limit (one core left for the event loop).
-    assert 1 <= settings.torch_threads() < float(c["resources"]["limits"]["cpu"]) + 1
+    # Worker processes times torch threads fit the CPU limit, whatever the node's cores (set, not automatic).
+    assert "LGM_WORKERS" in env(c) and "LGM_THREADS" in env(c)
+    assert settings.server_workers() * settings.torch_threads() <= float(c["resources"]["limits"]["cpu"])
 
 
 def mount_of(c: dict, path: str) -> tuple[dict, PurePosixPath]:

@@ -890,3 +890,12 @@ def test_make_targets_run_the_docker_scripts_outside_make_test():
     assert "docker/smoke.sh" in rules["docker-smoke"]
     test_rule = re.search(r"^test:([^\n]*)", make, re.M).group(1)
     assert "docker" not in test_rule and "docker" not in rules["test"]
+
+
+def test_failover_knows_when_the_victims_processes_have_exited():
+    fo = load_failover()
+    assert not fo.exited(os.getpid())
+    child = subprocess.Popen(["true"])
+    _wait(lambda: fo.exited(child.pid), timeout=10)  # a zombie until reaped: its sockets are closed already
+    child.wait()
+    assert fo.exited(child.pid)
