@@ -30,8 +30,11 @@ class Budgets:
     deepfool_overshoot: float = 0.02
     deepfool_candidates: int = 4  # classes of highest logit considered (Foolbox's `candidates`)
     square_queries: int = 1000
-    adaptive_steps: int = 50  # iterations of the adaptive attack
-    adaptive_margin: float = 1.0  # nats above the deployed threshold the adaptive attack aims for
+    adaptive_steps: int = 200  # iterations of each run of the adaptive attacks
+    adaptive_restarts: int = 5  # runs of the adaptive attacks (clean start, then random starts) per target
+    adaptive_margin: float = (
+        1.0  # how far under the deployed threshold (score units) the adaptive attacks aim
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,17 +51,44 @@ class Budgets:
             "fgsm": {"norm": "Linf", "eps": self.eps},
             "bim": {"norm": "Linf", "eps": self.eps, **it},
             "pgd": {"norm": "Linf", "eps": self.eps, **it, "restarts": self.restarts, "random_start": True},
-            "pgdl2": {"norm": "L2", "eps": self.eps_l2, "steps": self.steps, "step_size": self.step_size(self.eps_l2)},
-            "cw": {"norm": "L2", "eps": None, "c": self.cw_c, "search_rounds": self.cw_search, "steps": self.cw_steps,
-                   "lr": self.cw_lr, "kappa": self.cw_kappa},
-            "deepfool": {"norm": "L2", "eps": None, "steps": self.deepfool_steps, "overshoot": self.deepfool_overshoot,
-                         "candidates": self.deepfool_candidates},
+            "pgdl2": {
+                "norm": "L2",
+                "eps": self.eps_l2,
+                "steps": self.steps,
+                "step_size": self.step_size(self.eps_l2),
+            },
+            "cw": {
+                "norm": "L2",
+                "eps": None,
+                "c": self.cw_c,
+                "search_rounds": self.cw_search,
+                "steps": self.cw_steps,
+                "lr": self.cw_lr,
+                "kappa": self.cw_kappa,
+            },
+            "deepfool": {
+                "norm": "L2",
+                "eps": None,
+                "steps": self.deepfool_steps,
+                "overshoot": self.deepfool_overshoot,
+                "candidates": self.deepfool_candidates,
+            },
             "apgd": {"norm": "Linf", "eps": self.eps, "steps": self.steps, "restarts": 1, "loss": "ce"},
+            "apgd_dlr": {"norm": "Linf", "eps": self.eps, "steps": self.steps, "restarts": 1, "loss": "dlr"},
             "square": {"norm": "Linf", "eps": self.eps, "queries": self.square_queries},
             "autoattack": {"norm": "Linf", "eps": self.eps, "version": "standard"},
-            "adaptive": {"norm": "Linf", "eps": self.eps, "steps": self.adaptive_steps,
-                         "step_size": self.step_size(self.eps, self.adaptive_steps), "margin_nats": self.adaptive_margin},
-        }  # fmt: skip
+        }
+        ada = {
+            "norm": "Linf",
+            "eps": self.eps,
+            "steps": self.adaptive_steps,
+            "restarts": self.adaptive_restarts,
+            "step_size": self.step_size(self.eps, self.adaptive_steps),
+            "margin": self.adaptive_margin,
+        }
+        table["adaptive"] = dict(ada, targets="runner-up")
+        table["adaptive_multitarget"] = dict(ada, targets="every wrong class")
+        table["adaptive_orthogonal"] = dict(ada, targets="runner-up", steps_kind="orthogonal projection")
         return table[name]
 
     def step_size(self, eps: float, steps: int | None = None) -> float:
@@ -78,13 +108,35 @@ class Budgets:
             (1 <= self.cw_steps <= 10_000, f"--cw-steps must be in [1, 10000], got {self.cw_steps}"),
             (0.0 < self.cw_lr <= 10.0, f"--cw-lr must be in (0, 10], got {self.cw_lr}"),
             (0.0 <= self.cw_kappa <= 1e3, f"--cw-kappa must be in [0, 1000], got {self.cw_kappa}"),
-            (1 <= self.deepfool_steps <= 1_000, f"--deepfool-steps must be in [1, 1000], got {self.deepfool_steps}"),
-            (0.0 <= self.deepfool_overshoot <= 1.0, f"--deepfool-overshoot must be in [0, 1], got {self.deepfool_overshoot}"),
-            (self.deepfool_candidates >= 2, f"--deepfool-candidates must be >= 2, got {self.deepfool_candidates}"),
-            (1 <= self.square_queries <= 100_000, f"--square-queries must be in [1, 100000], got {self.square_queries}"),
-            (1 <= self.adaptive_steps <= 10_000, f"--adaptive-steps must be in [1, 10000], got {self.adaptive_steps}"),
-            (0.0 <= self.adaptive_margin <= 1e3, f"--adaptive-margin must be in [0, 1000], got {self.adaptive_margin}"),
-        ]  # fmt: skip
+            (
+                1 <= self.deepfool_steps <= 1_000,
+                f"--deepfool-steps must be in [1, 1000], got {self.deepfool_steps}",
+            ),
+            (
+                0.0 <= self.deepfool_overshoot <= 1.0,
+                f"--deepfool-overshoot must be in [0, 1], got {self.deepfool_overshoot}",
+            ),
+            (
+                self.deepfool_candidates >= 2,
+                f"--deepfool-candidates must be >= 2, got {self.deepfool_candidates}",
+            ),
+            (
+                1 <= self.square_queries <= 100_000,
+                f"--square-queries must be in [1, 100000], got {self.square_queries}",
+            ),
+            (
+                1 <= self.adaptive_steps <= 10_000,
+                f"--adaptive-steps must be in [1, 10000], got {self.adaptive_steps}",
+            ),
+            (
+                1 <= self.adaptive_restarts <= 100,
+                f"--adaptive-restarts must be in [1, 100], got {self.adaptive_restarts}",
+            ),
+            (
+                0.0 <= self.adaptive_margin <= 1e3,
+                f"--adaptive-margin must be in [0, 1000], got {self.adaptive_margin}",
+            ),
+        ]
         for ok, msg in checks:
             if not ok or any(isinstance(v, float) and not math.isfinite(v) for v in asdict(self).values()):
                 raise ValueError(msg if not ok else "budgets must be finite numbers")
@@ -111,8 +163,9 @@ _HELP = {
     "deepfool_overshoot": "DeepFool overshoot",
     "deepfool_candidates": "DeepFool: classes of highest logit considered",
     "square_queries": "Square attack query budget",
-    "adaptive_steps": "adaptive attack iterations",
-    "adaptive_margin": "adaptive attack: nats above the deployed threshold to aim for",
+    "adaptive_steps": "adaptive attacks: iterations per run",
+    "adaptive_restarts": "adaptive attacks: runs per target (clean start, then random starts)",
+    "adaptive_margin": "adaptive attacks: how far under the deployed threshold to aim (score units)",
 }
 
 

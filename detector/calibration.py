@@ -1,22 +1,28 @@
-"""Set the detector's thresholds on the artifact's calibration split and write ARTIFACT/detector.json.
+"""``lgm calibrate``: fit the detector to the artifact and set its thresholds; writes detector.json and
+detector.safetensors beside the model.
 
-Protocol (Carlini & Wagner 2017; Tramer et al. 2020): the mixture is learned on train, thresholds are set here
-on the held-out calibration split only, and every reported number comes from the test split.
+Protocol (Carlini & Wagner 2017; Tramer et al. 2020): each stage has its own data.
+1. Gaussians (``detector/gaussians.py``): fitted to the *training* split's features, the last layer's and, with
+   the ``layers`` statistics, each tapped block's (averaged over space) - the data the network learned from.
+2. Tail models and thresholds: on the held-out *calibration* split, which nothing trained on. Each statistic's
+   clean distribution gets a tail model (``detector/tails.py``), and the threshold on the combined score is
+   the target-FPR quantile of the clean calibration scores, globally or per predicted class.
+3. Every reported figure comes from the test split (``lgm evaluate``).
 
 Modes:
-- ``clean``: the threshold is the target-FPR quantile of the clean calibration log-likelihoods (flag when the
-  likelihood is lower than that of all but ``target_fpr`` of clean inputs).
-- ``roc``: generate the chosen attacks on the calibration split (correctly classified inputs only; positives
-  are the successful adversarials) and pick the threshold from the ROC curve, at the target FPR or where
-  Youden's J = TPR - FPR is largest.
-Thresholds are global or per predicted class (a class with too few calibration inputs falls back to the
-global threshold). Inputs are grouped by *predicted* class, as at serving time.
+- ``clean`` (default): the score is the largest surprise over the statistics and its threshold comes from clean
+  inputs only. No attack is generated or fitted, so the deployed rule holds its clean FPR whatever the attack.
+- ``roc``: attacks are generated on the calibration split (correctly classified inputs only; positives are the
+  successful adversarials; ``adaptive`` aims at the clean-mode detector), a logistic regression over the
+  statistics' surprises is fitted on clean versus adversarial calibration inputs (as Lee et al. 2018 combine
+  their layers), and the threshold is picked on its calibration ROC at the target FPR or at Youden's J.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,59 +31,108 @@ import torch
 from tqdm import tqdm
 
 from detector import roc
-from detector.scoring import (
-    DETECTOR_FILE,
-    DETECTOR_FORMAT,
-    THRESHOLD_UNITS,
-    deployed_thresholds,
-    lgm_head,
-    raw_scores,
-)
-from training.artifacts import atomic_write_json, load_artifact
-from training.data import load_dataset
+from detector.gaussians import KINDS as GAUSSIAN_KINDS
+from detector.gaussians import SHRINKAGE, ClassGaussians
+from detector.layers import split_layers
+from detector.scoring import THRESHOLD_UNITS, Detector, deployed_thresholds, lgm_head
+from detector.statistics import GROUPS, ScoreModel
+from detector.store import save_detector
+from detector.tails import TailModel
+from training.artifacts import load_artifact
+from training.data import Split, load_dataset
 from training.distributed import resolve_device
+from training.model import Classifier
 
 MODES = ("clean", "roc")
 RULES = ("fpr", "youden")
 KINDS = ("per_class", "global")
-N_LEVELS = 101  # stored quantile levels 0.00, 0.01, ..., 1.00
+N_LEVELS = 101  # stored quantile levels of the clean score 0.00, 0.01, ..., 1.00
 MIN_PER_CLASS = 10  # fewer calibration inputs of a predicted class: use the global threshold for it
 FINITE = 1e30  # JSON has no infinities: thresholds are clipped to +-FINITE
 
 
-def clean_quantiles(ll: np.ndarray, pred: np.ndarray, num_classes: int) -> dict[str, Any]:
-    """Per-class (by predicted class) and pooled quantiles of clean log-likelihoods at N_LEVELS levels."""
+@dataclass
+class CalibrationConfig:
+    """What ``lgm calibrate`` can be told (see ``detector/cli.py`` for the flags' help)."""
+
+    mode: str = "clean"
+    target_fpr: float = 0.05
+    kind: str = "per_class"
+    rule: str = "fpr"
+    gaussians: str = "tied"
+    shrinkage: str = "ledoit_wolf"
+    statistics: list[str] = field(default_factory=lambda: list(GROUPS))
+    attacks: list[str] | None = None
+    budgets: dict[str, Any] | None = None
+    limit: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    batch_size: int = 100
+    progress: bool = True
+
+    def validate(self) -> None:
+        for name, value, allowed in (
+            ("--mode", self.mode, MODES),
+            ("--rule", self.rule, RULES),
+            ("--thresholds", self.kind, KINDS),
+            ("--gaussians", self.gaussians, GAUSSIAN_KINDS),
+            ("--shrinkage", self.shrinkage, tuple(SHRINKAGE)),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        bad = [s for s in self.statistics if s not in GROUPS]
+        if bad or not self.statistics:
+            raise ValueError(
+                f"--statistics must be a comma list of {', '.join(GROUPS)}, got {','.join(self.statistics)!r}"
+            )
+        if not 0.0 < self.target_fpr < 1.0:
+            raise ValueError(f"--target-fpr must be in (0, 1), got {self.target_fpr}")
+        if self.mode == "clean" and self.rule == "youden":
+            raise ValueError("--rule youden needs adversarial examples: use it with --mode roc")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+
+
+def clean_quantiles(score: np.ndarray, pred: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """Per predicted class and pooled quantiles of the clean calibration score at N_LEVELS levels."""
     levels = np.linspace(0.0, 1.0, N_LEVELS)
-    per_class: list[list[float] | None] = []
+    glob = [float(q) for q in np.quantile(score, levels)]
+    per_class = []
     for k in range(num_classes):
-        v = ll[pred == k]
-        per_class.append([float(q) for q in np.quantile(v, levels)] if len(v) else None)
-    glob = [float(q) for q in np.quantile(ll, levels)]
-    per_class = [q if q is not None else glob for q in per_class]
-    return {"levels": [round(float(v), 4) for v in levels], "per_class": per_class, "global": glob,
-            "counts": [int((pred == k).sum()) for k in range(num_classes)]}  # fmt: skip
+        v = score[pred == k]
+        per_class.append([float(q) for q in np.quantile(v, levels)] if len(v) else glob)
+    return {
+        "levels": [round(float(v), 4) for v in levels],
+        "per_class": per_class,
+        "global": glob,
+        "counts": [int((pred == k).sum()) for k in range(num_classes)],
+    }
 
 
-def _pick(neg_ll: np.ndarray, pos_ll: np.ndarray | None, rule: str, target_fpr: float) -> float:
-    """A log-likelihood threshold T (flag when ll < T) from clean and adversarial log-likelihoods."""
-    neg = -neg_ll  # score: larger is more adversarial
-    if rule == "youden" and pos_ll is not None and len(pos_ll):
-        t = roc.youden_threshold(neg, -pos_ll)
+def _pick(neg: np.ndarray, pos: np.ndarray | None, rule: str, target_fpr: float) -> float:
+    """A score threshold T (flag when score > T) from clean and adversarial scores."""
+    if rule == "youden" and pos is not None and len(pos):
+        t = roc.youden_threshold(neg, pos)
     else:
         t = roc.threshold_at_fpr(neg, target_fpr)
-    return float(np.clip(-t, -FINITE, FINITE))
+    return float(np.clip(t, -FINITE, FINITE))
 
 
 def select_thresholds(
-    clean_ll: np.ndarray, clean_pred: np.ndarray, num_classes: int, target_fpr: float, rule: str = "fpr",
-    adv_ll: np.ndarray | None = None, adv_pred: np.ndarray | None = None,
-) -> tuple[float, list[float]]:  # fmt: skip
-    """Global threshold and one per predicted class (falling back to the global one for rare classes)."""
-    glob = _pick(clean_ll, adv_ll, rule, target_fpr)
+    clean: np.ndarray,
+    clean_pred: np.ndarray,
+    num_classes: int,
+    target_fpr: float,
+    rule: str = "fpr",
+    adv: np.ndarray | None = None,
+    adv_pred: np.ndarray | None = None,
+) -> tuple[float, list[float]]:
+    """Global score threshold and one per predicted class (the global one for classes with few inputs)."""
+    glob = _pick(clean, adv, rule, target_fpr)
     per: list[float] = []
     for k in range(num_classes):
-        neg = clean_ll[clean_pred == k]
-        pos = adv_ll[adv_pred == k] if adv_ll is not None and adv_pred is not None else None
+        neg = clean[clean_pred == k]
+        pos = adv[adv_pred == k] if adv is not None and adv_pred is not None else None
         enough = len(neg) >= MIN_PER_CLASS and (
             rule != "youden" or (pos is not None and len(pos) >= MIN_PER_CLASS)
         )
@@ -85,139 +140,189 @@ def select_thresholds(
     return glob, per
 
 
+def fit_gaussians(model: Classifier, train: Split, cfg: CalibrationConfig) -> ScoreModel:
+    """The score model's Gaussians, fitted to the training split (no tails yet)."""
+    k = int(model.spec.num_classes)
+    _, feats, layers = split_layers(model, train.x)
+    if "layers" not in cfg.statistics:
+        layers = []
+    y = train.y.numpy()
+    if cfg.gaussians == "head":
+        final = ClassGaussians.from_head(lgm_head(model))
+    else:
+        final = ClassGaussians.fit(feats.numpy(), y, k, tied=cfg.gaussians == "tied", shrinkage=cfg.shrinkage)
+    layer_g = [ClassGaussians.fit(h.numpy(), y, k, tied=True, shrinkage=cfg.shrinkage) for h in layers]
+    return ScoreModel(list(cfg.statistics), final, layer_g)
+
+
+@torch.no_grad()
+def statistics_of(
+    model: Classifier, sm: ScoreModel, x: torch.Tensor, batch_size: int = 500
+) -> dict[str, np.ndarray]:
+    """pred (N,) and statistics (N, m) of images in [0, 1], batched, as NumPy."""
+    dev = next(model.parameters()).device
+    sm = sm.to(dev)
+    preds, stats = [], []
+    for i in range(0, len(x), batch_size):
+        logits, _, s = sm.forward(model, x[i : i + batch_size].to(dev).float())
+        preds.append(logits.argmax(1).cpu())
+        stats.append(s.double().cpu())
+    return {"pred": torch.cat(preds).numpy(), "stats": torch.cat(stats).numpy()}
+
+
+def surprises_of(sm: ScoreModel, stats: np.ndarray) -> np.ndarray:
+    return sm.surprises(torch.from_numpy(stats)).numpy()
+
+
+def fit_logistic(clean: np.ndarray, adv: np.ndarray) -> tuple[list[float], float]:
+    """Weights and bias of a logistic regression of adversarial (1) against clean (0) surprises, classes
+    balanced (sklearn ``LogisticRegression``)."""
+    from sklearn.linear_model import LogisticRegression
+
+    xs = np.concatenate([clean, adv])
+    ys = np.concatenate([np.zeros(len(clean)), np.ones(len(adv))])
+    lr = LogisticRegression(class_weight="balanced", max_iter=5000).fit(xs, ys)
+    return [float(w) for w in lr.coef_[0]], float(lr.intercept_[0])
+
+
 def attack_calibration_split(
-    model, dataset: str, x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor, thresholds: torch.Tensor,
-    attacks: list[str] | None, budgets: dict[str, Any] | None, limit: int | None, seed: int, batch_size: int,
-    device: torch.device, progress: bool,
-) -> dict[str, Any]:  # fmt: skip
-    """Attack the correctly classified calibration inputs; return the successful adversarials' log-likelihoods
-    and predictions (pooled over attacks) and per-attack figures. The adaptive attack aims at the clean-mode
-    thresholds (the ones in force before this calibration)."""
-    from detector.attacks import AttackTarget, LGMObjective, parse_attack_list, run_attack
+    det: Detector, dataset: str, x: torch.Tensor, y: torch.Tensor, pred: np.ndarray, cfg: CalibrationConfig
+) -> dict[str, Any]:
+    """Attack the correctly classified calibration inputs with each of ``cfg.attacks``; return the successful
+    adversarials' statistics (pooled) and per-attack figures. ``adaptive`` aims at ``det``."""
+    from detector.attacks import AttackTarget, DetectorObjective, parse_attack_list, run_attack
     from detector.budgets import resolve_budgets
 
-    names = parse_attack_list(attacks or ["fgsm", "pgd"])
-    b = resolve_budgets(dataset, budgets, tuple(x.shape[1:]))
-    keep = (pred == y).nonzero().squeeze(1)
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {limit}")
-        keep = keep[:limit]
+    names = parse_attack_list(cfg.attacks or ["fgsm", "pgd"])
+    b = resolve_budgets(dataset, cfg.budgets, tuple(x.shape[1:]))
+    keep = torch.from_numpy(pred == y.numpy()).nonzero().squeeze(1)[: cfg.limit]
     xs, ys = x[keep], y[keep]
-    target = AttackTarget("lgm", model, LGMObjective(model, thresholds, b.adaptive_margin))
-    lls, preds, figures = [], [], {}
+    target = AttackTarget("lgm", det.model, DetectorObjective(det, b.adaptive_margin))
+    stats, preds, figures = [], [], {}
     for name in names:
         parts = []
-        chunks = range(0, len(xs), batch_size)
-        for i in tqdm(chunks, desc=f"calibrate {name}", disable=not progress, leave=False, unit="batch"):
-            xb, yb = xs[i : i + batch_size].to(device), ys[i : i + batch_size].to(device)
-            parts.append(run_attack(name, target, xb, yb, b, seed * 1_000_003 + i).cpu())
-        xa = torch.cat(parts) if parts else xs[:0]
-        s = raw_scores(model, xa)
-        ok = s["pred"] != ys
-        lls.append(s["log_likelihood"][ok].double().numpy())
-        preds.append(s["pred"][ok].numpy())
-        figures[name] = {
-            "n_attacked": len(ys),
-            "n_success": int(ok.sum()),
-            "success_rate": float(ok.float().mean()),
-            "ll": lls[-1],
-        }
-    return {"ll": np.concatenate(lls), "pred": np.concatenate(preds), "attacks": names,
-            "budgets": {n: b.for_attack(n) for n in names}, "figures": figures}  # fmt: skip
+        chunks = range(0, len(xs), cfg.batch_size)
+        for i in tqdm(chunks, desc=f"calibrate {name}", disable=not cfg.progress, leave=False, unit="batch"):
+            xb, yb = xs[i : i + cfg.batch_size].to(det.device), ys[i : i + cfg.batch_size].to(det.device)
+            parts.append(run_attack(name, target, xb, yb, b, cfg.seed * 1_000_003 + i).cpu())
+        s = statistics_of(det.model, det.score_model, torch.cat(parts) if parts else xs[:0])
+        ok = s["pred"] != ys.numpy()
+        stats.append(s["stats"][ok])
+        preds.append(s["pred"][ok])
+        figures[name] = {"n_attacked": len(ys), "n_success": int(ok.sum()), "success_rate": float(ok.mean())}
+    return {
+        "stats": np.concatenate(stats),
+        "pred": np.concatenate(preds),
+        "per_attack": stats,
+        "attacks": names,
+        "budgets": {n: b.for_attack(n) for n in names},
+        "figures": figures,
+    }
 
 
-def validate(mode: str, rule: str, kind: str, target_fpr: float) -> None:
-    if mode not in MODES:
-        raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if rule not in RULES:
-        raise ValueError(f"--rule must be one of {', '.join(RULES)}, got {rule!r}")
-    if kind not in KINDS:
-        raise ValueError(f"--thresholds must be one of {', '.join(KINDS)}, got {kind!r}")
-    if not 0.0 < target_fpr < 1.0:
-        raise ValueError(f"--target-fpr must be in (0, 1), got {target_fpr}")
-
-
-def calibrate(
-    art_dir: str | Path, mode: str = "clean", target_fpr: float = 0.05, kind: str = "per_class",
-    rule: str = "fpr", attacks: list[str] | None = None, budgets: dict[str, Any] | None = None,
-    limit: int | None = None, device: str = "auto", seed: int = 0, batch_size: int = 100, progress: bool = True,
-) -> dict[str, Any]:  # fmt: skip
-    """Calibrate the artifact in ``art_dir`` and write ``detector.json`` atomically. Returns its dict."""
-    validate(mode, rule, kind, target_fpr)
-    if mode == "clean" and rule == "youden":
-        raise ValueError("--rule youden needs adversarial examples: use it with --mode roc")
+def calibrate(art_dir: str | Path, **options: Any) -> dict[str, Any]:
+    """Calibrate the artifact in ``art_dir`` (options: the fields of CalibrationConfig) and write detector.json
+    and detector.safetensors atomically. Returns detector.json's dict."""
+    cfg = CalibrationConfig(**options)
+    cfg.validate()
     t0 = time.perf_counter()
     art = Path(art_dir)
-    dev = resolve_device(device)
+    dev = resolve_device(cfg.device)
     model, meta = load_artifact(art, dev)
     lgm_head(model)
     d = meta["dataset"]
-    if mode == "roc":
+    if cfg.mode == "roc":  # fail on a bad attack list or budget before any work
         from detector.attacks import parse_attack_list
         from detector.budgets import resolve_budgets
 
-        attacks = parse_attack_list(attacks or ["fgsm", "pgd"])
-        resolve_budgets(d["name"], budgets, tuple(int(v) for v in meta["arch"]["input_shape"]))
+        cfg.attacks = parse_attack_list(cfg.attacks or ["fgsm", "pgd"])
+        resolve_budgets(d["name"], cfg.budgets, tuple(int(v) for v in meta["arch"]["input_shape"]))
     ds = load_dataset(d["name"], d.get("root"), int(d.get("split_seed", 0)), d.get("image_size"))
-    split = ds.calibration
-    x, y = split.float(), split.y
     k = len(d["class_names"])
-    raw = raw_scores(model, x)
-    ll, pred = raw["log_likelihood"].double().numpy(), raw["pred"].numpy()
-    figures: dict[str, Any] = {"n": len(y), "accuracy": float((raw["pred"] == y).float().mean())}
-    adv_ll = adv_pred = None
-    used: list[str] = []
-    budgets_used: dict[str, Any] = {}
-    if mode == "roc":
-        clean_glob, clean_per = select_thresholds(ll, pred, k, target_fpr)
-        thr0 = torch.from_numpy(deployed_thresholds(kind, clean_per, clean_glob))
-        adv = attack_calibration_split(model, d["name"], x, y, raw["pred"], thr0, attacks, budgets, limit, seed,
-                                       batch_size, dev, progress)  # fmt: skip
-        adv_ll, adv_pred = adv["ll"], adv["pred"]
-        used, budgets_used = adv["attacks"], adv["budgets"]
-        figures["attacks"] = adv["figures"]
-        for f in figures["attacks"].values():
-            a_ll = f.pop("ll")
-            f["auroc"] = roc.auroc(-ll, -a_ll) if len(a_ll) else None
-    glob, per = select_thresholds(ll, pred, k, target_fpr, rule, adv_ll, adv_pred)
-    deployed = deployed_thresholds(kind, per, glob)  # (K,)
-    figures["clean_fpr"] = float(np.mean(ll < deployed[pred]))
-    if adv_ll is not None and len(adv_ll):
-        figures["adversarial_tpr"] = float(np.mean(adv_ll < deployed[adv_pred]))
-        figures["auroc"] = roc.auroc(-ll, -adv_ll)
-    figures["seconds"] = round(time.perf_counter() - t0, 3)
-    cal = {
-        "format_version": DETECTOR_FORMAT,
+    sm = fit_gaussians(model, ds.train, cfg)
+    x, y = ds.calibration.float(), ds.calibration.y
+    clean = statistics_of(model, sm, x)
+    pred = clean["pred"]
+    sm.tails = [TailModel.fit(clean["stats"][:, i]) for i in range(clean["stats"].shape[1])]
+    s_clean = surprises_of(sm, clean["stats"])
+    score = s_clean.max(1)
+    figures: dict[str, Any] = {"n": len(y), "accuracy": float((pred == y.numpy()).mean())}
+    base = {
+        "format_version": 2,
         "model_sha256": meta["weights_sha256"],
         "dataset": d["name"],
         "split": "calibration",
-        "mode": mode,
-        "rule": rule,
-        "threshold_kind": kind,
+        "target_fpr": cfg.target_fpr,
         "threshold_units": THRESHOLD_UNITS,
-        "target_fpr": target_fpr,
-        "global_threshold": glob,
-        "class_thresholds": per,
-        "attacks": used,
-        "budgets": budgets_used,
-        "figures": figures,
-        "quantiles": clean_quantiles(ll, pred, k),
-        "seed": seed,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "score": {"gaussians": cfg.gaussians, "shrinkage": cfg.shrinkage},
     }
-    atomic_write_json(art / DETECTOR_FILE, cal)
-    return cal
+    adv_score = adv_pred = None
+    used: list[str] = []
+    budgets_used: dict[str, Any] = {}
+    if cfg.mode == "roc":
+        glob0, per0 = select_thresholds(score, pred, k, cfg.target_fpr)
+        cal0 = dict(
+            base,
+            mode="clean",
+            rule="fpr",
+            threshold_kind=cfg.kind,
+            global_threshold=glob0,
+            class_thresholds=per0,
+            quantiles=clean_quantiles(score, pred, k),
+        )
+        det0 = Detector(model, meta, cal0, sm, dev)
+        adv = attack_calibration_split(det0, d["name"], x, y, pred, cfg)
+        used, budgets_used, figures["attacks"] = adv["attacks"], adv["budgets"], adv["figures"]
+        s_adv = surprises_of(sm, adv["stats"])
+        if len(s_adv) == 0:
+            raise ValueError("no attack succeeded on the calibration split: nothing to fit roc mode on")
+        sm.combine = "logistic"
+        sm.weights, sm.bias = fit_logistic(s_clean, s_adv)
+        score = s_clean @ np.asarray(sm.weights) + sm.bias
+        adv_score, adv_pred = s_adv @ np.asarray(sm.weights) + sm.bias, adv["pred"]
+        for name, st in zip(used, adv["per_attack"], strict=True):
+            a = surprises_of(sm, st) @ np.asarray(sm.weights) + sm.bias if len(st) else np.zeros(0)
+            figures["attacks"][name]["auroc"] = roc.auroc(score, a) if len(a) else None
+    glob, per = select_thresholds(score, pred, k, cfg.target_fpr, cfg.rule, adv_score, adv_pred)
+    deployed = deployed_thresholds(cfg.kind, per, glob)
+    figures["clean_fpr"] = float(np.mean(score > deployed[pred]))
+    figures["clean_fpr_by_statistic"] = (
+        {n: float(np.mean(s_clean[:, i] > deployed[pred])) for i, n in enumerate(sm.names)}
+        if sm.combine == "max"
+        else None
+    )
+    if adv_score is not None:
+        figures["adversarial_tpr"] = float(np.mean(adv_score > deployed[adv_pred]))
+        figures["auroc"] = roc.auroc(score, adv_score)
+    figures["seconds"] = round(time.perf_counter() - t0, 3)
+    cal = dict(
+        base,
+        mode=cfg.mode,
+        rule=cfg.rule,
+        threshold_kind=cfg.kind,
+        global_threshold=glob,
+        class_thresholds=per,
+        attacks=used,
+        budgets=budgets_used,
+        figures=figures,
+        quantiles=clean_quantiles(score, pred, k),
+        seed=cfg.seed,
+        config={k2: v for k2, v in asdict(cfg).items() if k2 not in ("progress", "device")},
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    return save_detector(art, cal, sm)
 
 
 def summary_line(art_dir: str | Path, cal: dict[str, Any]) -> str:
     f = cal["figures"]
     thr = cal["class_thresholds"]
+    s = cal["score"]
     extra = ""
     if "auroc" in f:
         extra = f"  calibration AUROC {f['auroc']:.4f}  TPR {f['adversarial_tpr']:.4f}"
     return (
-        f"wrote {Path(art_dir) / DETECTOR_FILE}: mode {cal['mode']} ({cal['rule']}), {cal['threshold_kind']} thresholds,"
+        f"wrote {Path(art_dir) / 'detector.json'}: mode {cal['mode']} ({cal['rule']}), {cal['threshold_kind']} thresholds,"
+        f" score {s['combine']} over {','.join(s['statistics'])} ({s['gaussians']} Gaussians, {s['shrinkage']}),"
         f" target FPR {cal['target_fpr']:.3f}, clean FPR {f['clean_fpr']:.4f} on {f['n']} calibration inputs,"
         f" thresholds {min(thr):.2f}..{max(thr):.2f} (global {cal['global_threshold']:.2f}){extra}  [{f['seconds']:.1f}s]"
     )

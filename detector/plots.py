@@ -1,5 +1,6 @@
-"""Report figures: ROC curves per attack with every detector overlaid, and log-likelihood histograms of clean
-versus adversarial inputs under the L-GM model. Matplotlib with the Agg backend (no display needed)."""
+"""Report figures: ROC curves per attack with every detector overlaid (``data``: attack -> detector -> (clean
+scores, adversarial scores)), and log-likelihood histograms of clean versus adversarial inputs under the L-GM
+model. Matplotlib with the Agg backend (no display needed)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import numpy as np
 
 from detector import roc
 
-COLOURS = {"lgm": "tab:blue", "msp": "tab:orange", "mahalanobis": "tab:green"}
+COLOURS = {
+    "lgm": "tab:blue",
+    "msp": "tab:orange",
+    "mahalanobis": "tab:green",
+    "mahalanobis_full": "tab:olive",
+    "lid": "tab:purple",
+    "kd": "tab:brown",
+}
 
 
 def _grid(n: int):
@@ -33,7 +41,7 @@ def plot_rocs(data: dict[str, Any], path: Path) -> Path | None:
         return None
     plt, fig, axes = _grid(len(data))
     for ax, (name, d) in zip(axes, data.items(), strict=False):
-        for det, (neg, pos) in d["roc"].items():
+        for det, (neg, pos) in d.items():
             if len(pos) == 0:
                 continue
             r = roc.roc_curve(neg, pos)

@@ -3,8 +3,8 @@
 Convention everywhere in this module: a *score* is larger for inputs that look more adversarial, and an input
 is flagged when ``score > threshold`` (strictly). Negatives are clean inputs, positives successful adversarials.
 
-- ``roc_curve``: the full ROC (Fawcett 2006, "An introduction to ROC analysis"), one point per distinct score.
-- ``auroc``: the area under it, equal to the Mann-Whitney U statistic P(pos > neg) + 0.5 P(pos == neg).
+- ``roc_curve``, ``auroc``: the full ROC (Fawcett 2006, "An introduction to ROC analysis") and its area, the
+  Mann-Whitney U statistic P(pos > neg) + 0.5 P(pos == neg), from ``sklearn.metrics``.
 - ``threshold_at_fpr``: the lowest threshold whose false-positive rate on the negatives is <= the target
   (the ROC point at the target FPR with the highest TPR).
 - ``youden_threshold``: the threshold maximising Youden's J = TPR - FPR (Youden 1950).
@@ -30,38 +30,32 @@ class Roc:
     thresholds: np.ndarray
 
 
-def roc_curve(neg, pos) -> Roc:
-    """Every operating point of ``score > t``, from flagging nothing (t = +inf) to flagging all (t = -inf)."""
+def _labels_scores(neg, pos) -> tuple[np.ndarray, np.ndarray]:
     neg, pos = _as1d(neg), _as1d(pos)
-    if len(neg) == 0 or len(pos) == 0:
+    return np.concatenate([np.zeros(len(neg)), np.ones(len(pos))]), np.concatenate([neg, pos])
+
+
+def roc_curve(neg, pos) -> Roc:
+    """Every operating point, from flagging nothing to flagging all (``sklearn.metrics.roc_curve``).
+
+    sklearn flags ``score >= thr[i]``, which flags the same inputs as ``score > thr[i + 1]`` (the next lower
+    distinct score), so the thresholds are shifted by one to keep this module's strict convention."""
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    if len(_as1d(neg)) == 0 or len(_as1d(pos)) == 0:
         raise ValueError("an ROC curve needs at least one negative and one positive score")
-    values = np.unique(np.concatenate([neg, pos]))[::-1]  # descending distinct scores
-    # threshold t_i = values[i] flags scores strictly greater than values[i]; then -inf flags everything
-    thresholds = np.concatenate([[np.inf], values])
-    neg_sorted, pos_sorted = np.sort(neg), np.sort(pos)
-    fp = len(neg) - np.searchsorted(neg_sorted, thresholds, side="right")
-    tp = len(pos) - np.searchsorted(pos_sorted, thresholds, side="right")
-    thresholds = np.concatenate([thresholds, [-np.inf]])
-    fp = np.concatenate([fp, [len(neg)]])
-    tp = np.concatenate([tp, [len(pos)]])
-    return Roc(fp / len(neg), tp / len(pos), thresholds)
+    fpr, tpr, thr = sk_roc_curve(*_labels_scores(neg, pos), drop_intermediate=False)
+    return Roc(fpr, tpr, np.concatenate([thr[1:], [-np.inf]]))
 
 
 def auroc(neg, pos) -> float:
-    """Area under the ROC curve, P(pos > neg) + 0.5 * P(pos == neg), via average ranks (exact with ties)."""
-    neg, pos = _as1d(neg), _as1d(pos)
-    if len(neg) == 0 or len(pos) == 0:
+    """Area under the ROC curve, P(pos > neg) + 0.5 * P(pos == neg) (``sklearn.metrics.roc_auc_score``); NaN
+    when either side is empty."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(_as1d(neg)) == 0 or len(_as1d(pos)) == 0:
         return float("nan")
-    allv = np.concatenate([neg, pos])
-    order = np.argsort(allv, kind="mergesort")
-    ranks = np.empty(len(allv), dtype=np.float64)
-    sorted_v = allv[order]
-    # average ranks for ties (1-based)
-    _, first, counts = np.unique(sorted_v, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    u = ranks[len(neg) :].sum() - len(pos) * (len(pos) + 1) / 2.0
-    return float(u / (len(neg) * len(pos)))
+    return float(roc_auc_score(*_labels_scores(neg, pos)))
 
 
 def threshold_at_fpr(neg, target_fpr: float) -> float:
@@ -89,13 +83,13 @@ def youden_threshold(neg, pos) -> float:
     Every threshold between the chosen score and the next higher distinct score flags the same inputs; the
     midpoint is returned, so that it generalises rather than sitting on a calibration sample.
     """
-    roc = roc_curve(neg, pos)
-    j = roc.tpr - roc.fpr
+    curve = roc_curve(neg, pos)
+    j = curve.tpr - curve.fpr
     i = int(np.argmax(j))  # first max: the largest threshold
-    t = roc.thresholds[i]
+    t = curve.thresholds[i]
     if np.isinf(t) or i == 0:
         return float(t)
-    upper = roc.thresholds[i - 1]  # every threshold in [t, upper) flags the same inputs
+    upper = curve.thresholds[i - 1]  # every threshold in [t, upper) flags the same inputs
     return float(t if np.isinf(upper) else 0.5 * (t + upper))
 
 

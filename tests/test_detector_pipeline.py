@@ -23,7 +23,7 @@ from training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY = {"steps": 5, "adaptive_steps": 15, "restarts": 1}
+TINY = {"steps": 5, "adaptive_steps": 15, "adaptive_restarts": 1, "restarts": 1, "deepfool_steps": 10}
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +41,18 @@ def art(tmp_path_factory, tiny_config_factory) -> Path:
 @pytest.fixture(scope="session")
 def report(art, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("report")
-    cfg = EvalConfig(str(art), str(out), ["fgsm", "pgd", "adaptive"], limit=48, budgets=TINY, batch_size=12,
-                     device="cpu", quiet=True, command="lgm evaluate (test)")  # fmt: skip
+    cfg = EvalConfig(
+        str(art),
+        str(out),
+        ["fgsm", "pgd", "adaptive"],
+        limit=48,
+        budgets=TINY,
+        batch_size=12,
+        device="cpu",
+        quiet=True,
+        n_boot=200,
+        command="lgm evaluate (test)",
+    )
     return evaluate(cfg), out
 
 
@@ -62,20 +72,24 @@ def test_scores_shapes_and_ranges(art):
     assert s.probs.shape == (50, 10)
     torch.testing.assert_close(s.probs.sum(1), torch.ones(50))
     assert ((s.abnormality >= 0) & (s.abnormality <= 1)).all()
-    assert torch.equal(s.is_adversarial, s.log_likelihood < s.threshold)
+    assert not (s.log_likelihood < s.threshold)[
+        ~s.is_adversarial
+    ].any()  # below the threshold implies flagged
+    torch.testing.assert_close(s.is_adversarial, s.score > torch.from_numpy(det.thresholds[s.pred.numpy()]))
+    assert s.surprises.shape == (50, len(det.score_model.names)) and (s.surprises >= 0).all()
     assert not s.log_likelihood.requires_grad
     info = det.info()
     assert info["mode"] == "clean" and info["target_fpr"] == 0.05 and len(info["class_thresholds"]) == 10
 
 
-def test_abnormality_monotone_in_likelihood(art):
+def test_abnormality_monotone_in_score(art):
     det = Detector.load(art, "cpu")
     s = det.score(load_digits().test.float())
     for k in s.pred.unique():
         sel = s.pred == k
-        order = torch.argsort(s.log_likelihood[sel])
+        order = torch.argsort(s.score[sel])
         a = s.abnormality[sel][order]
-        assert (a[1:] <= a[:-1] + 1e-6).all()  # likelier inputs are never more abnormal
+        assert (a[1:] >= a[:-1] - 1e-6).all()  # a higher score is never less abnormal
 
 
 def test_clean_calibration_fpr_at_most_target(art):
@@ -114,8 +128,17 @@ def test_missing_and_uncalibrated_artifacts(art, tmp_path):
 def test_roc_mode_calibration(art, tmp_path):
     roc_art = tmp_path / "roc"
     shutil.copytree(art, roc_art, ignore=shutil.ignore_patterns("softmax_twin"))
-    cal = calibrate(roc_art, mode="roc", rule="youden", kind="global", attacks=["fgsm"], budgets={"steps": 2},
-                    limit=40, device="cpu", progress=False)  # fmt: skip
+    cal = calibrate(
+        roc_art,
+        mode="roc",
+        rule="youden",
+        kind="global",
+        attacks=["fgsm"],
+        budgets={"steps": 2},
+        limit=40,
+        device="cpu",
+        progress=False,
+    )
     assert cal["mode"] == "roc" and cal["attacks"] == ["fgsm"] and cal["threshold_kind"] == "global"
     assert 0.0 <= cal["figures"]["auroc"] <= 1.0 and "fgsm" in cal["figures"]["attacks"]
     det = Detector.load(roc_art, "cpu")
@@ -131,13 +154,23 @@ def test_report_schema(report):
     for name, a in rep["attacks"].items():
         assert set(a) >= {"budget", "success_rate", "n_success", "seen_in_calibration", "detectors"}
         assert a["seen_in_calibration"] is False and a["budget"]["eps"] == 0.3
-        for d in ("lgm", "msp", "mahalanobis"):
+        for d in ("lgm", "msp", "mahalanobis", "mahalanobis_full", "lid", "kd"):
             m = a["detectors"][d]
-            assert set(m) >= {"auroc", "tpr_at_5fpr", "detection_accuracy", "fooled_and_undetected"}, (
-                name,
-                d,
-            )
-    assert set(rep["worst_case"]["all"]) == {"lgm", "msp", "mahalanobis"}
+            assert set(m) >= {
+                "auroc",
+                "auroc_ci",
+                "tpr_at_5fpr",
+                "tpr_at_5fpr_ci",
+                "detection_accuracy",
+                "fooled_and_undetected",
+                "detect_or_correct",
+                "robust_accuracy",
+            }, (name, d)
+            if m["auroc_ci"] is not None:
+                assert m["auroc_ci"][0] <= m["auroc"] <= m["auroc_ci"][1]
+            assert m["seen_in_fit"] == (d in ("mahalanobis_full", "lid") and name == "fgsm")
+    assert set(rep["worst_case"]["all"]) == {"lgm", "msp", "mahalanobis", "mahalanobis_full", "lid", "kd"}
+    assert rep["baseline_fit_attacks"] == ["fgsm", "deepfool"]
     assert json.loads((out / "report.json").read_text())["attacks"].keys() == rep["attacks"].keys()
     md = (out / "report.md").read_text()
     assert "| fgsm |" in md and "lgm evaluate (test)" in md
@@ -174,8 +207,19 @@ def test_reuse_rescores_without_attacking(art, report, monkeypatch):
         raise AssertionError("attacked again")
 
     monkeypatch.setattr(ev, "sharded_attack", boom)
-    cfg = EvalConfig(str(art), str(out), ["fgsm", "pgd", "adaptive"], limit=48, budgets=TINY, batch_size=12,
-                     device="cpu", quiet=True, reuse=True, command="lgm evaluate (test)")  # fmt: skip
+    cfg = EvalConfig(
+        str(art),
+        str(out),
+        ["fgsm", "pgd", "adaptive"],
+        limit=48,
+        budgets=TINY,
+        batch_size=12,
+        device="cpu",
+        quiet=True,
+        reuse=True,
+        n_boot=200,
+        command="lgm evaluate (test)",
+    )
     again = evaluate(cfg)
     assert again["attacks"] == rep["attacks"]
 
@@ -185,15 +229,43 @@ def _comparable(rep: dict) -> dict:
 
 
 def test_two_rank_torchrun_equals_one_rank(art, tmp_path):
-    args = ["evaluate", str(art), "--attacks", "fgsm,pgd", "--limit", "40", "--batch-size", "10", "--steps", "3",
-            "--restarts", "2", "--device", "cpu", "--quiet"]  # fmt: skip
+    args = [
+        "evaluate",
+        str(art),
+        "--attacks",
+        "fgsm,pgd",
+        "--limit",
+        "40",
+        "--batch-size",
+        "10",
+        "--steps",
+        "3",
+        "--restarts",
+        "2",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     one = _lgm(*args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
     e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     two = subprocess.run(
-        [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", str(BIN / "lgm"), *args, "--out", str(tmp_path / "two")],
-        capture_output=True, text=True, cwd=ROOT, env=e, timeout=300,
-    )  # fmt: skip
+        [
+            str(BIN / "torchrun"),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(BIN / "lgm"),
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=e,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     r1 = json.loads((tmp_path / "one" / "report.json").read_text())
     r2 = json.loads((tmp_path / "two" / "report.json").read_text())

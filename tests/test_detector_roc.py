@@ -7,8 +7,8 @@ import pytest
 
 from detector import roc
 from detector.calibration import select_thresholds
-from detector.evaluation import detector_metrics, worst_case
-from detector.scoring import tail_probability
+from detector.metrics import DetectorScores, detector_metrics, worst_case
+from detector.scoring import abnormality_from_quantiles
 
 
 @pytest.mark.parametrize(
@@ -62,52 +62,86 @@ def test_youden_with_overlap_maximises_j():
     assert r["tpr"] - r["fpr"] == pytest.approx(best)
 
 
+def test_roc_and_auroc_agree_with_sklearn():
+    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    rng = np.random.default_rng(3)
+    neg, pos = np.round(rng.normal(0, 1, 300), 1), np.round(rng.normal(0.7, 1, 200), 1)  # many ties
+    y, s = np.r_[np.zeros(300), np.ones(200)], np.r_[neg, pos]
+    assert roc.auroc(neg, pos) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    fpr, tpr, _ = sk_roc_curve(y, s, drop_intermediate=False)
+    r = roc.roc_curve(neg, pos)
+    np.testing.assert_allclose(r.fpr, fpr)
+    np.testing.assert_allclose(r.tpr, tpr)
+    for t, f, tp in zip(r.thresholds, r.fpr, r.tpr, strict=True):  # our strict convention: flag score > t
+        assert np.mean(neg > t) == pytest.approx(f) and np.mean(pos > t) == pytest.approx(tp)
+
+
 def test_select_thresholds_per_class_and_fallback():
     rng = np.random.default_rng(1)
-    ll = np.concatenate([rng.normal(-10, 1, 100), rng.normal(-20, 1, 100), rng.normal(-15, 1, 3)])
+    score = np.concatenate([rng.normal(10, 1, 100), rng.normal(20, 1, 100), rng.normal(15, 1, 3)])
     pred = np.concatenate([np.zeros(100, int), np.ones(100, int), np.full(3, 2)])
-    glob, per = select_thresholds(ll, pred, 3, 0.05)
+    glob, per = select_thresholds(score, pred, 3, 0.05)
     for k in (0, 1):
-        assert np.mean(ll[pred == k] < per[k]) <= 0.05  # at most the target FPR on each class
-    assert per[0] > per[1]  # class 1 is less likely: its threshold is lower
+        assert np.mean(score[pred == k] > per[k]) <= 0.05  # at most the target FPR on each class
+    assert per[0] < per[1]  # class 1 scores higher when clean: its threshold is higher
     assert per[2] == glob  # too few inputs of class 2: global threshold
-    assert np.mean(ll < glob) <= 0.05
+    assert np.mean(score > glob) <= 0.05
 
 
-def test_tail_probability_monotone_and_bounded():
+def test_abnormality_monotone_and_bounded():
     levels = np.linspace(0, 1, 101)
     rng = np.random.default_rng(2)
-    q0 = np.quantile(rng.normal(-10, 2, 500), levels)
-    q1 = np.quantile(rng.normal(-30, 5, 500), levels)
+    q0 = np.quantile(rng.normal(1, 0.5, 500), levels)
+    q1 = np.quantile(rng.normal(3, 1, 500), levels)
     quant = {"levels": levels.tolist(), "per_class": [q0.tolist(), q1.tolist()], "global": q0.tolist()}
-    ll = np.linspace(-80, 10, 400)
+    score = np.linspace(-5, 10, 400)
     for k in (0, 1):
-        a = tail_probability(ll, np.full(len(ll), k), quant)
+        a = abnormality_from_quantiles(score, np.full(len(score), k), quant)
         assert np.all((a >= 0) & (a <= 1))
-        assert np.all(np.diff(a) <= 1e-12)  # lower likelihood -> higher abnormality
-        assert a[0] == 1.0 and a[-1] == 0.0
-    # 0.99 means rarer than 99% of clean inputs of that class
-    a = tail_probability(np.array([q0[1]]), np.array([0]), quant)
+        assert np.all(np.diff(a) >= -1e-12)  # a higher score is never less abnormal
+        assert a[0] == 0.0 and a[-1] == 1.0
+    # 0.99 means more abnormal than 99% of clean inputs of that class
+    a = abnormality_from_quantiles(np.array([q0[99]]), np.array([0]), quant)
     assert a[0] == pytest.approx(0.99)
 
 
-def test_metrics_count_only_positives_given_and_worst_case():
-    neg = np.array([0.0, 1.0, 2.0, 3.0])
-    pos = np.array([5.0, 6.0])
-    m = detector_metrics(neg, pos, neg > 2.5, pos > 5.5, n_attacked=4)
-    assert m["auroc"] == 1.0 and m["n_positive"] == 2
-    assert m["fooled_and_undetected"] == pytest.approx(
-        1 / 4
-    )  # one success not flagged, over 4 attacked inputs
+def _scores(shift: float) -> DetectorScores:
+    clean = np.array([0.0, 1.0, 2.0, 3.0])
+    adv = np.array([5.0, 6.0, 0.5, 0.2]) + shift
+    success = np.array([True, True, False, False])
+    return DetectorScores(clean, clean > 2.5, adv, adv > 5.5, success)
+
+
+def test_metrics_count_only_positives_and_detect_or_correct():
+    m = detector_metrics(_scores(0.0), n_boot=200)
+    assert m["auroc"] == 1.0 and m["n_positive"] == 2 and m["n_negative"] == 4
+    assert m["fooled_and_undetected"] == pytest.approx(1 / 4)  # one success not flagged, over 4 attacked
+    assert m["detect_or_correct"] == pytest.approx(3 / 4)  # two still correct, one flagged
+    assert m["robust_accuracy"] == pytest.approx(2 / 4)
     assert m["detection_accuracy"] == pytest.approx((3 + 1) / 6)
+    lo, hi = m["auroc_ci"]
+    assert lo <= m["auroc"] <= hi
+
+
+def test_detect_or_correct_hand_made():
+    # 5 attacked inputs: correct+unflagged, correct+flagged, fooled+flagged, fooled+unflagged, fooled+unflagged
+    success = np.array([False, False, True, True, True])
+    adv_flag = np.array([False, True, True, False, False])
+    s = DetectorScores(np.zeros(5), np.zeros(5, bool), adv_flag.astype(float), adv_flag, success)
+    m = detector_metrics(s, n_boot=50)
+    assert m["detect_or_correct"] == pytest.approx(3 / 5)
+    assert m["fooled_and_undetected"] == pytest.approx(2 / 5)
+    assert m["robust_accuracy"] == pytest.approx(2 / 5)
+
+
+def test_worst_case_names_the_attack():
+    dets = ["lgm", "msp"]
     attacks = {
-        a: {
-            "detectors": {
-                d: detector_metrics(neg, pos + s, neg > 2.5, pos + s > 5.5, 4)
-                for d in ("lgm", "msp", "mahalanobis")
-            }
-        }
+        a: {"detectors": {d: detector_metrics(_scores(s), n_boot=50) for d in dets}}
         for a, s in (("easy", 2.0), ("hard", -3.0))
     }
-    wc = worst_case(attacks, ["easy", "hard"])
+    wc = worst_case(attacks, ["easy", "hard"], dets)
     assert wc["lgm"]["auroc_attack"] == "hard" and wc["lgm"]["fooled_and_undetected_attack"] == "hard"
+    assert wc["lgm"]["detect_or_correct_attack"] == "hard"

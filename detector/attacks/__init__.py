@@ -1,7 +1,8 @@
 """The attack registry: names -> functions ``(target, x, y, budgets, seed) -> x_adv``.
 
-One file per family: torchattacks wrappers (fgsm, bim, pgd, pgdl2, apgd, square, autoattack), our own batched
-cw (CW-L2 with a search over c) and deepfool, and ``adaptive``, the white-box attack that knows the detector.
+One file per family: torchattacks wrappers (fgsm, bim, pgd, pgdl2, apgd, apgd_dlr, square, autoattack), our own
+batched cw (CW-L2 with a search over c) and deepfool, and the white-box attacks that know the detector
+(``adaptive``, ``adaptive_multitarget``, ``adaptive_orthogonal``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from collections.abc import Callable
 import torch
 
 from detector.attacks import torchattacks_wrap as _ta
-from detector.attacks.adaptive import LGMObjective, TwinObjective, adaptive
+from detector.attacks.adaptive import (
+    DetectorObjective,
+    TwinObjective,
+    adaptive,
+    adaptive_multitarget,
+    adaptive_orthogonal,
+)
 from detector.attacks.base import AttackTarget
 from detector.attacks.cw import cw
 from detector.attacks.deepfool import deepfool
@@ -27,19 +34,37 @@ ATTACKS: dict[str, AttackFn] = {
     "cw": cw,
     "deepfool": deepfool,
     "apgd": _ta.apgd,
+    "apgd_dlr": _ta.apgd_dlr,
     "square": _ta.square,
     "adaptive": adaptive,
+    "adaptive_multitarget": adaptive_multitarget,
+    "adaptive_orthogonal": adaptive_orthogonal,
     "autoattack": _ta.autoattack,
 }
+# Attacks that know the detector (they need the target's adaptive objective).
+ADAPTIVE = ("adaptive", "adaptive_multitarget", "adaptive_orthogonal")
 DEFAULT_SUITE = ("fgsm", "bim", "pgd", "pgdl2", "cw", "deepfool", "apgd", "square", "adaptive")
-OPT_IN = ("autoattack",)
+# The suite of robustness evaluations: every detector-aware attack, plus checks against gradient masking.
+ROBUST_SUITE = ("pgd", "apgd", "apgd_dlr", "square", *ADAPTIVE)
+OPT_IN = ("autoattack", "apgd_dlr", "adaptive_multitarget", "adaptive_orthogonal")
 
-__all__ = ["ATTACKS", "DEFAULT_SUITE", "OPT_IN", "AttackTarget", "LGMObjective", "TwinObjective", "parse_attack_list",
-           "run_attack"]  # fmt: skip
+__all__ = [
+    "ADAPTIVE",
+    "ATTACKS",
+    "DEFAULT_SUITE",
+    "OPT_IN",
+    "ROBUST_SUITE",
+    "AttackTarget",
+    "DetectorObjective",
+    "TwinObjective",
+    "parse_attack_list",
+    "run_attack",
+]
 
 
 def parse_attack_list(spec: str | list[str] | None) -> list[str]:
-    """'fgsm,pgd' -> ['fgsm', 'pgd']; 'default' -> the default suite; 'all' adds the opt-in ones."""
+    """'fgsm,pgd' -> ['fgsm', 'pgd']; 'default' -> the default suite; 'robust' -> the robustness suite; 'all'
+    adds the opt-in ones."""
     if spec is None or spec == "default":
         return list(DEFAULT_SUITE)
     names = spec if isinstance(spec, list) else [s.strip().lower() for s in spec.split(",") if s.strip()]
@@ -47,10 +72,14 @@ def parse_attack_list(spec: str | list[str] | None) -> list[str]:
     for name in names:
         if name == "default":
             out += [a for a in DEFAULT_SUITE if a not in out]
+        elif name == "robust":
+            out += [a for a in ROBUST_SUITE if a not in out]
         elif name == "all":
             out += [a for a in (*DEFAULT_SUITE, *OPT_IN) if a not in out]
         elif name not in ATTACKS:
-            raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)} (or default, all)")
+            raise ValueError(
+                f"unknown attack {name!r}; choose from {', '.join(ATTACKS)} (or default, robust, all)"
+            )
         elif name not in out:
             out.append(name)
     if not out:
@@ -65,4 +94,5 @@ def run_attack(
     torch.manual_seed(seed)
     target.model.eval()
     x_adv = ATTACKS[name](target, x, y, budgets, seed)
+    target.model.eval()  # whatever an attack library did to the mode, scoring runs in eval mode
     return x_adv.detach().clamp(0.0, 1.0)

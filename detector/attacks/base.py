@@ -1,6 +1,6 @@
-"""What every attack gets: the network to attack and, for the adaptive attack, the detector's objective.
+"""What every attack gets: the network to attack and, for the adaptive attacks, the detector's objective.
 
-An attack is a function ``attack(target, x, y, budgets) -> x_adv`` with x (N, C, H, W) in [0, 1] and y (N,)
+An attack is a function ``attack(target, x, y, budgets, seed) -> x_adv`` with x (N, C, H, W) in [0, 1] and y (N,)
 the true labels; it returns adversarial images of the same shape, in [0, 1], on x's device. Attacks that fail
 on an input may return anything within budget: success is decided afterwards (prediction != y), and only
 successful adversarials count as positives.
@@ -19,12 +19,13 @@ from training.model import Classifier
 class AdaptiveObjective(Protocol):
     """A differentiable stand-in for a classifier *and* its detectors, for white-box adaptive attacks."""
 
-    def targets(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The wrong class to aim for, (N,) int64."""
-        ...
+    model: Classifier
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss (N,) to minimise, evades (N,) bool: classified as t and flagged by no detector)."""
+    def losses(
+        self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(classifier loss (N,), detector loss (N,), evades (N,) bool) for target classes t: both losses are
+        0 once x is classified as t with a margin and no detector would flag it."""
         ...
 
 
@@ -39,3 +40,19 @@ class AttackTarget:
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+
+
+class Float64Logits(torch.nn.Module):
+    """The network with its logits in float64, for attacks whose loss is a softmax cross-entropy: an L-GM head's
+    logits are minus half squared distances, hundreds of nats apart, so in float32 the softmax of a confident
+    input is exactly one-hot and the cross-entropy's gradient vanishes (the attack stalls)."""
+
+    def __init__(self, model: Classifier) -> None:
+        super().__init__()
+        self.model = model
+        self.train(
+            model.training
+        )  # a new Module starts in training mode; torchattacks restores that mode after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).double()

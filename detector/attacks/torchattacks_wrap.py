@@ -5,20 +5,24 @@
 - ``pgd``: Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial Attacks"; L-inf with random
   start, restarted on the inputs earlier restarts failed to fool.
 - ``pgdl2``: the same in L2.
-- ``apgd``: Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of diverse
-  parameter-free attacks" (APGD-CE).
+- ``apgd`` and ``apgd_dlr``: Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble
+  of diverse parameter-free attacks": APGD with the cross-entropy loss, and with the difference-of-logits-ratio
+  loss, which is invariant to the scale of the logits.
 - ``square``: Andriushchenko et al. 2020, "Square Attack: a query-efficient black-box adversarial attack".
 - ``autoattack``: Croce & Hein 2020, the standard ensemble (APGD-CE, APGD-T, FAB-T, Square); opt-in, slow.
 
-All take x (N, C, H, W) in [0, 1], y (N,), and return x_adv of the same shape. torchattacks is imported
-lazily so scoring and the service never need it.
+All take x (N, C, H, W) in [0, 1], y (N,), and return x_adv of the same shape. Every attack sees the network's
+logits in float64 (``Float64Logits``): the cross-entropy of an L-GM network's logits, hundreds of nats apart,
+saturates in float32 and its gradient vanishes; on the default mnist5k model float64 raised FGSM's success
+from 0.89 to 0.97 (the iterative attacks succeed on every input either way). torchattacks is imported lazily so
+scoring and the service never need it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from detector.attacks.base import AttackTarget
+from detector.attacks.base import AttackTarget, Float64Logits
 from detector.budgets import Budgets
 
 
@@ -28,12 +32,16 @@ def _ta():
     return torchattacks
 
 
+def _net(target: AttackTarget) -> Float64Logits:
+    return Float64Logits(target.model)
+
+
 def fgsm(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
-    return _ta().FGSM(target.model, eps=b.eps)(x, y)
+    return _ta().FGSM(_net(target), eps=b.eps)(x, y)
 
 
 def bim(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
-    return _ta().BIM(target.model, eps=b.eps, alpha=b.step_size(b.eps), steps=b.steps)(x, y)
+    return _ta().BIM(_net(target), eps=b.eps, alpha=b.step_size(b.eps), steps=b.steps)(x, y)
 
 
 @torch.no_grad()
@@ -43,10 +51,10 @@ def _fooled(model, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def pgd(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
     torch.manual_seed(seed)
-    atk = _ta().PGD(target.model, eps=b.eps, alpha=b.step_size(b.eps), steps=b.steps, random_start=True)
+    atk = _ta().PGD(_net(target), eps=b.eps, alpha=b.step_size(b.eps), steps=b.steps, random_start=True)
     x_adv = atk(x, y)
     for _ in range(b.restarts - 1):
-        todo = ~_fooled(target.model, x_adv, y)
+        todo = ~_fooled(_net(target), x_adv, y)
         if not todo.any():
             break
         x_adv[todo] = atk(x[todo], y[todo])
@@ -56,24 +64,30 @@ def pgd(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed
 def pgdl2(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
     torch.manual_seed(seed)
     return _ta().PGDL2(
-        target.model, eps=b.eps_l2, alpha=b.step_size(b.eps_l2), steps=b.steps, random_start=True
+        _net(target), eps=b.eps_l2, alpha=b.step_size(b.eps_l2), steps=b.steps, random_start=True
     )(x, y)
 
 
 def apgd(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
     return _ta().APGD(
-        target.model, norm="Linf", eps=b.eps, steps=b.steps, n_restarts=1, seed=seed, loss="ce"
+        _net(target), norm="Linf", eps=b.eps, steps=b.steps, n_restarts=1, seed=seed, loss="ce"
+    )(x, y)
+
+
+def apgd_dlr(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
+    return _ta().APGD(
+        _net(target), norm="Linf", eps=b.eps, steps=b.steps, n_restarts=1, seed=seed, loss="dlr"
     )(x, y)
 
 
 def square(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
     return _ta().Square(
-        target.model, norm="Linf", eps=b.eps, n_queries=b.square_queries, n_restarts=1, seed=seed
+        _net(target), norm="Linf", eps=b.eps, n_queries=b.square_queries, n_restarts=1, seed=seed
     )(x, y)
 
 
 def autoattack(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
     k = int(target.model.spec.num_classes)
-    return _ta().AutoAttack(target.model, norm="Linf", eps=b.eps, version="standard", n_classes=k, seed=seed)(
+    return _ta().AutoAttack(_net(target), norm="Linf", eps=b.eps, version="standard", n_classes=k, seed=seed)(
         x, y
     )

@@ -1,0 +1,130 @@
+"""The detector's statistics of one input, and how they combine into one score. Torch, differentiable.
+
+For an input x with logits z, last-layer feature f(x), tapped block outputs h_1(x)..h_L(x) (averaged over space)
+and predicted class k = argmax z, each statistic is larger when x looks less like a clean input of class k:
+
+- ``likelihood``: -log N(f(x); mu_k, Sigma_k), the feature's log-likelihood under class k's Gaussian, negated
+  (Wan et al. 2018 score with the head's Gaussians; by default the Gaussians are refitted to the features, see
+  ``detector/gaussians.py``);
+- ``boundary``: -log(z_k - max_{j != k} z_j), the log of the posterior log-odds between the two most probable
+  classes, negated. Minimal-perturbation attacks (Carlini & Wagner 2017, DeepFool) stop just across a decision
+  boundary, between two Gaussians, where the likelihood is only mildly low but the odds are close to even;
+- ``layer<l>``: -log N(h_l(x); mu^l_k, Sigma^l), the likelihood of block l's output under class k's Gaussian
+  (Lee et al. 2018's feature ensemble, scored under the predicted class rather than the closest one: early
+  layers of an adversarial input still look like its true class).
+
+Each statistic s_i becomes a surprise -log P_clean(S_i > s_i) (``detector/tails.py``), and the score is
+- ``max`` (clean mode): the largest surprise, i.e. flag on the most extreme statistic. Its threshold is set on
+  clean calibration inputs only, at the target false-positive rate, so each statistic is tested at its share of
+  that rate and no attack is needed to fit anything;
+- ``logistic`` (roc mode): w . surprises + b, a logistic regression fitted on attacks generated on the
+  calibration split (Lee et al. 2018; Ma et al. 2018 combine their per-layer scores the same way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from detector.gaussians import ClassGaussians
+from detector.layers import forward_with_layers
+from detector.tails import TailModel
+from training.model import Classifier
+
+GROUPS = ("likelihood", "boundary", "layers")
+COMBINERS = ("max", "logistic")
+MIN_ODDS = 1e-6  # log-odds floor of the boundary statistic (caps it at -log(1e-6) = 13.8)
+
+
+def statistic_names(groups: list[str], n_layers: int) -> list[str]:
+    """Names in the order the statistics are computed: likelihood, boundary, layer1..layerL."""
+    names = [g for g in ("likelihood", "boundary") if g in groups]
+    if "layers" in groups:
+        names += [f"layer{i + 1}" for i in range(n_layers)]
+    return names
+
+
+def _at(t: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    return t.gather(1, cls[:, None]).squeeze(1)
+
+
+@dataclass
+class ScoreModel:
+    """Everything the score needs besides the network: Gaussians, tail models and the combination."""
+
+    groups: list[str]
+    gaussians: ClassGaussians  # last-layer feature
+    layer_gaussians: list[ClassGaussians]  # one per tapped block (empty without the ``layers`` group)
+    tails: list[TailModel] = field(default_factory=list)  # one per statistic, in statistic_names order
+    combine: str = "max"
+    weights: list[float] | None = None  # logistic combination
+    bias: float = 0.0
+
+    @property
+    def names(self) -> list[str]:
+        return statistic_names(self.groups, len(self.layer_gaussians))
+
+    def to(self, device: torch.device | str) -> ScoreModel:
+        return ScoreModel(
+            self.groups,
+            self.gaussians.to(device),
+            [g.to(device) for g in self.layer_gaussians],
+            self.tails,
+            self.combine,
+            self.weights,
+            self.bias,
+        )
+
+    # -- statistics --------------------------------------------------------------------------------------------
+    def forward(
+        self, model: Classifier, x: torch.Tensor, cls: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (N, C, H, W) in [0, 1] -> logits (N, K), log-likelihoods of the last-layer feature under every
+        class (N, K), statistics (N, m). The statistics are taken for class ``cls`` (N,) when given (an attack
+        aiming at a class), else for the predicted class."""
+        if "layers" in self.groups:
+            logits, feats, layers = forward_with_layers(model, x)
+        else:
+            logits, feats = model(x, return_features=True)
+            layers = []
+        logits = logits.float()
+        k = logits.argmax(1) if cls is None else cls
+        ll = self.gaussians.log_density(feats)  # (N, K)
+        cols = []
+        if "likelihood" in self.groups:
+            cols.append(-_at(ll, k))
+        if "boundary" in self.groups:
+            other = logits.masked_fill(torch.nn.functional.one_hot(k, logits.shape[1]).bool(), float("-inf"))
+            odds = _at(logits, k) - other.amax(1)
+            cols.append(-torch.log(odds.clamp(min=MIN_ODDS)))
+        for g, h in zip(self.layer_gaussians, layers, strict=True):
+            cols.append(-_at(g.log_density(h), k))
+        return logits, ll, torch.stack([c.to(ll.dtype) for c in cols], dim=1)
+
+    # -- combination -------------------------------------------------------------------------------------------
+    def surprises(self, stats: torch.Tensor) -> torch.Tensor:
+        """(N, m) statistics -> (N, m) surprises -log P_clean(S_i > s_i)."""
+        return torch.stack([t.surprise(stats[:, i]) for i, t in enumerate(self.tails)], dim=1)
+
+    def combined(self, surprises: torch.Tensor) -> torch.Tensor:
+        """(N, m) surprises -> (N,) score, larger = more abnormal."""
+        if self.combine == "max":
+            return surprises.amax(1)
+        w = torch.tensor(self.weights, dtype=surprises.dtype, device=surprises.device)
+        return surprises @ w + self.bias
+
+    def likelihood_threshold(self, score_threshold: float) -> float:
+        """The log-likelihood (nats) below which an input is flagged even when every other statistic is as
+        typical as it can be (surprise 0): what the ``threshold`` field reports."""
+        i = self.names.index("likelihood") if "likelihood" in self.groups else None
+        if i is None:
+            return float("-inf")
+        if self.combine == "max":
+            level = score_threshold
+        else:
+            w = (self.weights or [])[i]
+            if w <= 0:
+                return float("-inf")  # the likelihood alone never flags
+            level = (score_threshold - self.bias) / w
+        return -self.tails[i].value_at(max(level, 0.0))
