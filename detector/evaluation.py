@@ -16,6 +16,7 @@ Attack chunks are spread over torchrun ranks (``detector/adversarial.py``); rank
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from detector.adversarial import AdversarialSet, load_saved, save_set, set_metadata, sharded_attack
-from detector.attacks import AttackTarget, DetectorObjective, TwinObjective, parse_attack_list
+from detector.attacks import ADAPTIVE, AttackTarget, DetectorObjective, TwinObjective, parse_attack_list
 from detector.baselines import FIT_ATTACKS, Baselines, fit_baselines, load_twin, msp_probability_threshold
 from detector.budgets import Budgets, resolve_budgets
 from detector.metrics import DetectorScores, detector_metrics
@@ -213,11 +214,10 @@ def attack(
     info: DistInfo,
 ) -> AdversarialSet:
     budget = budgets.for_attack(name)
-    hashes = {
-        LGM: str(ctx.det.meta["weights_sha256"]),
-        "twin": str(base.meta["weights_sha256"]),
-        "detector": str(ctx.det.calibration.get("tensors_sha256")),
-    }
+    hashes = {LGM: str(ctx.det.meta["weights_sha256"]), "twin": str(base.meta["weights_sha256"])}
+    if name in ADAPTIVE:  # only the adaptive attacks depend on the detectors' calibration
+        hashes["detector"] = f"{ctx.det.calibration.get('tensors_sha256')}/{ctx.det.calibration['created']}"
+        hashes["twin_detectors"] = json.dumps(base.thresholds, sort_keys=True)
     meta = set_metadata(name, budget, hashes, cfg.seed, cfg.batch_size, inputs.attacked_idx)
     path = Path(cfg.out) / "adversarial" / f"{name}.safetensors"
     t0 = time.perf_counter()
