@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from detector import cli as detector_cli
-from service import serve_cli
+from service import score_cli, serve_cli
 from training import cli as training_cli
 
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adversarial-example detection with L-GM networks (Wan et al., CVPR 2018).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (training_cli, detector_cli, serve_cli):
+    for module in (training_cli, detector_cli, serve_cli, score_cli):
         module.register(sub)
     return parser
 

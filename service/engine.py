@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detector.scoring import Detector
+from detector.scoring import Detector, Scores
 
 
 @dataclass
@@ -31,6 +31,18 @@ class BatchResult:
     abnormality: np.ndarray  # (N,) float32 in [0, 1]
     is_adversarial: np.ndarray  # (N,) bool
     threshold: np.ndarray  # (N,) float32
+
+    @classmethod
+    def from_scores(cls, s: Scores) -> BatchResult:
+        """The response fields of a detector's ``Scores`` (on the CPU)."""
+        return cls(
+            pred=s.pred.numpy(),
+            probs=s.probs.numpy(),
+            log_likelihood=s.log_likelihood.numpy(),
+            abnormality=s.abnormality.numpy(),
+            is_adversarial=s.is_adversarial.numpy(),
+            threshold=s.threshold.numpy(),
+        )
 
     def slice(self, start: int, stop: int) -> BatchResult:
         return BatchResult(*(getattr(self, f)[start:stop] for f in self.__dataclass_fields__))
@@ -86,14 +98,7 @@ class Engine:
         with self._lock:
             self.forwards += 1
             self.batch_sizes.append(int(x.shape[0]))
-        return BatchResult(
-            pred=s.pred.numpy(),
-            probs=s.probs.numpy(),
-            log_likelihood=s.log_likelihood.numpy(),
-            abnormality=s.abnormality.numpy(),
-            is_adversarial=s.is_adversarial.numpy(),
-            threshold=s.threshold.numpy(),
-        )
+        return BatchResult.from_scores(s)
 
     def fgsm(self, x: torch.Tensor, eps: float) -> torch.Tensor:
         """FGSM (Goodfellow et al., ICLR 2015, "Explaining and Harnessing Adversarial Examples") against the
