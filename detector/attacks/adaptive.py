@@ -12,7 +12,9 @@ iterate, and stops working on an input once both losses are 0.
 
 - ``adaptive``: target t = the runner-up class of the clean input; minimise cls_loss + det_loss.
 - ``adaptive_multitarget``: every wrong class as t in turn, the best result per input (an input that evaded
-  with one target keeps it).
+  with one target keeps it). The K - 1 targeted runs replace restarts: each target gets
+  ceil(restarts / (K - 1)) runs (one for MNIST's 9 wrong classes at 5 restarts), so the attack spends at least
+  as many runs per input as the single-target ones.
 - ``adaptive_orthogonal`` (Bryniarski et al. 2022, orthogonal PGD): while the input is not yet classified as t,
   step along the classifier gradient with its component along the detector gradient projected out; once it is,
   step along the detector gradient with its component along the classifier gradient projected out, so that
@@ -30,6 +32,7 @@ Shapes: x (N, C, H, W) in [0, 1], y (N,) -> (N, C, H, W).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING
 
@@ -212,9 +215,9 @@ def adaptive_multitarget(
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         logits = obj.model(x).float()
-    order = logits.masked_fill(_mask(logits, y), float("-inf")).argsort(1, descending=True)[
-        :, :-1
-    ]  # (N, K-1)
+    ranked = logits.masked_fill(_mask(logits, y), float("-inf")).argsort(1, descending=True)
+    order = ranked[:, :-1]  # (N, K-1): the wrong classes, most probable first
+    b = dataclasses.replace(b, adaptive_restarts=math.ceil(b.adaptive_restarts / order.shape[1]))
     best = x.clone()
     loss = torch.full((len(x),), float("inf"), device=x.device)
     ev = torch.zeros(len(x), dtype=torch.bool, device=x.device)
