@@ -41,7 +41,7 @@ class Budgets:
     cw_c: float = _b(1.0, "CW-L2 initial constant c (a per-input binary search adjusts it)", gt=0, le=1e6)
     cw_search: int = _b(3, "CW-L2 binary-search rounds over c (1: the stated c only)", ge=1, le=20)
     cw_steps: int = _b(50, "CW-L2 Adam iterations per round", ge=1, le=10_000)
-    cw_lr: float = _b(0.05, "CW-L2 Adam learning rate in tanh space", gt=0, le=10)
+    cw_lr: float = _b(0.2, "CW-L2 Adam learning rate in tanh space", gt=0, le=10)
     cw_kappa: float = _b(0.0, "CW-L2 confidence margin", ge=0, le=1e3)
     deepfool_steps: int = _b(50, "DeepFool iterations", ge=1, le=1_000)
     deepfool_overshoot: float = _b(0.02, "DeepFool overshoot", ge=0, le=1)

@@ -10,6 +10,9 @@ For N attacked inputs (clean inputs both networks classify correctly), a detecto
 - ``detect_or_correct`` = 1 - fooled_and_undetected: share of attacked inputs that, after the attack, are still
   classified correctly or are flagged (Tramer et al. 2020's accuracy at a fixed clean FPR, over attacked inputs);
 - ``robust_accuracy``: share still classified correctly, detection ignored.
+Proportions over attacked inputs carry 95% Wilson score intervals (Wilson 1927). ``per_input_worst`` takes, per
+input, the worst over a group of attacks (an input counts as defeated when any attack of the group fooled the
+network without being flagged): the figure a set of attacks achieves together, which Tramer et al. report.
 """
 
 from __future__ import annotations
@@ -43,6 +46,16 @@ class DetectorScores:
     success: np.ndarray  # (N,) bool: the attack changed the prediction
 
 
+def wilson(successes: int, n: int, z: float = 1.96) -> list[float] | None:
+    """95% Wilson score interval of a proportion."""
+    if n == 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(float(max(0.0, centre - half)), 6), round(float(min(1.0, centre + half)), 6)]
+
+
 def _r(v: Any) -> Any:
     return round(v, 6) if isinstance(v, float) else v
 
@@ -64,7 +77,9 @@ def detector_metrics(s: DetectorScores, seed: int = 0, n_boot: int = 1000) -> di
         "fpr_at_threshold": float(s.clean_flag.mean()) if n else None,
         "fooled_and_undetected": float(fooled.mean()) if n else None,
         "detect_or_correct": 1.0 - float(fooled.mean()) if n else None,
+        "detect_or_correct_ci": wilson(int((~fooled).sum()), n),
         "robust_accuracy": 1.0 - float(s.success.mean()) if n else None,
+        "robust_accuracy_ci": wilson(int((~s.success).sum()), n),
         "success_rate": float(s.success.mean()) if n else None,
         "n_success": int(s.success.sum()),
         "n_positive": int(len(pos)),
@@ -91,3 +106,18 @@ def worst_case(attacks: dict[str, Any], names: list[str], detectors: list[str]) 
                 worst[key + "_ci"] = m.get(key + "_ci")
         out[det] = worst
     return out
+
+
+def per_input_worst(scores: list[DetectorScores]) -> dict[str, Any]:
+    """Over several attacks on the same inputs: detect-or-correct and robust accuracy when, per input, the
+    attack that did most damage is kept (fooled-and-undetected by any; misclassified by any)."""
+    fooled = np.any([s.success & ~s.adv_flag for s in scores], axis=0)
+    broken = np.any([s.success for s in scores], axis=0)
+    n = len(fooled)
+    return {
+        "detect_or_correct": _r(1.0 - float(fooled.mean())),
+        "detect_or_correct_ci": wilson(int((~fooled).sum()), n),
+        "robust_accuracy": _r(1.0 - float(broken.mean())),
+        "robust_accuracy_ci": wilson(int((~broken).sum()), n),
+        "n": n,
+    }
