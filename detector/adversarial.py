@@ -103,6 +103,17 @@ def load_saved(path: Path, expect: dict[str, str]) -> dict[str, torch.Tensor] | 
     return load_file(str(path))
 
 
+def load_agreed(
+    path: Path, expect: dict[str, str], reuse: bool, info: DistInfo
+) -> dict[str, torch.Tensor] | None:
+    """``load_saved`` decided once, on rank 0, for every rank: ranks that disagreed on reusing a set would wait
+    for each other in different collectives."""
+    use = [reuse and load_saved(path, expect) is not None] if info.is_main else [False]
+    if info.enabled:
+        dist.broadcast_object_list(use, src=0)
+    return load_file(str(path)) if use[0] else None
+
+
 def save_set(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     """Write atomically (temporary name, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)

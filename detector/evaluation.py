@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detector.adversarial import AdversarialSet, load_saved, save_set, set_metadata, sharded_attack
+from detector.adversarial import AdversarialSet, load_agreed, save_set, set_metadata, sharded_attack
 from detector.attacks import ADAPTIVE, AttackTarget, DetectorObjective, TwinObjective, parse_attack_list
 from detector.baselines import FIT_ATTACKS, Baselines, fit_baselines, load_twin, msp_probability_threshold
 from detector.budgets import Budgets, resolve_budgets
@@ -136,7 +136,7 @@ def fit_baselines_stage(
                 cfg.batch_size,
                 keep.nonzero().squeeze(1),
             )
-            saved = load_saved(path, meta) if cfg.reuse else None
+            saved = load_agreed(path, meta, cfg.reuse, info)
             if saved is None:
                 xa = sharded_attack(
                     name,
@@ -217,11 +217,12 @@ def attack(
     hashes = {LGM: str(ctx.det.meta["weights_sha256"]), "twin": str(base.meta["weights_sha256"])}
     if name in ADAPTIVE:  # only the adaptive attacks depend on the detectors' calibration
         hashes["detector"] = f"{ctx.det.calibration.get('tensors_sha256')}/{ctx.det.calibration['created']}"
-        hashes["twin_detectors"] = json.dumps(base.thresholds, sort_keys=True)
+        twin_known = {n: base.thresholds[n] for n in ("msp", "mahalanobis")}  # what the twin's objective uses
+        hashes["twin_detectors"] = json.dumps(twin_known, sort_keys=True)
     meta = set_metadata(name, budget, hashes, cfg.seed, cfg.batch_size, inputs.attacked_idx)
     path = Path(cfg.out) / "adversarial" / f"{name}.safetensors"
     t0 = time.perf_counter()
-    saved = load_saved(path, meta) if cfg.reuse else None
+    saved = load_agreed(path, meta, cfg.reuse, info)
     if saved is not None:
         by_net = {net: saved[net] for net in targets}
     else:
