@@ -287,7 +287,7 @@ def test_two_rank_torchrun_equals_one_rank(art, tmp_path):
         (["evaluate", "{bare}", "--out", "{tmp}/r"], "run `lgm calibrate"),
         (["evaluate", "{art}", "--eps", "1.5", "--out", "{tmp}/r"], "--eps must be in (0, 1]"),
         (["evaluate", "{art}", "--steps", "0", "--out", "{tmp}/r"], "--steps must be in [1, 10000]"),
-        (["evaluate", "{art}", "--eps-l2", "-1", "--out", "{tmp}/r"], "--eps-l2 must be in"),
+        (["evaluate", "{art}", "--eps-l2", "-1", "--out", "{tmp}/r"], "--eps-l2 must be > 0"),
         (["calibrate", "{art}", "--target-fpr", "1.5"], "--target-fpr must be in (0, 1)"),
         (["calibrate", "{art}", "--mode", "roc", "--attacks", "nope"], "unknown attack 'nope'"),
         (["calibrate", "{tmp}/missing"], "no such artifact folder"),
