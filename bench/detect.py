@@ -135,7 +135,7 @@ def main() -> int:
     run(cmd, env=env)
     t_end = time.perf_counter()
     report = json.loads((Path(args.out) / "report.json").read_text())
-    from detector.report import deployed_table, table
+    from detector.report import deployed_table, footnote, table
 
     shown = " ".join(shlex.quote(c if not c.startswith(str(BIN)) else os.path.relpath(c, ROOT)) for c in cmd)
     print("\nAUROC [95% interval]\n")
@@ -144,6 +144,7 @@ def main() -> int:
     print(table(report, "tpr_at_5fpr"))
     print("\ndetect-or-correct / fooled-and-undetected / robust accuracy, at the deployed thresholds\n")
     print(deployed_table(report))
+    print(footnote(report))
     print()
     print(f"command: OMP_NUM_THREADS={env['OMP_NUM_THREADS']} {shown}")
     print(f"model: {art} (test accuracy {report['clean_accuracy']:.4f} on the {report['n_clean']} inputs; twin "
