@@ -27,7 +27,7 @@ import torch
 
 from detector.adversarial import AdversarialSet, load_agreed, save_set, set_metadata, sharded_attack
 from detector.attacks import ADAPTIVE, AttackTarget, DetectorObjective, TwinObjective, parse_attack_list
-from detector.baselines import FIT_ATTACKS, Baselines, fit_baselines, load_twin, msp_probability_threshold
+from detector.baselines import ADAPTIVE_BASELINES, FIT_ATTACKS, Baselines, fit_baselines, load_twin
 from detector.budgets import Budgets, resolve_budgets
 from detector.metrics import DetectorScores, detector_metrics
 from detector.scoring import Detector, Scores
@@ -189,16 +189,9 @@ def select_inputs(ctx: Context, base: Baselines, cfg: EvalConfig) -> TestInputs:
 
 
 def attack_targets(det: Detector, base: Baselines, budgets: Budgets) -> dict[str, AttackTarget]:
-    twin_obj = TwinObjective(
-        base.model,
-        base.means,
-        base.precision,
-        msp_probability_threshold(base),
-        base.thresholds["mahalanobis"],
-    )
     return {
         LGM: AttackTarget(LGM, det.model, DetectorObjective(det, budgets.adaptive_margin)),
-        "twin": AttackTarget("twin", base.model, twin_obj),
+        "twin": AttackTarget("twin", base.model, TwinObjective(base)),
     }
 
 
@@ -217,8 +210,8 @@ def attack(
     hashes = {LGM: str(ctx.det.meta["weights_sha256"]), "twin": str(base.meta["weights_sha256"])}
     if name in ADAPTIVE:  # only the adaptive attacks depend on the detectors' calibration
         hashes["detector"] = f"{ctx.det.calibration.get('tensors_sha256')}/{ctx.det.calibration['created']}"
-        twin_known = {n: base.thresholds[n] for n in ("msp", "mahalanobis")}  # what the twin's objective uses
-        hashes["twin_detectors"] = json.dumps(twin_known, sort_keys=True)
+        twin_known = {n: base.thresholds[n] for n in ADAPTIVE_BASELINES if n in base.thresholds}
+        hashes["twin_detectors"] = json.dumps(twin_known, sort_keys=True)  # what the twin's objective uses
     meta = set_metadata(name, budget, hashes, cfg.seed, cfg.batch_size, inputs.attacked_idx)
     path = Path(cfg.out) / "adversarial" / f"{name}.safetensors"
     t0 = time.perf_counter()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.attacks import ADAPTIVE
+from detector.baselines import ADAPTIVE_BASELINES
 from detector.metrics import detector_metrics, per_input_worst, worst_case
 from training.artifacts import atomic_write_bytes, atomic_write_json
 
@@ -55,8 +56,8 @@ def detectors_in(report: dict[str, Any]) -> list[str]:
     return [d for d in DETECTORS if d in report["detectors"]]
 
 
-# Detectors whose own adaptive objective the adaptive attacks optimise (the twin's knows msp and mahalanobis).
-KNOWN_TO_ADAPTIVE = ("lgm", "msp", "mahalanobis")
+# Detectors whose deployed score the adaptive attacks optimise (``Baselines.attack_scores`` for the twin's).
+KNOWN_TO_ADAPTIVE = ("lgm", *ADAPTIVE_BASELINES)
 NOT_ADAPTIVE = "*"  # marks a cell of an adaptive attack that did not aim at that detector
 
 
@@ -190,7 +191,7 @@ def build_report(cfg, ctx, base, inputs, budgets, results, timing, info, device)
         "adaptive_aims_at": list(KNOWN_TO_ADAPTIVE),
         "adaptive_objectives": {
             "lgm": "the deployed L-GM detector's score and thresholds",
-            "twin": "msp and mahalanobis (the other baselines are not part of its objective)",
+            "twin": ", ".join(ADAPTIVE_BASELINES) + " at their deployed thresholds (not lid)",
         },
         "budgets": budgets.to_dict(),
         "attacks": attacks,

@@ -24,9 +24,10 @@ Objectives:
 - ``DetectorObjective`` (detector ``lgm``): det_loss = relu(score_t(x) - T_t + margin), the deployed score of
   ``detector/scoring.py`` computed for class t (all its statistics: likelihood, boundary, earlier layers) and
   t's deployed threshold T_t; margin in the score's units.
-- ``TwinObjective`` (detectors ``msp`` and ``mahalanobis`` on the softmax twin): det_loss =
-  relu(CE(Z, t) + log(p_min) + 0.05) + relu(M_t / tau - 0.9): the probability of t above MSP's threshold p_min
-  and the feature close to t's mean under the tied covariance (Mahalanobis's threshold is tau).
+- ``TwinObjective`` (the baselines on the softmax twin): det_loss = sum over msp, mahalanobis,
+  mahalanobis_full and kd of relu((s - T) / spread + 0.05), each baseline's score s for class t against its
+  deployed threshold T, in units of its spread on clean calibration inputs. ``lid`` is not followed: its
+  nearest-neighbour search over 25k-dimensional activations is too slow to differentiate for hundreds of steps.
 Shapes: x (N, C, H, W) in [0, 1], y (N,) -> (N, C, H, W).
 """
 
@@ -44,6 +45,7 @@ from detector.budgets import Budgets
 from training.model import Classifier
 
 if TYPE_CHECKING:
+    from detector.baselines import Baselines
     from detector.scoring import Detector
 
 
@@ -84,42 +86,28 @@ class DetectorObjective:
 
 
 class TwinObjective:
-    """Classified by the softmax twin as t with high confidence (MSP) and a small Mahalanobis distance."""
+    """Classified by the softmax twin as t and accepted by every baseline the attack can follow
+    (``Baselines.attack_scores``: msp, mahalanobis, mahalanobis_full, kd) at its deployed threshold."""
 
-    def __init__(
-        self,
-        model: Classifier,
-        means: torch.Tensor,
-        precision: torch.Tensor,
-        msp_threshold: float,
-        maha_threshold: float,
-    ) -> None:
-        self.model = model
-        self.means = means.float()  # (K, D)
-        self.precision = precision.float()  # (D, D)
-        self.msp_thr = float(msp_threshold)  # flag when max softmax prob < this
-        self.maha_thr = float(maha_threshold)  # flag when min_k M_k > this
+    def __init__(self, base: Baselines, margin: float = 0.05) -> None:
+        self.base = base
+        self.model: Classifier = base.model
+        self.margin = margin  # in units of each score's clean spread
 
     def losses(
         self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from detector.baselines.mahalanobis import squared_mahalanobis
-
-        logits, feats = self.model(x, return_features=True)
-        m = squared_mahalanobis(feats, self.means, self.precision)  # (N, K), as the baseline scores it
-        m_t = m.gather(1, t[:, None]).squeeze(1)
-        tau = max(self.maha_thr, 1e-6)
-        ce = F.cross_entropy(logits.float(), t, reduction="none")  # -log p_t: below -log(msp threshold)
-        det = F.relu(ce + math.log(max(self.msp_thr, 1e-12)) + 0.05) + F.relu(m_t / tau - 0.9)
+        logits = self.model(x).float()
+        scores = self.base.attack_scores(x, t)
+        det = torch.zeros(len(x), device=x.device)
+        accepted = torch.ones(len(x), dtype=torch.bool, device=x.device)
+        for name, s in scores.items():
+            thr, scale = self.base.thresholds[name], self.base.scales[name]
+            det = det + F.relu((s.float() - thr) / scale + self.margin)
+            accepted &= s.detach() <= thr
         with torch.no_grad():
-            p = torch.softmax(logits.float(), 1)
-            evades = (
-                (logits.argmax(1) == t)
-                & (t != y)
-                & (p.amax(1) >= self.msp_thr)
-                & (m.amin(1) <= self.maha_thr)
-            )
-        return cls_hinge(logits.float(), t), det, evades
+            evades = (logits.argmax(1) == t) & (t != y) & accepted
+        return cls_hinge(logits, t), det, evades
 
 
 def _objective(target: AttackTarget):

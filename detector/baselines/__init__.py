@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from detector import roc
-from detector.baselines.kd import KernelDensity
+from detector.baselines.kd import KernelDensity, log_kd
 from detector.baselines.lid import LID
 from detector.baselines.mahalanobis import MahalanobisFull, squared_mahalanobis, tied_statistics
 from detector.baselines.twin import ensure_twin, twin_dir, twin_ready
@@ -32,9 +32,16 @@ from training.model import Classifier, split_features
 
 BASELINES = ("msp", "mahalanobis", "mahalanobis_full", "lid", "kd")
 NEEDS_ATTACKS = ("mahalanobis_full", "lid")
-FIT_ATTACKS = ("fgsm", "deepfool")  # one large-budget L-inf attack, one minimal L2 attack
+FIT_ATTACKS = ("fgsm", "deepfool")
+ADAPTIVE_BASELINES = (
+    "msp",
+    "mahalanobis",
+    "mahalanobis_full",
+    "kd",
+)  # what Baselines.attack_scores follows  # one large-budget L-inf attack, one minimal L2 attack
 
 __all__ = [
+    "ADAPTIVE_BASELINES",
     "BASELINES",
     "FIT_ATTACKS",
     "NEEDS_ATTACKS",
@@ -42,7 +49,6 @@ __all__ = [
     "ensure_twin",
     "fit_baselines",
     "load_twin",
-    "msp_probability_threshold",
     "squared_mahalanobis",
     "twin_dir",
     "twin_ready",
@@ -62,6 +68,7 @@ class Baselines:
     lid: LID | None = None
     noise: float = 0.0  # one-layer Mahalanobis input pre-processing
     thresholds: dict[str, float] = field(default_factory=dict)
+    scales: dict[str, float] = field(default_factory=dict)  # spread of each score on clean calibration inputs
     fit_attacks: list[str] = field(default_factory=list)
 
     @property
@@ -90,6 +97,22 @@ class Baselines:
             out["mahalanobis_full"] = torch.from_numpy(self.maha_full.score(self.model, x))
         if self.lid is not None:
             out["lid"] = torch.from_numpy(self.lid.score(self.model, x))
+        return out
+
+    def attack_scores(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The baselines an adaptive attack optimises, as differentiable functions of x (N,) each, for inputs the
+        attacker wants classified as t: msp, mahalanobis, mahalanobis_full and kd (lid's nearest-neighbour
+        search over 25k-dimensional activations is too slow to follow for hundreds of steps on a CPU).
+        Input pre-processing is treated as the identity (its one small step barely moves the score)."""
+        logits, feats = self.model(x, return_features=True)
+        out = {
+            "msp": -torch.softmax(logits.float(), 1).gather(1, t[:, None]).squeeze(1),
+            "mahalanobis": squared_mahalanobis(feats, self.means, self.precision).amin(1),
+            "kd": -log_kd(feats, t, self.kd.train_feats, self.kd.sigma).to(x.device).float(),
+        }
+        if self.maha_full is not None:
+            d = torch.stack(self.maha_full.layers.distances(self.model, x), 1)  # (N, L)
+            out["mahalanobis_full"] = torch_decision(self.maha_full.regression, d)
         return out
 
     def _preprocess(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,12 +161,17 @@ def fit_baselines(
         base.fit_attacks = list(fit_attacks or [])
     s = base.scores(clean)
     base.thresholds = {n: float(roc.threshold_at_fpr(s[n].numpy(), target_fpr)) for n in base.names}
+    base.scales = {n: float(s[n].std()) or 1.0 for n in base.names}
     return base
 
 
-def msp_probability_threshold(base: Baselines) -> float:
-    """MSP's threshold as a probability: flag when max_k p_k < this."""
-    return float(-base.thresholds["msp"])
+def torch_decision(pipeline, feats: torch.Tensor) -> torch.Tensor:
+    """A fitted sklearn pipeline (StandardScaler, then a logistic regression)'s decision function in torch, so
+    that it can be differentiated: ((f - mean) / scale) . w + b."""
+    scaler, lr = pipeline[0], pipeline[-1]
+    as_t = lambda a: torch.as_tensor(a, dtype=feats.dtype, device=feats.device)  # noqa: E731
+    z = (feats - as_t(scaler.mean_)) / as_t(scaler.scale_)
+    return z @ as_t(lr.coef_[0]) + float(lr.intercept_[0])
 
 
 def describe(base: Baselines) -> dict[str, Any]:

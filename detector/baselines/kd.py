@@ -27,12 +27,12 @@ def log_kd(
     """log of the normalised density (1/M) sum_i N(f; f_i, sigma^2/2 I) of each row (N, D) under its class's
     training features; -> (N,) float64. The normalising constant -(D/2) log(pi sigma^2) does not change the
     ranking but makes densities of different bandwidths comparable."""
-    out = torch.empty(len(feats), dtype=torch.float64)
     f = feats.double()
+    out = torch.zeros(len(f), dtype=torch.float64, device=f.device)
     dim = f.shape[1]
     for c in pred.unique().tolist():
         sel = pred == c
-        d2 = torch.cdist(f[sel], train_feats[c].double()).pow(2)  # (n_c, M_c)
+        d2 = torch.cdist(f[sel], train_feats[c].to(f.device).double()).pow(2)  # (n_c, M_c)
         out[sel] = (
             torch.logsumexp(-d2 / sigma**2, dim=1)
             - math.log(d2.shape[1])
