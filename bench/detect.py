@@ -147,8 +147,10 @@ def main() -> int:
     print(footnote(report))
     print()
     print(f"command: OMP_NUM_THREADS={env['OMP_NUM_THREADS']} {shown}")
-    print(f"model: {art} (test accuracy {report['clean_accuracy']:.4f} on the {report['n_clean']} inputs; twin "
-          f"{report['twin_clean_accuracy']:.4f}); {report['n_attacked']} attacked")  # fmt: skip
+    print(
+        f"model: {art} (test accuracy {report['clean_accuracy']:.4f} on the {report['n_clean']} inputs; twin "
+        f"{report['twin_clean_accuracy']:.4f}); {report['n_attacked']} attacked"
+    )
     print(
         f"wall time: evaluate {t_end - t_eval:.0f}s, total {t_end - t0:.0f}s (attacks: "
         + ", ".join(f"{k} {v:.0f}s" for k, v in report["timing"]["attack_seconds"].items())

@@ -1,4 +1,4 @@
-"""Model artifacts: round trip, the metadata issue 2 asks for, and the tamper / truncation checks."""
+"""Model artifacts: round trip, the metadata every artifact carries, and the tamper / truncation checks."""
 
 from __future__ import annotations
 
@@ -35,13 +35,33 @@ def artifact_copy(tiny_artifact: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     "spec",
     [
-        ModelSpec(backbone="mnist_cnn", backbone_args={"width": 4}, head="lgm", feat_dim=3, input_shape=(1, 8, 8),
-                  head_args={"variance": "diagonal", "learn_priors": True}),
-        ModelSpec(backbone="mnist_cnn", backbone_args={"width": 4}, head="softmax", feat_dim=6, input_shape=(1, 12, 12)),
-        ModelSpec(backbone="resnet", backbone_args={"width": 4, "depth": 8}, head="lgm", feat_dim=5,
-                  input_shape=(3, 32, 32), mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.25), num_classes=7),
+        ModelSpec(
+            backbone="mnist_cnn",
+            backbone_args={"width": 4},
+            head="lgm",
+            feat_dim=3,
+            input_shape=(1, 8, 8),
+            head_args={"variance": "diagonal", "learn_priors": True},
+        ),
+        ModelSpec(
+            backbone="mnist_cnn",
+            backbone_args={"width": 4},
+            head="softmax",
+            feat_dim=6,
+            input_shape=(1, 12, 12),
+        ),
+        ModelSpec(
+            backbone="resnet",
+            backbone_args={"width": 4, "depth": 8},
+            head="lgm",
+            feat_dim=5,
+            input_shape=(3, 32, 32),
+            mean=(0.5, 0.4, 0.3),
+            std=(0.2, 0.2, 0.25),
+            num_classes=7,
+        ),
     ],
-)  # fmt: skip
+)
 def test_round_trip_gives_equal_outputs(spec: ModelSpec, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = Classifier(spec)
@@ -64,7 +84,7 @@ def test_round_trip_gives_equal_outputs(spec: ModelSpec, tmp_path: Path) -> None
 
 
 def test_trained_artifact_metadata(tiny_artifact: Path) -> None:
-    """model.json holds what issue 2 names: architecture and arguments, dataset, classes, input shape,
+    """model.json holds what the artifact format promises: architecture and arguments, dataset, classes, input shape,
     normalisation, L-GM settings, split seed, history, metrics and the weights' sha256."""
     meta = load_meta(tiny_artifact)
     arch = meta["arch"]

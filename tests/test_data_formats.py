@@ -53,8 +53,13 @@ def make_cifar10_dir(root: Path, per_batch: int = 20, n_test: int = 20) -> Path:
                 b"labels": list(np.arange(per_batch) % 10),
             },
         )
-    write_pickle(root / "test_batch", {b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
-                                       b"labels": [i % 10 for i in range(n_test)]})  # fmt: skip
+    write_pickle(
+        root / "test_batch",
+        {
+            b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
+            b"labels": [i % 10 for i in range(n_test)],
+        },
+    )
     names = [
         b"airplane",
         b"automobile",
@@ -74,8 +79,14 @@ def make_cifar10_dir(root: Path, per_batch: int = 20, n_test: int = 20) -> Path:
 def make_cifar100_dir(root: Path, n_train: int = 1000, n_test: int = 100) -> Path:
     rng = np.random.default_rng(1)
     for name, n in (("train", n_train), ("test", n_test)):
-        write_pickle(root / name, {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                                   b"fine_labels": [i % 100 for i in range(n)], b"coarse_labels": [0] * n})  # fmt: skip
+        write_pickle(
+            root / name,
+            {
+                b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                b"fine_labels": [i % 100 for i in range(n)],
+                b"coarse_labels": [0] * n,
+            },
+        )
     write_pickle(root / "meta", {b"fine_label_names": [f"c{i}".encode() for i in range(100)]})
     return root
 

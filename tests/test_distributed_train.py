@@ -52,8 +52,9 @@ def _free_port() -> int:
 
 def _run_group(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     """Run cmd in its own process group; on timeout kill the whole group (torchrun and its workers)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -69,8 +70,19 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "art"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(script), str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(script),
+        str(out),
+    ]
     proc = _run_group(cmd, env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 0 world 2 meta True" in proc.stdout and "rank 1 world 2 meta False" in proc.stdout
@@ -82,8 +94,14 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
         torch.testing.assert_close(r0[k], r1[k], msg=lambda m, k=k: f"{k} differs between ranks: {m}")
     # rank 0 wrote one artifact, and it is rank 0's model
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["checkpoint.json", "checkpoint.safetensors", "model.json", "model.safetensors",
-                     "rank0.safetensors", "rank1.safetensors"]  # fmt: skip
+    assert files == [
+        "checkpoint.json",
+        "checkpoint.safetensors",
+        "model.json",
+        "model.safetensors",
+        "rank0.safetensors",
+        "rank1.safetensors",
+    ]
     art = load_file(str(out / "model.safetensors"))
     for k in art:
         torch.testing.assert_close(art[k], r0[k], rtol=0, atol=0)

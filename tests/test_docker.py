@@ -179,8 +179,11 @@ def test_healthcheck_command_passes_only_on_200(status, healthy):
 def test_dockerfile_passes_hadolint(dockerfile):
     proc = subprocess.run(
         [HADOLINT, "--no-color", "--failure-threshold", "info", str(dockerfile)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
 
 
@@ -261,8 +264,11 @@ def test_install_fails_when_torch_is_not_the_variant_asked_for(tmp_path, variant
     env["WHEELHOUSE"] = str(tmp_path / "no-wheels")
     proc = subprocess.run(
         ["sh", str(ROOT / "docker/install_python_deps.sh"), "project"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (proc.returncode == 0) == ok, proc.stderr
     assert "pip install" in proc.stderr and f"torch {torch.__version__} CUDA none" in proc.stdout
     if not ok:
@@ -272,8 +278,11 @@ def test_install_fails_when_torch_is_not_the_variant_asked_for(tmp_path, variant
 def test_install_rejects_an_unknown_variant(tmp_path):
     proc = subprocess.run(
         ["sh", str(ROOT / "docker/install_python_deps.sh"), "deps"],
-        env={**os.environ, "DRY_RUN": "1", "TORCH_VARIANT": "rocm"}, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        env={**os.environ, "DRY_RUN": "1", "TORCH_VARIANT": "rocm"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2 and "cpu or cuda" in proc.stderr
 
 
@@ -548,8 +557,11 @@ def test_haproxy_check_rejects_a_broken_configuration(tmp_path):
     env = {**lb_image_env(), "LGM_BIND_HOST": "127.0.0.1", "LGM_API_PORT": "1", "LGM_API_2_PORT": "2"}
     proc = subprocess.run(
         [HAPROXY, "-c", "-f", str(HAPROXY_DIR / "haproxy.cfg"), "-f", str(broken)],
-        env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode != 0 and f"parsing [{broken}:" in proc.stdout + proc.stderr
 
 
