@@ -38,13 +38,9 @@ def art(tmp_path_factory, tiny_config_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def report(art, tmp_path_factory) -> tuple[dict, Path]:
-    out = tmp_path_factory.mktemp("report")
-    cfg = EvalConfig(
-        str(art),
-        str(out),
-        ["fgsm", "pgd", "adaptive"],
+def _config(art: Path, out: Path, **overrides) -> EvalConfig:
+    """The test evaluation: three attacks on 48 test digits at tiny budgets."""
+    base = dict(
         limit=48,
         budgets=TINY,
         batch_size=12,
@@ -53,6 +49,13 @@ def report(art, tmp_path_factory) -> tuple[dict, Path]:
         n_boot=200,
         command="lgm evaluate (test)",
     )
+    return EvalConfig(str(art), str(out), ["fgsm", "pgd", "adaptive"], **{**base, **overrides})
+
+
+@pytest.fixture(scope="session")
+def report(art, tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("report")
+    cfg = _config(art, out)
     return evaluate(cfg), out
 
 
@@ -208,19 +211,7 @@ def test_reuse_rescores_without_attacking(art, report, monkeypatch):
         raise AssertionError("attacked again")
 
     monkeypatch.setattr(ev, "sharded_attack", boom)
-    cfg = EvalConfig(
-        str(art),
-        str(out),
-        ["fgsm", "pgd", "adaptive"],
-        limit=48,
-        budgets=TINY,
-        batch_size=12,
-        device="cpu",
-        quiet=True,
-        reuse=True,
-        n_boot=200,
-        command="lgm evaluate (test)",
-    )
+    cfg = _config(art, out, reuse=True)
     again = evaluate(cfg)
     assert again["attacks"] == rep["attacks"]
 

@@ -181,18 +181,22 @@ def _runner_up_targets(obj, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return runner_up(obj.model(x).float(), y)
 
 
-def adaptive(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
+def _towards_runner_up(
+    target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int, orthogonal: bool
+) -> torch.Tensor:
     obj = _objective(target)
     gen = torch.Generator().manual_seed(seed)
-    return _restarts(obj, x, y, _runner_up_targets(obj, x, y), b, False, gen)[0].detach()
+    return _restarts(obj, x, y, _runner_up_targets(obj, x, y), b, orthogonal, gen)[0].detach()
+
+
+def adaptive(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:
+    return _towards_runner_up(target, x, y, b, seed, orthogonal=False)
 
 
 def adaptive_orthogonal(
     target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int
 ) -> torch.Tensor:
-    obj = _objective(target)
-    gen = torch.Generator().manual_seed(seed)
-    return _restarts(obj, x, y, _runner_up_targets(obj, x, y), b, True, gen)[0].detach()
+    return _towards_runner_up(target, x, y, b, seed, orthogonal=True)
 
 
 def adaptive_multitarget(
