@@ -116,6 +116,32 @@ def deployed_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+WHITE_BOX = ("bim", "pgd", "apgd", "apgd_dlr")
+MASKING_SLACK = 0.02  # a gradient-free attack ahead of every white-box one by more than this is a warning
+
+
+def masking_check(attacks: dict[str, Any]) -> dict[str, Any] | None:
+    """Against gradient masking (Athalye et al. 2018; Tramer et al. 2020): on each network, the gradient-free
+    Square attack's success next to the best white-box one's. Square well ahead means the gradients mislead."""
+    wb = [a for a in WHITE_BOX if a in attacks]
+    if "square" not in attacks or not wb:
+        return None
+    out = {}
+    for net, det in (("lgm", "lgm"), ("twin", "msp")):
+        best = max(wb, key=lambda a: attacks[a]["detectors"][det]["success_rate"])
+        sq, top = (
+            attacks["square"]["detectors"][det]["success_rate"],
+            attacks[best]["detectors"][det]["success_rate"],
+        )
+        out[net] = {
+            "square": sq,
+            "best_white_box": best,
+            "best_white_box_success": top,
+            "masked_gradients_suspected": sq > top + MASKING_SLACK,
+        }
+    return out
+
+
 def build_report(cfg, ctx, base, inputs, budgets, results, timing, info, device) -> dict[str, Any]:
     """report.json's dict from the evaluation's stages (see ``detector/evaluation.py``)."""
     from detector.baselines import describe, seen_attacks
@@ -196,6 +222,7 @@ def build_report(cfg, ctx, base, inputs, budgets, results, timing, info, device)
         "budgets": budgets.to_dict(),
         "attacks": attacks,
         "per_input_worst": {g: {"attacks": groups[g], "detectors": v} for g, v in combined.items()},
+        "gradient_masking_check": masking_check(attacks),
         "worst_case": {
             "all": worst_case(attacks, names, dets),
             "unseen_in_calibration": worst_case(attacks, unseen, dets),
@@ -212,6 +239,22 @@ def build_report(cfg, ctx, base, inputs, budgets, results, timing, info, device)
         "run": {"world_size": info.world_size, "device": str(device)},
         "timing": dict(timing),
     }
+
+
+def masking_line(report: dict[str, Any]) -> str:
+    m = report.get("gradient_masking_check")
+    if not m:
+        return ""
+    parts = [
+        f"{net}: Square {v['square']:.3f}, best white-box ({v['best_white_box']}) {v['best_white_box_success']:.3f}"
+        + (" - SQUARE IS AHEAD: gradients may be masked" if v["masked_gradients_suspected"] else "")
+        for net, v in m.items()
+    ]
+    return (
+        "Gradient-masking check (success of the gradient-free attack next to the best white-box one): "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -237,6 +280,8 @@ def markdown(report: dict[str, Any]) -> str:
         deployed_table(report),
         "",
         footnote(report),
+        "",
+        masking_line(report),
         "",
         f"lgm: {thr['mode']} mode, {thr['kind']} thresholds at target FPR {thr['target_fpr']}, score {thr['combine']} "
         f"over {', '.join(thr['score'])}. Clean test FPR: "

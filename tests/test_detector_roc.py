@@ -145,3 +145,16 @@ def test_worst_case_names_the_attack():
     wc = worst_case(attacks, ["easy", "hard"], dets)
     assert wc["lgm"]["auroc_attack"] == "hard" and wc["lgm"]["fooled_and_undetected_attack"] == "hard"
     assert wc["lgm"]["detect_or_correct_attack"] == "hard"
+
+
+def test_masking_check_flags_a_gradient_free_attack_ahead_of_white_box():
+    from detector.report import masking_check
+
+    def attack(lgm: float, twin: float) -> dict:
+        return {"detectors": {"lgm": {"success_rate": lgm}, "msp": {"success_rate": twin}}}
+
+    attacks = {"pgd": attack(0.40, 0.95), "apgd_dlr": attack(0.45, 0.90), "square": attack(0.60, 0.96)}
+    m = masking_check(attacks)
+    assert m["lgm"]["masked_gradients_suspected"] and m["lgm"]["best_white_box"] == "apgd_dlr"
+    assert not m["twin"]["masked_gradients_suspected"]  # 0.96 against 0.95: within the slack
+    assert masking_check({"pgd": attack(1.0, 1.0)}) is None  # no gradient-free attack: nothing to compare
