@@ -70,9 +70,10 @@ def footnote(report: dict[str, Any]) -> str:
         KNOWN_TO_ADAPTIVE
     ):
         return ""
+    followed = ", ".join(ADAPTIVE_BASELINES)
     return (
-        f"{NOT_ADAPTIVE} not an adaptive result: the adaptive attacks on the twin optimise msp and mahalanobis "
-        "only, so these cells show how the detector fares against an attack aimed at others."
+        f"{NOT_ADAPTIVE} not an adaptive result: the adaptive attacks on the twin optimise {followed} only, "
+        "so these cells show how the detector fares against an attack aimed at others."
     )
 
 
