@@ -170,8 +170,8 @@ def test_sigterm_lets_in_flight_requests_finish(served_artifact: Path) -> None:
     """`lgm serve` in a subprocess; a request whose body is still arriving when SIGTERM comes gets its 200, then
     the lifespan shutdown runs and the process exits."""
     port = free_port()
-    cmd = [sys.executable, "-m", "service", "serve", str(served_artifact), "--port", str(port), "--threads", "1",
-           "--device", "cpu", "--log-level", "info"]  # fmt: skip
+    cmd = [sys.executable, "-m", "service", "serve", str(served_artifact), "--port", str(port)]
+    cmd += ["--threads", "1", "--device", "cpu", "--log-level", "info"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
