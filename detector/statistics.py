@@ -29,7 +29,7 @@ import torch
 
 from detector.gaussians import ClassGaussians
 from detector.layers import forward_with_layers
-from detector.tails import TailModel
+from detector.tails import TailModel, TailStack
 from training.model import Classifier
 
 GROUPS = ("likelihood", "boundary", "layers")
@@ -60,6 +60,7 @@ class ScoreModel:
     combine: str = "max"
     weights: list[float] | None = None  # logistic combination
     bias: float = 0.0
+    _stack: TailStack | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def names(self) -> list[str]:
@@ -105,7 +106,11 @@ class ScoreModel:
     # -- combination -------------------------------------------------------------------------------------------
     def surprises(self, stats: torch.Tensor) -> torch.Tensor:
         """(N, m) statistics -> (N, m) surprises -log P_clean(S_i > s_i)."""
-        return torch.stack([t.surprise(stats[:, i]) for i, t in enumerate(self.tails)], dim=1)
+        if (
+            self._stack is None or self._stack.tails is not self.tails
+        ):  # built once, rebuilt if tails are replaced
+            self._stack = TailStack(self.tails)
+        return self._stack.surprise(stats)
 
     def combined(self, surprises: torch.Tensor) -> torch.Tensor:
         """(N, m) surprises -> (N,) score, larger = more abnormal."""

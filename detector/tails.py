@@ -65,19 +65,7 @@ class TailModel:
 
     def surprise(self, v: torch.Tensor) -> torch.Tensor:
         """-log P_clean(S > v), elementwise, >= 0; differentiable wherever the CDF has a slope."""
-        knots = torch.tensor(self.values, dtype=v.dtype, device=v.device)
-        levels = torch.tensor(self.levels, dtype=v.dtype, device=v.device)
-        q_u = knots[-1]
-        tail = -math.log1p(-self.u) + (v - q_u) / self.beta
-        vb = torch.minimum(torch.maximum(v, knots[0]), q_u)  # bulk part, clamped to the knots
-        hi = torch.searchsorted(knots, vb.detach().contiguous(), right=True).clamp(1, len(knots) - 1)
-        x0, x1 = knots[hi - 1], knots[hi]
-        l0, l1 = levels[hi - 1], levels[hi]
-        width = x1 - x0
-        frac = torch.where(width > 0, (vb - x0) / torch.where(width > 0, width, torch.ones_like(width)), 1.0)
-        cdf = l0 + frac * (l1 - l0)
-        bulk = -torch.log1p(-cdf.clamp(max=self.u))
-        return torch.where(v > q_u, tail, bulk)
+        return TailStack([self]).surprise(v.reshape(-1, 1)).reshape(v.shape)
 
     def value_at(self, surprise: float) -> float:
         """The statistic's value whose surprise is ``surprise`` (the inverse of ``surprise``; bulk ties resolve to
@@ -89,3 +77,48 @@ class TailModel:
             return float(self.values[-1] + (surprise - tail_start) * self.beta)
         cdf = -math.expm1(-surprise)
         return float(np.interp(cdf, self.levels, self.values))
+
+
+class TailStack:
+    """Several statistics' tail models evaluated together, one set of tensor operations for all of them.
+
+    The detector scores every request through all its statistics' tail models; one batched pass instead of one
+    pass per statistic keeps a single image's score cheap (the small tensor operations, not arithmetic, are the
+    cost at batch size 1). The models must share their bulk levels, as models fitted with the same ``bulk_level``
+    do. The knot tensors are built once per dtype and device.
+    """
+
+    def __init__(self, tails: list[TailModel]) -> None:
+        if not tails:
+            raise ValueError("a tail stack needs at least one tail model")
+        if any(t.levels != tails[0].levels for t in tails):
+            raise ValueError("tail models stacked together must share their bulk levels")
+        self.tails = tails
+        self._tensors: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
+
+    def _knots(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+        key = (dtype, device)
+        if key not in self._tensors:
+            knots = torch.tensor([t.values for t in self.tails], dtype=dtype, device=device)  # (m, L)
+            levels = torch.tensor(self.tails[0].levels, dtype=dtype, device=device)  # (L,)
+            beta = torch.tensor([t.beta for t in self.tails], dtype=dtype, device=device)  # (m,)
+            self._tensors[key] = (knots, levels, beta)
+        return self._tensors[key]
+
+    def surprise(self, v: torch.Tensor) -> torch.Tensor:
+        """(N, m) statistics -> (N, m) surprises -log P_clean(S_i > v_i): the bulk's piecewise-linear CDF up to
+        q_u, the exponential tail beyond it."""
+        knots, levels, beta = self._knots(v.dtype, v.device)
+        u = self.tails[0].u
+        vt = v.t()  # (m, N)
+        q_u = knots[:, -1:]
+        tail = -math.log1p(-u) + (vt - q_u) / beta[:, None]
+        vb = torch.minimum(torch.maximum(vt, knots[:, :1]), q_u)  # bulk part, clamped to the knots
+        hi = torch.searchsorted(knots, vb.detach().contiguous(), right=True).clamp(1, knots.shape[1] - 1)
+        x0, x1 = knots.gather(1, hi - 1), knots.gather(1, hi)
+        l0, l1 = levels[hi - 1], levels[hi]
+        width = x1 - x0
+        frac = torch.where(width > 0, (vb - x0) / torch.where(width > 0, width, torch.ones_like(width)), 1.0)
+        cdf = l0 + frac * (l1 - l0)
+        bulk = -torch.log1p(-cdf.clamp(max=u))
+        return torch.where(vt > q_u, tail, bulk).t()

@@ -19,7 +19,7 @@ from detector.bootstrap import paired_intervals, weighted_auroc, weighted_tpr_at
 from detector.calibration import select_thresholds
 from detector.gaussians import ClassGaussians
 from detector.statistics import ScoreModel
-from detector.tails import TailModel
+from detector.tails import TailModel, TailStack
 
 
 def _features(seed: int = 0, n: int = 400):
@@ -82,6 +82,28 @@ def test_tail_model_is_monotone_invertible_and_extends_past_the_data():
     assert t.surprise(torch.tensor([q], dtype=torch.float64)).item() == pytest.approx(
         math.log(1000.0), rel=0.1
     )
+
+
+def test_stacked_tail_models_equal_each_model_alone_values_and_gradients():
+    """The detector evaluates all its statistics' tail models in one batched pass; each column must be exactly
+    what that statistic's model gives alone (bulk, ties in the bulk, tail), and so must its gradient."""
+    rng = np.random.default_rng(4)
+    tails = [
+        TailModel.fit(rng.normal(0.0, 1.0, 800)),
+        TailModel.fit(rng.normal(2.0, 3.0, 800)),
+        TailModel.fit(np.r_[np.zeros(400), rng.exponential(1.0, 400)]),  # ties: flat knots in the bulk
+    ]
+    v = torch.tensor(rng.normal(0.0, 6.0, (300, 3)), dtype=torch.float64, requires_grad=True)
+    stacked = TailStack(tails).surprise(v)
+    alone = torch.stack([t.surprise(v[:, i]) for i, t in enumerate(tails)], dim=1)
+    assert torch.equal(stacked, alone)
+    assert (stacked[v.detach() > 20.0] > 0).all()
+    g_stacked = torch.autograd.grad(stacked.sum(), v)[0]
+    g_alone = torch.autograd.grad(alone.sum(), v)[0]
+    assert torch.equal(g_stacked, g_alone)
+    other = TailModel.fit(rng.normal(size=100), bulk_level=0.8)
+    with pytest.raises(ValueError, match="share their bulk levels"):
+        TailStack([tails[0], other])
 
 
 def _dummy_model(tails: list[TailModel]) -> ScoreModel:
