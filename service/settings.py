@@ -9,6 +9,7 @@ List settings (``api_keys``, ``cors_origins``) read as comma-separated strings f
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,8 +25,32 @@ def Field(*default: Any, group: str, flag: str | None = None, **kw: Any) -> Any:
     return _Field(*default, json_schema_extra=extra, **kw)
 
 
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup in cores (a container's or pod's CPU limit), or None if unlimited
+    or unknown: cgroup v2's ``cpu.max`` ("QUOTA PERIOD" or "max PERIOD"), else v1's ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us``. The affinity mask does not show such a limit: a pod limited to 2 CPUs on a 64-core
+    node still sees 64 cores there."""
+    try:
+        text = (root / "cpu.max").read_text().split()
+        quota, period = (text[0], text[1]) if len(text) >= 2 else ("max", "1")
+    except (OSError, IndexError):
+        try:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        q, p = float(quota), float(period)
+    except ValueError:  # "max": no quota
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
 def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Cores this process may use: its affinity mask, capped by its cgroup's CPU quota (rounded up)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    limit = cgroup_cpu_limit()
+    return max(1, min(n, math.ceil(limit))) if limit is not None else n
 
 
 def _split_csv(value: Any) -> Any:

@@ -20,8 +20,10 @@ from test_service_common import (  # noqa: F401
     settings_for,
 )
 
+import service.settings as settings_module
 from service.app import create_app
 from service.cli import main as lgm_main
+from service.settings import ServeSettings, cgroup_cpu_limit
 
 GOOD = {"instances": [{"array": [[0.5] * 8] * 8}]}
 
@@ -341,7 +343,6 @@ def test_cors_off_by_default_and_on_when_configured(
 
 
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.settings import ServeSettings
 
     monkeypatch.setenv("LGM_API_KEYS", "a, b")
     monkeypatch.setenv("LGM_CORS_ORIGINS", "https://x.org")
@@ -351,6 +352,36 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.api_keys == ["a", "b"] and s.cors_origins == ["https://x.org"]
     assert s.max_batch_size == 7 and s.batching is False
     assert s.torch_threads() >= 1
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2.0),  # cgroup v2: a 2-CPU limit
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "max 100000\n"}, None),  # v2, no limit
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no limit
+        ({}, None),  # no cgroup files
+    ],
+)
+def test_cgroup_cpu_limit_reads_v1_and_v2(
+    tmp_path: Path, files: dict[str, str], expected: float | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_limit(tmp_path) == expected
+
+
+def test_automatic_worker_and_thread_counts_follow_the_cpu_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a pod limited to 1.5 CPUs on a node with many cores: 2 workers x 1 thread, not one per node core."""
+    monkeypatch.setattr(settings_module, "cgroup_cpu_limit", lambda: 1.5)
+    monkeypatch.setattr(settings_module.os, "sched_getaffinity", lambda _pid: set(range(64)), raising=False)
+    s = ServeSettings(workers=0, threads=0)
+    assert (s.server_workers(), s.torch_threads()) == (2, 1)
+    monkeypatch.setattr(settings_module, "cgroup_cpu_limit", lambda: None)
+    assert ServeSettings(workers=0, threads=0).server_workers() == 8
 
 
 # -- lgm serve start-up ------------------------------------------------------------------------------------------
