@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
 from collections.abc import Sequence
 
 from detector import cli as detector_cli
@@ -17,8 +18,16 @@ from service import score_cli, serve_cli
 from training import cli as training_cli
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (argparse prints the whole usage block first, which for
+    ``lgm train`` is twenty lines above the message that matters). Subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="lgm",
         description="Adversarial-example detection with L-GM networks (Wan et al., CVPR 2018).",
     )

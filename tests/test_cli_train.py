@@ -82,7 +82,9 @@ def test_argparse_errors_exit_2(args: list[str], expected: str, tmp_path: Path, 
         main(["train", "--out", str(tmp_path), *args])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and expected in err.strip().splitlines()[-1]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err  # no usage block above the message
+    assert lines[0].startswith("lgm train: error:") and expected in lines[0] and "lgm train --help" in lines[0]
 
 
 def test_plot_features_missing_artifact(tmp_path: Path, capsys) -> None:
