@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from detector.statistics import GROUPS, ScoreModel
 from detector.store import save_detector
 from detector.tails import TailModel
 from training.artifacts import load_artifact
+from training.configargs import check_options, option
 from training.data import Split, load_dataset
 from training.distributed import resolve_device
 from training.model import Classifier
@@ -53,44 +54,71 @@ FINITE = 1e30  # JSON has no infinities: thresholds are clipped to +-FINITE
 
 @dataclass
 class CalibrationConfig:
-    """What ``lgm calibrate`` can be told (see ``detector/cli.py`` for the flags' help)."""
+    """What ``lgm calibrate`` can be told: each field declares its flag, help, group, choices and bounds
+    (``training/configargs.py`` builds the command line from them)."""
 
-    mode: str = "clean"
-    target_fpr: float = 0.05
-    kind: str = "per_class"
-    rule: str = "fpr"
-    gaussians: str = "tied"
-    shrinkage: str = "ledoit_wolf"
-    statistics: list[str] = field(default_factory=lambda: list(GROUPS))
-    attacks: list[str] | None = None
-    budgets: dict[str, Any] | None = None
-    limit: int | None = None
-    device: str = "auto"
-    seed: int = 0
-    batch_size: int = 100
+    mode: str = option(
+        "clean",
+        "clean (thresholds from clean inputs only) | roc (a logistic combination fitted on attacks generated "
+        "on the calibration split)",
+        group="calibration",
+        choices=MODES,
+    )
+    target_fpr: float = option(
+        0.05, "false-positive rate on clean calibration inputs", group="calibration", gt=0, lt=1
+    )
+    kind: str = option(
+        "per_class",
+        "one threshold per predicted class, or one for all",
+        group="calibration",
+        choices=KINDS,
+        flag="--thresholds",
+        dashes=True,
+    )
+    rule: str = option(
+        "fpr",
+        "fpr (the ROC point at the target FPR) | youden (max TPR - FPR; roc mode)",
+        group="calibration",
+        choices=RULES,
+    )
+    gaussians: str = option(
+        "tied",
+        "the Gaussians scored: refitted to the training features and shrunk, tied across classes or "
+        "per-class, or the L-GM head's own",
+        group="calibration",
+        choices=GAUSSIAN_KINDS,
+        dashes=True,
+    )
+    shrinkage: str = option(
+        "ledoit_wolf",
+        "covariance shrinkage (sklearn.covariance)",
+        group="calibration",
+        choices=tuple(SHRINKAGE),
+        dashes=True,
+    )
+    statistics: list[str] = option(
+        list(GROUPS), "comma list of the statistics scored", group="calibration", choices=GROUPS
+    )
+    attacks: list[str] = option(
+        ["fgsm", "pgd"], "roc mode: attacks run on the calibration split", group="calibration"
+    )
+    limit: int | None = option(
+        None, "roc mode: attack at most N calibration inputs", group="calibration", ge=1
+    )
+    device: str = option("auto", "auto (CUDA when present) | cpu | cuda", group="run")
+    seed: int = option(0, "seed of the attacks' random starts", group="run")
+    batch_size: int = option(100, "inputs per attack batch", group="run", ge=1, le=100_000)
+    budgets: dict[str, Any] | None = None  # roc mode: attack budgets (``detector/budgets.py``'s flags)
     progress: bool = True
 
     def validate(self) -> None:
-        for name, value, allowed in (
-            ("--mode", self.mode, MODES),
-            ("--rule", self.rule, RULES),
-            ("--thresholds", self.kind, KINDS),
-            ("--gaussians", self.gaussians, GAUSSIAN_KINDS),
-            ("--shrinkage", self.shrinkage, tuple(SHRINKAGE)),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        bad = [s for s in self.statistics if s not in GROUPS]
-        if bad or not self.statistics:
-            raise ValueError(
-                f"--statistics must be a comma list of {', '.join(GROUPS)}, got {','.join(self.statistics)!r}"
-            )
-        if not 0.0 < self.target_fpr < 1.0:
-            raise ValueError(f"--target-fpr must be in (0, 1), got {self.target_fpr}")
+        check_options(self)
+        if not self.statistics:
+            raise ValueError(f"--statistics must name at least one of {', '.join(GROUPS)}")
+        if self.mode == "roc" and not self.attacks:
+            raise ValueError("--attacks must name at least one attack for --mode roc")
         if self.mode == "clean" and self.rule == "youden":
             raise ValueError("--rule youden needs adversarial examples: use it with --mode roc")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {self.limit}")
 
 
 def clean_quantiles(score: np.ndarray, pred: np.ndarray, num_classes: int) -> dict[str, Any]:
@@ -193,7 +221,7 @@ def attack_calibration_split(
     from detector.attacks import AttackTarget, DetectorObjective, parse_attack_list, run_attack
     from detector.budgets import resolve_budgets
 
-    names = parse_attack_list(cfg.attacks or ["fgsm", "pgd"])
+    names = parse_attack_list(cfg.attacks)
     b = resolve_budgets(dataset, cfg.budgets, tuple(x.shape[1:]))
     keep = torch.from_numpy(pred == y.numpy()).nonzero().squeeze(1)[: cfg.limit]
     xs, ys = x[keep], y[keep]
@@ -235,7 +263,7 @@ def calibrate(art_dir: str | Path, **options: Any) -> dict[str, Any]:
         from detector.attacks import parse_attack_list
         from detector.budgets import resolve_budgets
 
-        cfg.attacks = parse_attack_list(cfg.attacks or ["fgsm", "pgd"])
+        cfg.attacks = parse_attack_list(cfg.attacks)
         resolve_budgets(d["name"], cfg.budgets, tuple(int(v) for v in meta["arch"]["input_shape"]))
     ds = load_dataset(d["name"], d.get("root"), int(d.get("split_seed", 0)), d.get("image_size"))
     k = len(d["class_names"])
@@ -295,6 +323,7 @@ def calibrate(art_dir: str | Path, **options: Any) -> dict[str, Any]:
         figures["adversarial_tpr"] = float(np.mean(adv_score > deployed[adv_pred]))
         figures["auroc"] = roc.auroc(score, adv_score)
     figures["seconds"] = round(time.perf_counter() - t0, 3)
+    ignored = {"progress", "device"} | (set() if cfg.mode == "roc" else {"attacks", "limit", "budgets"})
     cal = dict(
         base,
         mode=cfg.mode,
@@ -307,7 +336,7 @@ def calibrate(art_dir: str | Path, **options: Any) -> dict[str, Any]:
         figures=figures,
         quantiles=clean_quantiles(score, pred, k),
         seed=cfg.seed,
-        config={k2: v for k2, v in asdict(cfg).items() if k2 not in ("progress", "device")},
+        config={k2: v for k2, v in asdict(cfg).items() if k2 not in ignored},
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     return save_detector(art, cal, sm)

@@ -32,6 +32,7 @@ from detector.budgets import Budgets, resolve_budgets
 from detector.metrics import DetectorScores, detector_metrics
 from detector.scoring import Detector, Scores
 from training.artifacts import load_meta
+from training.configargs import check_options, option
 from training.data import Dataset, load_dataset
 from training.distributed import DistInfo, barrier, init_distributed, resolve_device, shutdown
 
@@ -40,30 +41,51 @@ LGM = "lgm"
 
 @dataclass
 class EvalConfig:
+    """What ``lgm evaluate`` can be told: the artifact and report folder, then options that each declare their
+    flag, help, group and bounds (``training/configargs.py`` builds the command line from them)."""
+
     artifact: str
     out: str
-    attacks: list[str]
-    limit: int | None = None
-    budgets: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    batch_size: int = 100
-    device: str = "auto"
-    reuse: bool = False
-    maha_noise: float = 0.0
-    fit_attacks: list[str] = field(default_factory=lambda: list(FIT_ATTACKS))
-    n_boot: int = 1000
+    attacks: list[str] = option(
+        ["default"],
+        "comma list of fgsm,bim,pgd,pgdl2,cw,deepfool,apgd,apgd_dlr,square,adaptive,adaptive_multitarget,"
+        "adaptive_orthogonal,autoattack; 'default' = fgsm..adaptive; 'robust' = pgd,apgd,apgd_dlr,square and "
+        "the three adaptive attacks",
+        group="evaluation",
+    )
+    limit: int | None = option(
+        None, "evaluate the first N inputs of the shuffled test split", group="evaluation", ge=1
+    )
+    reuse: bool = option(
+        False, "re-score adversarial sets saved in OUT instead of re-attacking", group="evaluation"
+    )
+    fit_attacks: list[str] = option(
+        list(FIT_ATTACKS),
+        "attacks made on the calibration split to fit mahalanobis_full and lid ('' leaves those two out)",
+        group="evaluation",
+    )
+    maha_noise: float = option(
+        0.0, "one-layer Mahalanobis input pre-processing step (0: off)", group="evaluation", ge=0, le=1
+    )
+    n_boot: int = option(
+        1000,
+        "bootstrap replicates of the 95%% intervals",
+        group="evaluation",
+        flag="--bootstrap",
+        ge=10,
+        le=100_000,
+    )
+    seed: int = option(0, "seed of the input order and the attacks", group="run")
+    batch_size: int = option(
+        100, "inputs per attack chunk (also the sharding unit)", group="run", ge=1, le=100_000
+    )
+    device: str = option("auto", "auto (CUDA when present) | cpu | cuda", group="run")
+    budgets: dict[str, Any] = field(default_factory=dict)  # ``detector/budgets.py``'s flags
     quiet: bool = False
     command: str = ""
 
     def validate(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {self.limit}")
-        if not 1 <= self.batch_size <= 100_000:
-            raise ValueError(f"--batch-size must be in [1, 100000], got {self.batch_size}")
-        if not 0.0 <= self.maha_noise <= 1.0:
-            raise ValueError(f"--maha-noise must be in [0, 1], got {self.maha_noise}")
-        if not 10 <= self.n_boot <= 100_000:
-            raise ValueError(f"--bootstrap must be in [10, 100000], got {self.n_boot}")
+        check_options(self)
 
 
 # -- stage types ----------------------------------------------------------------------------------------------

@@ -84,7 +84,9 @@ def test_argparse_errors_exit_2(args: list[str], expected: str, tmp_path: Path, 
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err  # no usage block above the message
-    assert lines[0].startswith("lgm train: error:") and expected in lines[0] and "lgm train --help" in lines[0]
+    assert (
+        lines[0].startswith("lgm train: error:") and expected in lines[0] and "lgm train --help" in lines[0]
+    )
 
 
 def test_plot_features_missing_artifact(tmp_path: Path, capsys) -> None:

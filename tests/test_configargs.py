@@ -95,3 +95,28 @@ def test_train_config_is_fully_described() -> None:
     assert all(a.help for a in p._actions)
     assert LGM_KEYS[0] == "variance" and "lam" in LGM_KEYS and "epochs" not in LGM_KEYS
     assert from_args(TrainConfig, p.parse_args([])) == TrainConfig()
+
+
+@dataclass
+class ListOpts:
+    stats: list[str] = option(["a", "b_c"], "statistics", group="g", choices=("a", "b_c", "d"))
+    kind: str = option("per_class", "threshold kind", group="g", choices=("per_class", "global"), dashes=True)
+    none_yet: list[str] | None = option(None, "optional list", group="g")
+
+
+def test_comma_lists_and_dashed_spellings() -> None:
+    wide = lambda prog: argparse.ArgumentDefaultsHelpFormatter(prog, width=200)  # noqa: E731 - no wrapping
+    p = argparse.ArgumentParser(prog="t", formatter_class=wide)
+    add_arguments(p, ListOpts)
+    o = from_args(ListOpts, p.parse_args([]))
+    assert (o.stats, o.kind, o.none_yet) == (["a", "b_c"], "per_class", None)  # defaults as the field's
+    assert ListOpts().stats is not ListOpts().stats  # a list default is copied per instance
+    o = from_args(ListOpts, p.parse_args(["--stats", "d, a", "--kind", "global", "--none-yet", ""]))
+    assert (o.stats, o.kind, o.none_yet) == (["d", "a"], "global", [])
+    help_text = " ".join(p.format_help().split())
+    assert "(of per-class, global) (default: per-class)" in help_text  # spelt as typed
+    assert "(of a, b_c, d) (default: a,b_c)" in help_text
+    with pytest.raises(ValueError, match=r"^--kind must be one of per-class, global, got 'per-klass'$"):
+        check_options(from_args(ListOpts, p.parse_args(["--kind", "per-klass"])))
+    with pytest.raises(ValueError, match=r"^--stats must be a comma list of a, b_c, d, got 'a,x'$"):
+        check_options(from_args(ListOpts, p.parse_args(["--stats", "a,x"])))

@@ -281,6 +281,12 @@ def test_two_rank_torchrun_equals_one_rank(art, tmp_path):
         (["evaluate", "{art}", "--steps", "0", "--out", "{tmp}/r"], "--steps must be in [1, 10000]"),
         (["evaluate", "{art}", "--eps-l2", "-1", "--out", "{tmp}/r"], "--eps-l2 must be > 0"),
         (["calibrate", "{art}", "--target-fpr", "1.5"], "--target-fpr must be in (0, 1)"),
+        (["calibrate", "{art}", "--gaussians", "full"], "--gaussians must be one of tied, per-class, head"),
+        (["calibrate", "{art}", "--statistics", "likelihood,lid"], "--statistics must be a comma list of"),
+        (
+            ["evaluate", "{art}", "--bootstrap", "5", "--out", "{tmp}/r"],
+            "--bootstrap must be in [10, 100000]",
+        ),
         (["calibrate", "{art}", "--mode", "roc", "--attacks", "nope"], "unknown attack 'nope'"),
         (["calibrate", "{tmp}/missing"], "no such artifact folder"),
     ],

@@ -16,6 +16,11 @@ Two ways to default a flag:
   resolved later (per dataset, say). The help ends in ``(default: ...)`` from the field's default, or from
   ``option(..., default_help="0.3 for grey digits, 8/255 for colour")`` where the default depends on context.
 
+Two more kinds of field: ``list[str]`` is a comma list on the command line (``--statistics a,b``; an empty
+string is the empty list), each item checked against ``choices``; and ``option(..., dashes=True)`` lets a
+string option be spelt with dashes where its value has underscores (``--gaussians per-class`` ->
+``"per_class"``), which is how ``--help`` and the messages show it.
+
 Example::
 
     @dataclass
@@ -52,12 +57,14 @@ def option(
     lt: float | None = None,
     flag: str | None = None,
     default_help: str | None = None,
+    dashes: bool = False,
 ) -> Any:
     """A dataclass field with its command-line description.
 
     ``ge``/``gt``/``le``/``lt`` bound a number (checked when the value is not None); ``choices`` lists the
-    allowed strings; ``flag`` overrides the flag name; ``default_help`` replaces the default shown by
-    ``only_given`` parsers."""
+    allowed strings (of a string, or of each item of a list); ``flag`` overrides the flag name;
+    ``default_help`` replaces the default shown by ``only_given`` parsers; ``dashes`` spells the value with
+    dashes on the command line. A list default is copied for every instance."""
     meta = {
         "help": help,
         "group": group,
@@ -65,8 +72,32 @@ def option(
         "bounds": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None},
         "flag": flag,
         "default_help": default_help,
+        "dashes": dashes,
     }
+    if isinstance(default, list):
+        items = list(default)
+        return dataclasses.field(default_factory=lambda: list(items), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def comma_list(value: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``; ``""`` -> ``[]``."""
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _undash(value: str) -> str:
+    return value.replace("-", "_")
+
+
+def spelt(f: dataclasses.Field, value: Any) -> str:
+    """A value as the command line spells it: lists comma-joined, dashes where the option takes them."""
+    if isinstance(value, list):
+        return ",".join(spelt(f, v) for v in value)
+    return value.replace("_", "-") if f.metadata.get("dashes") and isinstance(value, str) else str(value)
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def flag_of(f: dataclasses.Field) -> str:
@@ -84,18 +115,25 @@ def names_in_group(cls: type, group: str) -> tuple[str, ...]:
 
 
 def field_kind(cls: type, name: str) -> type:
-    """bool, int, float or str: the field's resolved annotation with ``| None`` removed."""
+    """bool, int, float, str or list (of str): the field's resolved annotation with ``| None`` removed."""
     hint = typing.get_type_hints(cls)[name]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         hint = args[0] if len(args) == 1 else hint
+    if typing.get_origin(hint) is list and typing.get_args(hint) == (str,):
+        return list
     if hint not in _KINDS:
-        raise TypeError(f"{cls.__name__}.{name}: annotation {hint!r} is not one of bool, int, float, str")
+        raise TypeError(
+            f"{cls.__name__}.{name}: annotation {hint!r} is not one of bool, int, float, str, list[str]"
+        )
     return hint
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, *, only_given: bool = False) -> None:
-    """One argument group per ``group`` (in the order groups first appear), one flag per described field."""
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type, *, only_given: bool = False
+) -> dict[str, argparse._ArgumentGroup]:
+    """One argument group per ``group`` (in the order groups first appear), one flag per described field.
+    Returns the groups by name, for a caller that adds flags of its own to them."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in described_fields(cls):
         g = groups.get(f.metadata["group"])
@@ -103,15 +141,27 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, only_given: boo
             g = groups[f.metadata["group"]] = parser.add_argument_group(f.metadata["group"])
         kind = field_kind(cls, f.name)
         helptext = f.metadata["help"]
-        default: Any = f.default
+        default: Any = default_of(f)
+        choices = f.metadata["choices"]
+        if kind is list or f.metadata["dashes"]:
+            # argparse converts a string default with ``type`` too, so --help shows the spelling a user types
+            conv: Any = comma_list if kind is list else _undash
+            default = None if default is None else spelt(f, default)
+            if choices is not None:  # checked by check_options, which names them as they are spelt
+                helptext = f"{helptext} (of {', '.join(spelt(f, c) for c in choices)})"
+            choices = None
+        else:
+            conv = kind
         if only_given:
-            shown = f.metadata["default_help"] or repr(f.default)
+            spelt_default = conv is not kind  # a list or dashed value: shown as typed
+            shown = f.metadata["default_help"] or (default if spelt_default else repr(f.default))
             helptext, default = f"{helptext} (default: {shown})", argparse.SUPPRESS
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": helptext}
         if kind is bool:
             g.add_argument(flag_of(f), action=argparse.BooleanOptionalAction, **kwargs)
         else:
-            g.add_argument(flag_of(f), type=kind, choices=f.metadata["choices"], **kwargs)
+            g.add_argument(flag_of(f), type=conv, choices=choices, **kwargs)
+    return groups
 
 
 def given(cls: type, args: argparse.Namespace) -> dict[str, Any]:
@@ -162,8 +212,13 @@ def check_options(obj: Any) -> None:
         if value is None:
             continue
         choices = f.metadata["choices"]
-        if choices is not None and value not in choices:
-            raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+        if choices is not None and isinstance(value, list):
+            if any(v not in choices for v in value):
+                allowed = ", ".join(spelt(f, c) for c in choices)
+                raise ValueError(f"{flag} must be a comma list of {allowed}, got {spelt(f, value)!r}")
+        elif choices is not None and value not in choices:
+            allowed = ", ".join(spelt(f, c) for c in choices)
+            raise ValueError(f"{flag} must be one of {allowed}, got {spelt(f, value)!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{flag} must be a finite number, got {value}")
         bounds = f.metadata["bounds"]
