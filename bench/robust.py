@@ -13,7 +13,8 @@ from the same config, so the robust model's twin is adversarially trained too. P
 - sanity checks against gradient masking (Carlini et al. 2019; Tramer et al. 2020): white-box success rises with
   eps and reaches ~100% at eps >= 0.5, and the gradient-free Square attack does not beat the white-box ones.
 
-    .venv/bin/python bench/robust.py [--limit 500] [--sweep-limit 200] [--nproc 2] [--out reports/bench_robust]
+    .venv/bin/python bench/robust.py [--limit 500] [--sweep-limit 200] [--nproc 2] [--batch-size 50]
+                                     [--out reports/bench_robust]
 
 Target: detect-or-correct >= 93% for lgm at eps 0.3 on 500 inputs; clean accuracy >= 98% and clean test FPR
 <= 5% for the robust model.
@@ -114,6 +115,12 @@ def main() -> int:
         "--sweep-limit", type=int, default=200, help="inputs at eps 0.1 and 0.2, and per sanity eps"
     )
     ap.add_argument("--nproc", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=50,
+        help="attack chunk (the sharding unit): small enough that every rank gets an equal share",
+    )
     ap.add_argument("--out", default="reports/bench_robust")
     ap.add_argument("--fresh", action="store_true", help="re-run evaluations whose report exists")
     args = ap.parse_args()
@@ -122,6 +129,7 @@ def main() -> int:
     robust, quick, out = Path(args.robust), Path(args.quick), Path(args.out)
     ensure(robust, ROBUST_TRAIN)
     ensure(quick, None)
+    chunk = ["--batch-size", str(args.batch_size)]
     reps: dict[str, dict] = {}
     timing: dict[str, float] = {}
     plan = [
@@ -133,7 +141,7 @@ def main() -> int:
     for name, art, eps, limit in plan:
         t = time.perf_counter()
         reps[f"{name} {eps}"] = evaluate(
-            art, eps, limit, out / f"{name}_eps{eps}", "robust", args.nproc, [], args.fresh
+            art, eps, limit, out / f"{name}_eps{eps}", "robust", args.nproc, chunk, args.fresh
         )
         timing[f"{name} {eps}"] = time.perf_counter() - t
     sanity = {}
@@ -145,7 +153,7 @@ def main() -> int:
             out / f"sanity_eps{eps}",
             ",".join(WHITE_BOX),
             args.nproc,
-            ["--fit-attacks", ""],
+            ["--fit-attacks", "", *chunk],
             args.fresh,
         )
 
