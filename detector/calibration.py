@@ -218,10 +218,10 @@ def attack_calibration_split(
 ) -> dict[str, Any]:
     """Attack the correctly classified calibration inputs with each of ``cfg.attacks``; return the successful
     adversarials' statistics (pooled) and per-attack figures. ``adaptive`` aims at ``det``."""
-    from detector.attacks import AttackTarget, DetectorObjective, parse_attack_list, run_attack
+    from detector.attacks import AttackTarget, DetectorObjective, run_attack
     from detector.budgets import resolve_budgets
 
-    names = parse_attack_list(cfg.attacks)
+    names = cfg.attacks  # expanded by calibrate()
     b = resolve_budgets(dataset, cfg.budgets, tuple(x.shape[1:]))
     keep = torch.from_numpy(pred == y.numpy()).nonzero().squeeze(1)[: cfg.limit]
     xs, ys = x[keep], y[keep]

@@ -24,7 +24,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from detector.attacks import parse_attack_list
     from detector.evaluation import EvalConfig, evaluate
     from detector.report import table
 
@@ -38,7 +37,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         command=command
         or f"lgm evaluate {args.artifact} --attacks {','.join(args.attacks)} --out {args.out}",
     )
-    cfg.attacks = parse_attack_list(cfg.attacks)
     report = evaluate(cfg)
     if report is not None:
         print(table(report))

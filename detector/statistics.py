@@ -106,9 +106,8 @@ class ScoreModel:
     # -- combination -------------------------------------------------------------------------------------------
     def surprises(self, stats: torch.Tensor) -> torch.Tensor:
         """(N, m) statistics -> (N, m) surprises -log P_clean(S_i > s_i)."""
-        if (
-            self._stack is None or self._stack.tails is not self.tails
-        ):  # built once, rebuilt if tails are replaced
+        # built once; rebuilt if the tail models are replaced (calibration assigns them after construction)
+        if self._stack is None or self._stack.tails is not self.tails:
             self._stack = TailStack(self.tails)
         return self._stack.surprise(stats)
 

@@ -18,6 +18,8 @@ from pydantic import Field as _Field
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from training.configargs import comma_list
+
 
 def Field(*default: Any, group: str, flag: str | None = None, **kw: Any) -> Any:  # noqa: N802
     """A settings field in an ``lgm serve --help`` group (and, optionally, with its own flag name)."""
@@ -33,7 +35,7 @@ def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     try:
         text = (root / "cpu.max").read_text().split()
         quota, period = (text[0], text[1]) if len(text) >= 2 else ("max", "1")
-    except (OSError, IndexError):
+    except OSError:
         try:
             quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
             period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
@@ -54,9 +56,7 @@ def _cores() -> int:
 
 
 def _split_csv(value: Any) -> Any:
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return value
+    return comma_list(value) if isinstance(value, str) else value
 
 
 class ServeSettings(BaseSettings):
