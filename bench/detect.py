@@ -135,7 +135,7 @@ def main() -> int:
     run(cmd, env=env)
     t_end = time.perf_counter()
     report = json.loads((Path(args.out) / "report.json").read_text())
-    from detector.report import deployed_table, footnote, table
+    from detector.harness.report import deployed_table, footnote, table
 
     shown = " ".join(shlex.quote(c if not c.startswith(str(BIN)) else os.path.relpath(c, ROOT)) for c in cmd)
     print("\nAUROC [95% interval]\n")

@@ -25,9 +25,9 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector import roc  # noqa: E402
-from detector.attacks import ADAPTIVE  # noqa: E402
-from detector.bootstrap import paired_intervals  # noqa: E402
+from detector.harness import roc  # noqa: E402
+from detector.harness.attacks import ADAPTIVE  # noqa: E402
+from detector.harness.bootstrap import paired_intervals  # noqa: E402
 from detector.calibration import calibrate  # noqa: E402
 from detector.scoring import Detector  # noqa: E402
 from training.data import load_dataset  # noqa: E402

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detector import roc
+from detector.harness import roc
 from detector.gaussians import KINDS as GAUSSIAN_KINDS
 from detector.gaussians import SHRINKAGE, ClassGaussians
 from detector.layers import split_layers
@@ -108,7 +108,7 @@ class CalibrationConfig:
     device: str = option("auto", "auto (CUDA when present) | cpu | cuda", group="run")
     seed: int = option(0, "seed of the attacks' random starts", group="run")
     batch_size: int = option(100, "inputs per attack batch", group="run", ge=1, le=100_000)
-    budgets: dict[str, Any] | None = None  # roc mode: attack budgets (``detector/budgets.py``'s flags)
+    budgets: dict[str, Any] | None = None  # roc mode: attack budgets (``detector/harness/budgets.py``'s flags)
     progress: bool = True
 
     def validate(self) -> None:
@@ -218,8 +218,8 @@ def attack_calibration_split(
 ) -> dict[str, Any]:
     """Attack the correctly classified calibration inputs with each of ``cfg.attacks``; return the successful
     adversarials' statistics (pooled) and per-attack figures. ``adaptive`` aims at ``det``."""
-    from detector.attacks import AttackTarget, DetectorObjective, run_attack
-    from detector.budgets import resolve_budgets
+    from detector.harness.attacks import AttackTarget, DetectorObjective, run_attack
+    from detector.harness.budgets import resolve_budgets
 
     names = cfg.attacks  # expanded by calibrate()
     b = resolve_budgets(dataset, cfg.budgets, tuple(x.shape[1:]))
@@ -260,8 +260,8 @@ def calibrate(art_dir: str | Path, **options: Any) -> dict[str, Any]:
     lgm_head(model)
     d = meta["dataset"]
     if cfg.mode == "roc":  # fail on a bad attack list or budget before any work
-        from detector.attacks import parse_attack_list
-        from detector.budgets import resolve_budgets
+        from detector.harness.attacks import parse_attack_list
+        from detector.harness.budgets import resolve_budgets
 
         cfg.attacks = parse_attack_list(cfg.attacks)
         resolve_budgets(d["name"], cfg.budgets, tuple(int(v) for v in meta["arch"]["input_shape"]))

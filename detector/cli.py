@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from detector.budgets import add_budget_args, budgets_from_args
+from detector.harness.budgets import add_budget_args, budgets_from_args
 from training.configargs import add_arguments, given
 
 
@@ -24,8 +24,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from detector.evaluation import EvalConfig, evaluate
-    from detector.report import table
+    from detector.harness.evaluation import EvalConfig, evaluate
+    from detector.harness.report import table
 
     command = " ".join(shlex.quote(a) for a in ["lgm", *sys.argv[1:]]) if sys.argv[0].endswith("lgm") else ""
     cfg = EvalConfig(
@@ -48,7 +48,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from detector.calibration import CalibrationConfig
-    from detector.evaluation import EvalConfig
+    from detector.harness.evaluation import EvalConfig
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser(

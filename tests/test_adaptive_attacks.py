@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from detector import Detector
-from detector.attacks import ADAPTIVE, AttackTarget, DetectorObjective, run_attack
-from detector.attacks.adaptive import adaptive, adaptive_multitarget, cls_hinge
-from detector.budgets import Budgets
+from detector.harness.attacks import ADAPTIVE, AttackTarget, DetectorObjective, run_attack
+from detector.harness.attacks.adaptive import adaptive, adaptive_multitarget, cls_hinge
+from detector.harness.budgets import Budgets
 from detector.calibration import calibrate
 from training.data import load_digits
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from detector import Detector, NotCalibratedError
 from detector.calibration import calibrate
-from detector.evaluation import EvalConfig, evaluate
+from detector.harness.evaluation import EvalConfig, evaluate
 from training.artifacts import ArtifactError
 from training.data import load_digits, stratified_split
 from training.trainer import train
@@ -205,7 +205,7 @@ def test_adaptive_attack_defeats_each_detector_it_follows_more_than_pgd(report, 
 
 def test_reuse_rescores_without_attacking(art, report, monkeypatch):
     rep, out = report
-    import detector.evaluation as ev
+    import detector.harness.evaluation as ev
 
     def boom(*a, **k):
         raise AssertionError("attacked again")

@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from detector.baselines.kd import log_kd
-from detector.baselines.lid import mle_lid
-from detector.bootstrap import paired_intervals, weighted_auroc, weighted_tpr_at_fpr
+from detector.harness.baselines.kd import log_kd
+from detector.harness.baselines.lid import mle_lid
+from detector.harness.bootstrap import paired_intervals, weighted_auroc, weighted_tpr_at_fpr
 from detector.calibration import select_thresholds
 from detector.gaussians import ClassGaussians
 from detector.statistics import ScoreModel
@@ -153,7 +153,7 @@ def test_log_kd_matches_the_formula():
 def test_weighted_statistics_equal_resampled_arrays_and_sklearn():
     from sklearn.metrics import roc_auc_score
 
-    from detector import roc
+    from detector.harness import roc
 
     rng = np.random.default_rng(6)
     neg, pos = np.round(rng.normal(0, 1, 60), 1), np.round(rng.normal(1, 1, 40), 1)
@@ -170,7 +170,7 @@ def test_weighted_statistics_equal_resampled_arrays_and_sklearn():
 
 
 def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_samples():
-    from detector import roc
+    from detector.harness import roc
 
     rng = np.random.default_rng(7)
     widths = []

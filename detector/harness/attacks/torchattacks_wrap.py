@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from detector.attacks.base import AttackTarget, Float64Logits
-from detector.budgets import Budgets
+from detector.harness.attacks.base import AttackTarget, Float64Logits
+from detector.harness.budgets import Budgets
 
 
 def _ta():

@@ -20,8 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from detector.attacks import AttackTarget, run_attack
-from detector.budgets import Budgets
+from detector.harness.attacks import AttackTarget, run_attack
+from detector.harness.budgets import Budgets
 from training.distributed import DistInfo
 
 

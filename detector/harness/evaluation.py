@@ -9,9 +9,9 @@ Protocol (Carlini & Wagner 2017; Tramer et al. 2020), in named stages:
 4. ``attack``: each attack runs white-box against each detector's own network (``lgm`` on the L-GM model, the
    baselines on the twin) with the same budget and seed; adaptive attacks get the deployed detectors' objective.
 5. ``score``: negatives are the attacked clean inputs, positives the successful adversarials; thresholds come
-   from the calibration split; figures come from the test split only (``detector/metrics.py``).
-6. ``report``: report.json, report.md and figures (``detector/report.py``).
-Attack chunks are spread over torchrun ranks (``detector/adversarial.py``); rank 0 scores and reports.
+   from the calibration split; figures come from the test split only (``detector/harness/metrics.py``).
+6. ``report``: report.json, report.md and figures (``detector/harness/report.py``).
+Attack chunks are spread over torchrun ranks (``detector/harness/adversarial.py``); rank 0 scores and reports.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from detector.adversarial import AdversarialSet, load_agreed, save_set, set_metadata, sharded_attack
-from detector.attacks import ADAPTIVE, AttackTarget, DetectorObjective, TwinObjective, parse_attack_list
-from detector.baselines import ADAPTIVE_BASELINES, FIT_ATTACKS, Baselines, fit_baselines, load_twin
-from detector.budgets import Budgets, resolve_budgets
-from detector.metrics import DetectorScores, detector_metrics
+from detector.harness.adversarial import AdversarialSet, load_agreed, save_set, set_metadata, sharded_attack
+from detector.harness.attacks import ADAPTIVE, AttackTarget, DetectorObjective, TwinObjective, parse_attack_list
+from detector.harness.baselines import ADAPTIVE_BASELINES, FIT_ATTACKS, Baselines, fit_baselines, load_twin
+from detector.harness.budgets import Budgets, resolve_budgets
+from detector.harness.metrics import DetectorScores, detector_metrics
 from detector.scoring import Detector, Scores
 from training.artifacts import load_meta
 from training.configargs import check_options, option
@@ -80,7 +80,7 @@ class EvalConfig:
         100, "inputs per attack chunk (also the sharding unit)", group="run", ge=1, le=100_000
     )
     device: str = option("auto", "auto (CUDA when present) | cpu | cuda", group="run")
-    budgets: dict[str, Any] = field(default_factory=dict)  # ``detector/budgets.py``'s flags
+    budgets: dict[str, Any] = field(default_factory=dict)  # ``detector/harness/budgets.py``'s flags
     quiet: bool = False
     command: str = ""
 
@@ -119,7 +119,7 @@ def prepare(cfg: EvalConfig, device: torch.device, info: DistInfo) -> Context:
     """Load the detector and dataset; train the softmax twin first if it is missing (rank 0, others wait)."""
     det = Detector.load(cfg.artifact, device)
     if info.is_main:
-        from detector.baselines import twin_dir, twin_ready
+        from detector.harness.baselines import twin_dir, twin_ready
 
         if not twin_ready(cfg.artifact, det.meta) and not cfg.quiet:
             print(f"training the softmax twin into {twin_dir(cfg.artifact)} (once)", flush=True)
@@ -281,7 +281,7 @@ def statistics_auroc(
     inputs: TestInputs, s_adv: Scores, success: np.ndarray, names: list[str]
 ) -> dict[str, Any]:
     """AUROC of each of the L-GM detector's statistics on its own (surprises; clean vs successful)."""
-    from detector import roc
+    from detector.harness import roc
 
     if not success.any():
         return {}
@@ -332,7 +332,7 @@ def run_stages(
             results[name] = (adv, score(adv, ctx, base, inputs))
     if not info.is_main:
         return None
-    from detector.report import build_report, write_report
+    from detector.harness.report import build_report, write_report
 
     timing = {
         "baseline_fit_seconds": fit_seconds,

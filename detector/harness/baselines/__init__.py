@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from detector import roc
-from detector.baselines.kd import KernelDensity, log_kd
-from detector.baselines.lid import LID
-from detector.baselines.mahalanobis import MahalanobisFull, squared_mahalanobis, tied_statistics
-from detector.baselines.twin import ensure_twin, twin_dir, twin_ready
+from detector.harness import roc
+from detector.harness.baselines.kd import KernelDensity, log_kd
+from detector.harness.baselines.lid import LID
+from detector.harness.baselines.mahalanobis import MahalanobisFull, squared_mahalanobis, tied_statistics
+from detector.harness.baselines.twin import ensure_twin, twin_dir, twin_ready
 from training.artifacts import load_artifact
 from training.data import Dataset
 from training.model import Classifier, split_features

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from detector.attacks import ADAPTIVE
-from detector.baselines import ADAPTIVE_BASELINES
-from detector.metrics import detector_metrics, per_input_worst, worst_case
+from detector.harness.attacks import ADAPTIVE
+from detector.harness.baselines import ADAPTIVE_BASELINES
+from detector.harness.metrics import detector_metrics, per_input_worst, worst_case
 from training.artifacts import atomic_write_bytes, atomic_write_json
 
 DETECTORS = ("lgm", "msp", "mahalanobis", "mahalanobis_full", "lid", "kd")  # the report's columns, in order
@@ -144,9 +144,9 @@ def masking_check(attacks: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def build_report(cfg, ctx, base, inputs, budgets, results, timing, info, device) -> dict[str, Any]:
-    """report.json's dict from the evaluation's stages (see ``detector/evaluation.py``)."""
-    from detector.baselines import describe, seen_attacks
-    from detector.evaluation import statistics_auroc
+    """report.json's dict from the evaluation's stages (see ``detector/harness/evaluation.py``)."""
+    from detector.harness.baselines import describe, seen_attacks
+    from detector.harness.evaluation import statistics_auroc
 
     cal = ctx.det.calibration
     lgm_seen = list(cal.get("attacks") or [])
@@ -307,7 +307,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], out_dir: Path, results: dict[str, Any], inputs) -> None:
-    from detector.plots import plot_histograms, plot_rocs
+    from detector.harness.plots import plot_histograms, plot_rocs
 
     keep = inputs.correct.numpy()
     hist, rocs = {}, {}

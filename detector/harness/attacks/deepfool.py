@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from detector.attacks.base import AttackTarget
-from detector.budgets import Budgets
+from detector.harness.attacks.base import AttackTarget
+from detector.harness.budgets import Budgets
 
 
 def deepfool(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, b: Budgets, seed: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from detector import roc
+from detector.harness import roc
 
 COLOURS = {
     "lgm": "tab:blue",

@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from detector.attacks.base import AttackTarget, project_linf
-from detector.budgets import Budgets
+from detector.harness.attacks.base import AttackTarget, project_linf
+from detector.harness.budgets import Budgets
 from training.model import Classifier
 
 if TYPE_CHECKING:
-    from detector.baselines import Baselines
+    from detector.harness.baselines import Baselines
     from detector.scoring import Detector
 
 

@@ -4,7 +4,7 @@ For N attacked inputs (clean inputs both networks classify correctly), a detecto
 (negatives) and adversarial scores and flags, and each attack either succeeded (prediction != label) or not:
 
 - ``auroc``, ``tpr_at_5fpr``: clean attacked inputs against the *successful* adversarials, with 95% paired
-  bootstrap intervals (``detector/bootstrap.py``);
+  bootstrap intervals (``detector/harness/bootstrap.py``);
 - ``detection_accuracy``, ``tpr_at_threshold``, ``fpr_at_threshold``: at the deployed threshold;
 - ``fooled_and_undetected``: share of attacked inputs misclassified and not flagged;
 - ``detect_or_correct`` = 1 - fooled_and_undetected: share of attacked inputs that, after the attack, are still
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from detector import roc
-from detector.bootstrap import paired_intervals
+from detector.harness import roc
+from detector.harness.bootstrap import paired_intervals
 
 REPORT_FPR = 0.05
 WORST = (

@@ -79,7 +79,7 @@ class LID:
         return torch.stack(per_batch).mean(0).numpy()
 
     def fit(self, model: Classifier, clean: torch.Tensor, adversarial: torch.Tensor, seed: int = 0) -> LID:
-        from detector.baselines.mahalanobis import logistic_regression, quiet_fit
+        from detector.harness.baselines.mahalanobis import logistic_regression, quiet_fit
 
         xs = np.concatenate([self.features(model, clean), self.features(model, adversarial)])
         ys = np.concatenate([np.zeros(len(clean)), np.ones(len(adversarial))])

@@ -11,18 +11,18 @@ from collections.abc import Callable
 
 import torch
 
-from detector.attacks import torchattacks_wrap as _ta
-from detector.attacks.adaptive import (
+from detector.harness.attacks import torchattacks_wrap as _ta
+from detector.harness.attacks.adaptive import (
     DetectorObjective,
     TwinObjective,
     adaptive,
     adaptive_multitarget,
     adaptive_orthogonal,
 )
-from detector.attacks.base import AttackTarget
-from detector.attacks.cw import cw
-from detector.attacks.deepfool import deepfool
-from detector.budgets import Budgets
+from detector.harness.attacks.base import AttackTarget
+from detector.harness.attacks.cw import cw
+from detector.harness.attacks.deepfool import deepfool
+from detector.harness.budgets import Budgets
 
 AttackFn = Callable[[AttackTarget, torch.Tensor, torch.Tensor, Budgets, int], torch.Tensor]
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from detector.attacks.base import AttackTarget
-from detector.budgets import Budgets
+from detector.harness.attacks.base import AttackTarget
+from detector.harness.budgets import Budgets
 
 
 def _margin(logits: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Tensor:
