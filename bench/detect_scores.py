@@ -25,10 +25,11 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from detector.calibration import calibrate  # noqa: E402
 from detector.harness import roc  # noqa: E402
 from detector.harness.attacks import ADAPTIVE  # noqa: E402
 from detector.harness.bootstrap import paired_intervals  # noqa: E402
-from detector.calibration import calibrate  # noqa: E402
+from detector.harness.calibration_roc import calibrate_roc  # noqa: E402
 from detector.scoring import Detector  # noqa: E402
 from training.data import load_dataset  # noqa: E402
 
@@ -86,7 +87,8 @@ def main() -> int:
             art.mkdir()
             for f in ("model.json", "model.safetensors"):
                 shutil.copy(src / f, art / f)
-            cal = calibrate(art, device="cpu", progress=False, **opts)
+            run = calibrate_roc if opts.get("mode") == "roc" else calibrate
+            cal = run(art, device="cpu", progress=False, **opts)
             seen = set(cal.get("attacks") or [])
             det = Detector.load(art, "cpu")
             neg = det.score(x_clean)

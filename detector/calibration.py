@@ -10,27 +10,26 @@ Protocol (Carlini & Wagner 2017; Tramer et al. 2020): each stage has its own dat
 3. Every reported figure comes from the test split (``lgm evaluate``).
 
 Modes:
-- ``clean`` (default): the score is the largest surprise over the statistics and its threshold comes from clean
-  inputs only. No attack is generated or fitted, so the deployed rule holds its clean FPR whatever the attack.
-- ``roc``: attacks are generated on the calibration split (correctly classified inputs only; positives are the
-  successful adversarials; ``adaptive`` aims at the clean-mode detector), a logistic regression over the
-  statistics' surprises is fitted on clean versus adversarial calibration inputs (as Lee et al. 2018 combine
-  their layers), and the threshold is picked on its calibration ROC at the target FPR or at Youden's J.
+- ``clean`` (default, this module): the score is the largest surprise over the statistics and its threshold
+  comes from clean inputs only. No attack is generated or fitted, so the deployed rule holds its clean FPR
+  whatever the attack.
+- ``roc``: a logistic combination fitted on attacks generated on the calibration split. It needs the attacks, so
+  it belongs to the evaluation harness (``detector/harness/calibration_roc.py``); it starts from ``fit_clean``
+  and ends in ``finish`` here, and ``lgm calibrate --mode roc`` runs it.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from detector.harness import roc
 from detector.gaussians import KINDS as GAUSSIAN_KINDS
 from detector.gaussians import SHRINKAGE, ClassGaussians
 from detector.layers import split_layers
@@ -108,7 +107,9 @@ class CalibrationConfig:
     device: str = option("auto", "auto (CUDA when present) | cpu | cuda", group="run")
     seed: int = option(0, "seed of the attacks' random starts", group="run")
     batch_size: int = option(100, "inputs per attack batch", group="run", ge=1, le=100_000)
-    budgets: dict[str, Any] | None = None  # roc mode: attack budgets (``detector/harness/budgets.py``'s flags)
+    budgets: dict[str, Any] | None = (
+        None  # roc mode: attack budgets (``detector/harness/budgets.py``'s flags)
+    )
     progress: bool = True
 
     def validate(self) -> None:
@@ -137,13 +138,22 @@ def clean_quantiles(score: np.ndarray, pred: np.ndarray, num_classes: int) -> di
     }
 
 
-def _pick(neg: np.ndarray, pos: np.ndarray | None, rule: str, target_fpr: float) -> float:
-    """A score threshold T (flag when score > T) from clean and adversarial scores."""
-    if rule == "youden" and pos is not None and len(pos):
-        t = roc.youden_threshold(neg, pos)
-    else:
-        t = roc.threshold_at_fpr(neg, target_fpr)
-    return float(np.clip(t, -FINITE, FINITE))
+def threshold_at_fpr(neg, target_fpr: float) -> float:
+    """Lowest t with mean(neg > t) <= target_fpr (flag when score > t). Only negatives matter: positives move
+    TPR, never FPR."""
+    neg = np.sort(np.asarray(neg, dtype=np.float64).reshape(-1))[::-1]  # descending
+    if len(neg) == 0:
+        raise ValueError("no negative (clean) scores to set a threshold on")
+    if not 0.0 <= target_fpr <= 1.0:
+        raise ValueError(f"target FPR must be in [0, 1], got {target_fpr}")
+    k = int(np.floor(target_fpr * len(neg) + 1e-9))  # at most k negatives may lie above t
+    if k >= len(neg):
+        return -np.inf
+    return float(neg[k])  # neg[0..k-1] > t (ties with neg[k] are not flagged)
+
+
+# A threshold from clean and adversarial scores (roc mode's rules); None falls back to the target-FPR quantile.
+Picker = Callable[[np.ndarray, np.ndarray], float]
 
 
 def select_thresholds(
@@ -151,20 +161,27 @@ def select_thresholds(
     clean_pred: np.ndarray,
     num_classes: int,
     target_fpr: float,
-    rule: str = "fpr",
     adv: np.ndarray | None = None,
     adv_pred: np.ndarray | None = None,
+    pick: Picker | None = None,
 ) -> tuple[float, list[float]]:
-    """Global score threshold and one per predicted class (the global one for classes with few inputs)."""
-    glob = _pick(clean, adv, rule, target_fpr)
+    """Global score threshold and one per predicted class (the global one for classes with few inputs): the
+    target-FPR quantile of the clean scores, or ``pick(clean, adv)`` where a picker and adversarials are given."""
+
+    def one(neg: np.ndarray, pos: np.ndarray | None) -> float:
+        use_pick = pick is not None and pos is not None and len(pos) > 0
+        t = pick(neg, pos) if use_pick else threshold_at_fpr(neg, target_fpr)  # type: ignore[misc, arg-type]
+        return float(np.clip(t, -FINITE, FINITE))
+
+    glob = one(clean, adv)
     per: list[float] = []
     for k in range(num_classes):
         neg = clean[clean_pred == k]
         pos = adv[adv_pred == k] if adv is not None and adv_pred is not None else None
         enough = len(neg) >= MIN_PER_CLASS and (
-            rule != "youden" or (pos is not None and len(pos) >= MIN_PER_CLASS)
+            pick is None or (pos is not None and len(pos) >= MIN_PER_CLASS)
         )
-        per.append(_pick(neg, pos, rule, target_fpr) if enough else glob)
+        per.append(one(neg, pos) if enough else glob)
     return glob, per
 
 
@@ -202,144 +219,124 @@ def surprises_of(sm: ScoreModel, stats: np.ndarray) -> np.ndarray:
     return sm.surprises(torch.from_numpy(stats)).numpy()
 
 
-def fit_logistic(clean: np.ndarray, adv: np.ndarray) -> tuple[list[float], float]:
-    """Weights and bias of a logistic regression of adversarial (1) against clean (0) surprises, classes
-    balanced (sklearn ``LogisticRegression``)."""
-    from sklearn.linear_model import LogisticRegression
+@dataclass
+class CleanFit:
+    """What every calibration mode starts from: the model, its score model with the clean tail models fitted,
+    and the calibration split's predictions and surprises."""
 
-    xs = np.concatenate([clean, adv])
-    ys = np.concatenate([np.zeros(len(clean)), np.ones(len(adv))])
-    lr = LogisticRegression(class_weight="balanced", max_iter=5000).fit(xs, ys)
-    return [float(w) for w in lr.coef_[0]], float(lr.intercept_[0])
+    cfg: CalibrationConfig
+    art: Path
+    model: Classifier
+    meta: dict[str, Any]
+    device: torch.device
+    score_model: ScoreModel
+    x: torch.Tensor  # (N, C, H, W) calibration images in [0, 1]
+    y: torch.Tensor  # (N,)
+    pred: np.ndarray  # (N,)
+    surprises: np.ndarray  # (N, m) each statistic's surprise on the clean calibration inputs
+    t0: float
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.meta["dataset"]["class_names"])
+
+    def record(self) -> dict[str, Any]:
+        """The part of detector.json every mode shares."""
+        return {
+            "format_version": 2,
+            "model_sha256": self.meta["weights_sha256"],
+            "dataset": self.meta["dataset"]["name"],
+            "split": "calibration",
+            "target_fpr": self.cfg.target_fpr,
+            "threshold_units": THRESHOLD_UNITS,
+            "score": {"gaussians": self.cfg.gaussians, "shrinkage": self.cfg.shrinkage},
+        }
+
+    def clean_detector(self) -> Detector:
+        """The clean-mode detector of this fit (what roc mode's adaptive attack aims at), not saved."""
+        score = self.surprises.max(1)
+        glob, per = select_thresholds(score, self.pred, self.num_classes, self.cfg.target_fpr)
+        cal = dict(
+            self.record(),
+            mode="clean",
+            rule="fpr",
+            threshold_kind=self.cfg.kind,
+            global_threshold=glob,
+            class_thresholds=per,
+            quantiles=clean_quantiles(score, self.pred, self.num_classes),
+        )
+        return Detector(self.model, self.meta, cal, self.score_model, self.device)
 
 
-def attack_calibration_split(
-    det: Detector, dataset: str, x: torch.Tensor, y: torch.Tensor, pred: np.ndarray, cfg: CalibrationConfig
-) -> dict[str, Any]:
-    """Attack the correctly classified calibration inputs with each of ``cfg.attacks``; return the successful
-    adversarials' statistics (pooled) and per-attack figures. ``adaptive`` aims at ``det``."""
-    from detector.harness.attacks import AttackTarget, DetectorObjective, run_attack
-    from detector.harness.budgets import resolve_budgets
-
-    names = cfg.attacks  # expanded by calibrate()
-    b = resolve_budgets(dataset, cfg.budgets, tuple(x.shape[1:]))
-    keep = torch.from_numpy(pred == y.numpy()).nonzero().squeeze(1)[: cfg.limit]
-    xs, ys = x[keep], y[keep]
-    target = AttackTarget("lgm", det.model, DetectorObjective(det, b.adaptive_margin))
-    stats, preds, figures = [], [], {}
-    for name in names:
-        parts = []
-        chunks = range(0, len(xs), cfg.batch_size)
-        for i in tqdm(chunks, desc=f"calibrate {name}", disable=not cfg.progress, leave=False, unit="batch"):
-            xb, yb = xs[i : i + cfg.batch_size].to(det.device), ys[i : i + cfg.batch_size].to(det.device)
-            parts.append(run_attack(name, target, xb, yb, b, cfg.seed * 1_000_003 + i).cpu())
-        s = statistics_of(det.model, det.score_model, torch.cat(parts) if parts else xs[:0])
-        ok = s["pred"] != ys.numpy()
-        stats.append(s["stats"][ok])
-        preds.append(s["pred"][ok])
-        figures[name] = {"n_attacked": len(ys), "n_success": int(ok.sum()), "success_rate": float(ok.mean())}
-    return {
-        "stats": np.concatenate(stats),
-        "pred": np.concatenate(preds),
-        "per_attack": stats,
-        "attacks": names,
-        "budgets": {n: b.for_attack(n) for n in names},
-        "figures": figures,
-    }
-
-
-def calibrate(art_dir: str | Path, **options: Any) -> dict[str, Any]:
-    """Calibrate the artifact in ``art_dir`` (options: the fields of CalibrationConfig) and write detector.json
-    and detector.safetensors atomically. Returns detector.json's dict."""
-    cfg = CalibrationConfig(**options)
-    cfg.validate()
+def fit_clean(art_dir: str | Path, cfg: CalibrationConfig) -> CleanFit:
+    """Stages 1 and 2 on clean inputs: Gaussians on the training split, tail models on the calibration split."""
     t0 = time.perf_counter()
     art = Path(art_dir)
     dev = resolve_device(cfg.device)
     model, meta = load_artifact(art, dev)
     lgm_head(model)
     d = meta["dataset"]
-    if cfg.mode == "roc":  # fail on a bad attack list or budget before any work
-        from detector.harness.attacks import parse_attack_list
-        from detector.harness.budgets import resolve_budgets
-
-        cfg.attacks = parse_attack_list(cfg.attacks)
-        resolve_budgets(d["name"], cfg.budgets, tuple(int(v) for v in meta["arch"]["input_shape"]))
     ds = load_dataset(d["name"], d.get("root"), int(d.get("split_seed", 0)), d.get("image_size"))
-    k = len(d["class_names"])
     sm = fit_gaussians(model, ds.train, cfg)
     x, y = ds.calibration.float(), ds.calibration.y
     clean = statistics_of(model, sm, x)
-    pred = clean["pred"]
     sm.tails = [TailModel.fit(clean["stats"][:, i]) for i in range(clean["stats"].shape[1])]
-    s_clean = surprises_of(sm, clean["stats"])
-    score = s_clean.max(1)
-    figures: dict[str, Any] = {"n": len(y), "accuracy": float((pred == y.numpy()).mean())}
-    base = {
-        "format_version": 2,
-        "model_sha256": meta["weights_sha256"],
-        "dataset": d["name"],
-        "split": "calibration",
-        "target_fpr": cfg.target_fpr,
-        "threshold_units": THRESHOLD_UNITS,
-        "score": {"gaussians": cfg.gaussians, "shrinkage": cfg.shrinkage},
-    }
-    adv_score = adv_pred = None
-    used: list[str] = []
-    budgets_used: dict[str, Any] = {}
-    if cfg.mode == "roc":
-        glob0, per0 = select_thresholds(score, pred, k, cfg.target_fpr)
-        cal0 = dict(
-            base,
-            mode="clean",
-            rule="fpr",
-            threshold_kind=cfg.kind,
-            global_threshold=glob0,
-            class_thresholds=per0,
-            quantiles=clean_quantiles(score, pred, k),
-        )
-        det0 = Detector(model, meta, cal0, sm, dev)
-        adv = attack_calibration_split(det0, d["name"], x, y, pred, cfg)
-        used, budgets_used, figures["attacks"] = adv["attacks"], adv["budgets"], adv["figures"]
-        s_adv = surprises_of(sm, adv["stats"])
-        if len(s_adv) == 0:
-            raise ValueError("no attack succeeded on the calibration split: nothing to fit roc mode on")
-        sm.combine = "logistic"
-        sm.weights, sm.bias = fit_logistic(s_clean, s_adv)
-        score = s_clean @ np.asarray(sm.weights) + sm.bias
-        adv_score, adv_pred = s_adv @ np.asarray(sm.weights) + sm.bias, adv["pred"]
-        for name, st in zip(used, adv["per_attack"], strict=True):
-            a = surprises_of(sm, st) @ np.asarray(sm.weights) + sm.bias if len(st) else np.zeros(0)
-            figures["attacks"][name]["auroc"] = roc.auroc(score, a) if len(a) else None
-    glob, per = select_thresholds(score, pred, k, cfg.target_fpr, cfg.rule, adv_score, adv_pred)
+    return CleanFit(cfg, art, model, meta, dev, sm, x, y, clean["pred"], surprises_of(sm, clean["stats"]), t0)
+
+
+def finish(
+    fit: CleanFit,
+    score: np.ndarray,
+    thresholds: tuple[float, list[float]],
+    figures: dict[str, Any] | None = None,
+    attacks: list[str] | None = None,
+    budgets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write detector.json and detector.safetensors atomically for clean calibration ``score`` (N,) and the
+    chosen (global, per-class) thresholds; returns detector.json's dict."""
+    cfg, sm, pred, k = fit.cfg, fit.score_model, fit.pred, fit.num_classes
+    glob, per = thresholds
     deployed = deployed_thresholds(cfg.kind, per, glob)
+    figures = {"n": len(fit.y), "accuracy": float((pred == fit.y.numpy()).mean()), **(figures or {})}
     figures["clean_fpr"] = float(np.mean(score > deployed[pred]))
     figures["clean_fpr_by_statistic"] = (
-        {n: float(np.mean(s_clean[:, i] > deployed[pred])) for i, n in enumerate(sm.names)}
+        {n: float(np.mean(fit.surprises[:, i] > deployed[pred])) for i, n in enumerate(sm.names)}
         if sm.combine == "max"
         else None
     )
-    if adv_score is not None:
-        figures["adversarial_tpr"] = float(np.mean(adv_score > deployed[adv_pred]))
-        figures["auroc"] = roc.auroc(score, adv_score)
-    figures["seconds"] = round(time.perf_counter() - t0, 3)
+    figures["seconds"] = round(time.perf_counter() - fit.t0, 3)
     ignored = {"progress", "device"} | (set() if cfg.mode == "roc" else {"attacks", "limit", "budgets"})
     cal = dict(
-        base,
+        fit.record(),
         mode=cfg.mode,
         rule=cfg.rule,
         threshold_kind=cfg.kind,
         global_threshold=glob,
         class_thresholds=per,
-        attacks=used,
-        budgets=budgets_used,
+        attacks=list(attacks or []),
+        budgets=dict(budgets or {}),
         figures=figures,
         quantiles=clean_quantiles(score, pred, k),
         seed=cfg.seed,
         config={k2: v for k2, v in asdict(cfg).items() if k2 not in ignored},
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    return save_detector(art, cal, sm)
+    return save_detector(fit.art, cal, sm)
+
+
+def calibrate(art_dir: str | Path, **options: Any) -> dict[str, Any]:
+    """Calibrate the artifact in ``art_dir`` in clean mode (options: the fields of CalibrationConfig) and write
+    detector.json and detector.safetensors atomically. Returns detector.json's dict. Roc mode is
+    ``detector.harness.calibration_roc.calibrate_roc``."""
+    cfg = CalibrationConfig(**options)
+    cfg.validate()
+    if cfg.mode != "clean":
+        raise ValueError(
+            "calibrate() fits clean mode; --mode roc needs attacks: detector.harness.calibration_roc.calibrate_roc"
+        )
+    fit = fit_clean(art_dir, cfg)
+    score = fit.surprises.max(1)
+    return finish(fit, score, select_thresholds(score, fit.pred, fit.num_classes, cfg.target_fpr))
 
 
 def summary_line(art_dir: str | Path, cal: dict[str, Any]) -> str:

@@ -17,8 +17,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     options = given(CalibrationConfig, args)
     if options.get("mode") == "roc":
+        from detector.harness.calibration_roc import calibrate_roc
+
         options["budgets"] = budgets_from_args(args)
-    cal = calibrate(args.artifact, **options, progress=not args.quiet)
+        cal = calibrate_roc(args.artifact, **options, progress=not args.quiet)
+    else:
+        cal = calibrate(args.artifact, **options, progress=not args.quiet)
     print(summary_line(args.artifact, cal))
     return 0
 

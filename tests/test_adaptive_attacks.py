@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from detector import Detector
+from detector.calibration import calibrate
 from detector.harness.attacks import ADAPTIVE, AttackTarget, DetectorObjective, run_attack
 from detector.harness.attacks.adaptive import adaptive, adaptive_multitarget, cls_hinge
 from detector.harness.budgets import Budgets
-from detector.calibration import calibrate
 from training.data import load_digits
 
 BUDGET = Budgets(eps=0.3, steps=10, adaptive_steps=40, adaptive_restarts=1)

@@ -131,9 +131,10 @@ def test_missing_and_uncalibrated_artifacts(art, tmp_path):
 def test_roc_mode_calibration(art, tmp_path):
     roc_art = tmp_path / "roc"
     shutil.copytree(art, roc_art, ignore=shutil.ignore_patterns("softmax_twin"))
-    cal = calibrate(
+    from detector.harness.calibration_roc import calibrate_roc
+
+    cal = calibrate_roc(
         roc_art,
-        mode="roc",
         rule="youden",
         kind="global",
         attacks=["fgsm"],

@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from detector.calibration import select_thresholds
+from detector.gaussians import ClassGaussians
 from detector.harness.baselines.kd import log_kd
 from detector.harness.baselines.lid import mle_lid
 from detector.harness.bootstrap import paired_intervals, weighted_auroc, weighted_tpr_at_fpr
-from detector.calibration import select_thresholds
-from detector.gaussians import ClassGaussians
 from detector.statistics import ScoreModel
 from detector.tails import TailModel, TailStack
 

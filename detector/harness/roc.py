@@ -6,7 +6,7 @@ is flagged when ``score > threshold`` (strictly). Negatives are clean inputs, po
 - ``roc_curve``, ``auroc``: the full ROC (Fawcett 2006, "An introduction to ROC analysis") and its area, the
   Mann-Whitney U statistic P(pos > neg) + 0.5 P(pos == neg), from ``sklearn.metrics``.
 - ``threshold_at_fpr``: the lowest threshold whose false-positive rate on the negatives is <= the target
-  (the ROC point at the target FPR with the highest TPR).
+  (the ROC point at the target FPR with the highest TPR); the deployed rule's, from ``detector/calibration.py``.
 - ``youden_threshold``: the threshold maximising Youden's J = TPR - FPR (Youden 1950).
 """
 
@@ -15,6 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from detector.calibration import threshold_at_fpr
+
+__all__ = ["auroc", "rates_at", "roc_curve", "threshold_at_fpr", "tpr_at_fpr", "youden_threshold"]
 
 
 def _as1d(a) -> np.ndarray:
@@ -56,19 +60,6 @@ def auroc(neg, pos) -> float:
     if len(_as1d(neg)) == 0 or len(_as1d(pos)) == 0:
         return float("nan")
     return float(roc_auc_score(*_labels_scores(neg, pos)))
-
-
-def threshold_at_fpr(neg, target_fpr: float) -> float:
-    """Lowest t with mean(neg > t) <= target_fpr. Only negatives matter: positives move TPR, never FPR."""
-    neg = np.sort(_as1d(neg))[::-1]  # descending
-    if len(neg) == 0:
-        raise ValueError("no negative (clean) scores to set a threshold on")
-    if not 0.0 <= target_fpr <= 1.0:
-        raise ValueError(f"target FPR must be in [0, 1], got {target_fpr}")
-    k = int(np.floor(target_fpr * len(neg) + 1e-9))  # at most k negatives may lie above t
-    if k >= len(neg):
-        return -np.inf
-    return float(neg[k])  # neg[0..k-1] > t (ties with neg[k] are not flagged)
 
 
 def tpr_at_fpr(neg, pos, target_fpr: float = 0.05) -> float:
