@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.harness import roc
 from detector.calibration import select_thresholds
+from detector.harness import roc
 from detector.harness.metrics import DetectorScores, detector_metrics, worst_case
 from detector.scoring import abnormality_from_quantiles
 
@@ -148,7 +148,7 @@ def test_worst_case_names_the_attack():
 
 
 def test_masking_check_flags_a_gradient_free_attack_ahead_of_white_box():
-    from detector.harness.report import masking_check
+    from detector.harness.assemble import masking_check
 
     def attack(lgm: float, twin: float) -> dict:
         return {"detectors": {"lgm": {"success_rate": lgm}, "msp": {"success_rate": twin}}}

@@ -26,7 +26,14 @@ import numpy as np
 import torch
 
 from detector.harness.adversarial import AdversarialSet, load_agreed, save_set, set_metadata, sharded_attack
-from detector.harness.attacks import ADAPTIVE, AttackTarget, DetectorObjective, TwinObjective, parse_attack_list
+from detector.harness.assemble import build_report, write_report
+from detector.harness.attacks import (
+    ADAPTIVE,
+    AttackTarget,
+    DetectorObjective,
+    TwinObjective,
+    parse_attack_list,
+)
 from detector.harness.baselines import ADAPTIVE_BASELINES, FIT_ATTACKS, Baselines, fit_baselines, load_twin
 from detector.harness.budgets import Budgets, resolve_budgets
 from detector.harness.metrics import DetectorScores, detector_metrics
@@ -277,19 +284,6 @@ def score(adv: AdversarialSet, ctx: Context, base: Baselines, inputs: TestInputs
     return {"detectors": dets, "lgm_scores": s_lgm, "delta": delta}
 
 
-def statistics_auroc(
-    inputs: TestInputs, s_adv: Scores, success: np.ndarray, names: list[str]
-) -> dict[str, Any]:
-    """AUROC of each of the L-GM detector's statistics on its own (surprises; clean vs successful)."""
-    from detector.harness import roc
-
-    if not success.any():
-        return {}
-    neg = inputs.lgm_clean.surprises.numpy()[inputs.correct.numpy()]
-    pos = s_adv.surprises.numpy()[success]
-    return {n: round(roc.auroc(neg[:, i], pos[:, i]), 6) for i, n in enumerate(names)}
-
-
 # -- the run ----------------------------------------------------------------------------------------------------
 def evaluate(cfg: EvalConfig) -> dict[str, Any] | None:
     """Run the evaluation; rank 0 writes REPORT_DIR and returns the report (other ranks return None)."""
@@ -332,8 +326,6 @@ def run_stages(
             results[name] = (adv, score(adv, ctx, base, inputs))
     if not info.is_main:
         return None
-    from detector.harness.report import build_report, write_report
-
     timing = {
         "baseline_fit_seconds": fit_seconds,
         "attack_seconds": {n: a.seconds for n, (a, _) in results.items()},

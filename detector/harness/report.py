@@ -1,15 +1,13 @@
-"""report.json and report.md of ``lgm evaluate``: attacks as rows, detectors side by side, 95% intervals, the
-budgets, what each detector saw in fitting, and the exact command."""
+"""report.md of ``lgm evaluate`` from its report.json: attacks as rows, detectors side by side, 95% intervals, the
+budgets, what each detector saw in fitting, and the exact command. ``markdown(report)`` is a pure function of
+the report.json dict; ``detector/harness/assemble.py`` builds that dict from the evaluation's stages."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from detector.harness.attacks import ADAPTIVE
 from detector.harness.baselines import ADAPTIVE_BASELINES
-from detector.harness.metrics import detector_metrics, per_input_worst, worst_case
-from training.artifacts import atomic_write_bytes, atomic_write_json
 
 DETECTORS = ("lgm", "msp", "mahalanobis", "mahalanobis_full", "lid", "kd")  # the report's columns, in order
 
@@ -117,131 +115,6 @@ def deployed_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-WHITE_BOX = ("bim", "pgd", "apgd", "apgd_dlr")
-MASKING_SLACK = 0.02  # a gradient-free attack ahead of every white-box one by more than this is a warning
-
-
-def masking_check(attacks: dict[str, Any]) -> dict[str, Any] | None:
-    """Against gradient masking (Athalye et al. 2018; Tramer et al. 2020): on each network, the gradient-free
-    Square attack's success next to the best white-box one's. Square well ahead means the gradients mislead."""
-    wb = [a for a in WHITE_BOX if a in attacks]
-    if "square" not in attacks or not wb:
-        return None
-    out = {}
-    for net, det in (("lgm", "lgm"), ("twin", "msp")):
-        best = max(wb, key=lambda a: attacks[a]["detectors"][det]["success_rate"])
-        sq, top = (
-            attacks["square"]["detectors"][det]["success_rate"],
-            attacks[best]["detectors"][det]["success_rate"],
-        )
-        out[net] = {
-            "square": sq,
-            "best_white_box": best,
-            "best_white_box_success": top,
-            "masked_gradients_suspected": sq > top + MASKING_SLACK,
-        }
-    return out
-
-
-def build_report(cfg, ctx, base, inputs, budgets, results, timing, info, device) -> dict[str, Any]:
-    """report.json's dict from the evaluation's stages (see ``detector/harness/evaluation.py``)."""
-    from detector.harness.baselines import describe, seen_attacks
-    from detector.harness.evaluation import statistics_auroc
-
-    cal = ctx.det.calibration
-    lgm_seen = list(cal.get("attacks") or [])
-    dets = ["lgm", *base.names]
-    attacks: dict[str, Any] = {}
-    for name, (adv, sc) in results.items():
-        metrics = {d: detector_metrics(sc["detectors"][d], seed=cfg.seed, n_boot=cfg.n_boot) for d in dets}
-        for d in dets:
-            metrics[d]["network"] = "lgm" if d == "lgm" else "twin"
-            metrics[d]["seen_in_fit"] = name in (lgm_seen if d == "lgm" else seen_attacks(base, d))
-        delta = sc["delta"]
-        attacks[name] = {
-            "budget": adv.budget,
-            "success_rate": metrics["lgm"]["success_rate"],
-            "n_success": metrics["lgm"]["n_success"],
-            "n_attacked": len(inputs.y),
-            "seen_in_calibration": name in lgm_seen,
-            "median_l2": round(float(delta.norm(dim=1).median()), 4) if len(delta) else None,
-            "median_linf": round(float(delta.abs().amax(1).median()), 4) if len(delta) else None,
-            "lgm_statistics_auroc": statistics_auroc(
-                inputs, sc["lgm_scores"], sc["detectors"]["lgm"].success, ctx.det.score_model.names
-            ),
-            "detectors": metrics,
-        }
-    names = list(attacks)
-    unseen = [a for a in names if not attacks[a]["seen_in_calibration"]]
-    groups = {"all": names, "adaptive": [a for a in names if a in ADAPTIVE]}
-    combined = {
-        g: {d: per_input_worst([results[a][1]["detectors"][d] for a in members]) for d in dets}
-        for g, members in groups.items()
-        if members
-    }
-    keep = inputs.correct.numpy()
-    return {
-        "format_version": 2,
-        "dataset": ctx.det.meta["dataset"]["name"],
-        "artifact": str(cfg.artifact),
-        "split": "test",
-        "n_clean": int(len(inputs.idx)),
-        "clean_accuracy": round(float((inputs.lgm_clean.pred == inputs.y_all).float().mean()), 6),
-        "twin_clean_accuracy": round(float((inputs.twin_clean["pred"] == inputs.y_all).float().mean()), 6),
-        "n_attacked": int(len(inputs.y)),
-        "clean_fpr": {
-            "lgm": round(float(inputs.lgm_clean.is_adversarial.float().mean()), 6),
-            **{
-                n: round(float((inputs.twin_clean[n] > base.thresholds[n]).float().mean()), 6)
-                for n in base.names
-            },
-        },
-        "clean_fpr_attacked": {"lgm": round(float(inputs.lgm_clean.is_adversarial.numpy()[keep].mean()), 6)},
-        "detectors": {
-            "lgm": {
-                "network": "lgm",
-                "mode": cal["mode"],
-                "rule": cal.get("rule"),
-                "kind": cal["threshold_kind"],
-                "target_fpr": cal["target_fpr"],
-                "score": cal["score"]["statistics"],
-                "combine": cal["score"]["combine"],
-                "gaussians": cal["score"].get("gaussians"),
-                "fit_attacks": lgm_seen,
-                "global_threshold": cal["global_threshold"],
-                "per_class": cal["class_thresholds"],
-            },
-            **describe(base),
-        },
-        "calibration_attacks": sorted(lgm_seen),
-        "baseline_fit_attacks": list(base.fit_attacks),
-        "adaptive_aims_at": list(KNOWN_TO_ADAPTIVE),
-        "adaptive_objectives": {
-            "lgm": "the deployed L-GM detector's score and thresholds",
-            "twin": ", ".join(ADAPTIVE_BASELINES) + " at their deployed thresholds (not lid)",
-        },
-        "budgets": budgets.to_dict(),
-        "attacks": attacks,
-        "per_input_worst": {g: {"attacks": groups[g], "detectors": v} for g, v in combined.items()},
-        "gradient_masking_check": masking_check(attacks),
-        "worst_case": {
-            "all": worst_case(attacks, names, dets),
-            "unseen_in_calibration": worst_case(attacks, unseen, dets),
-        },
-        "protocol": {
-            "negatives": "clean test inputs classified correctly by both networks",
-            "positives": "successful adversarials (prediction != label) against the detector's own network",
-            "intervals": f"95% percentile bootstrap over attacked inputs, {cfg.n_boot} replicates, paired",
-            "seed": cfg.seed,
-            "batch_size": cfg.batch_size,
-            "limit": cfg.limit,
-        },
-        "command": cfg.command,
-        "run": {"world_size": info.world_size, "device": str(device)},
-        "timing": dict(timing),
-    }
-
-
 def masking_line(report: dict[str, Any]) -> str:
     m = report.get("gradient_masking_check")
     if not m:
@@ -304,21 +177,3 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("figures"):
         out += ["## Figures", ""] + [f"![{f}]({f})" for f in report["figures"]] + [""]
     return "\n".join(out)
-
-
-def write_report(report: dict[str, Any], out_dir: Path, results: dict[str, Any], inputs) -> None:
-    from detector.harness.plots import plot_histograms, plot_rocs
-
-    keep = inputs.correct.numpy()
-    hist, rocs = {}, {}
-    for name, (_, sc) in results.items():
-        dets = sc["detectors"]
-        hist[name] = {
-            "clean": inputs.lgm_clean.log_likelihood.numpy()[keep],
-            "adversarial": sc["lgm_scores"].log_likelihood.numpy()[dets["lgm"].success],
-        }
-        rocs[name] = {d: (s.clean, s.adv[s.success]) for d, s in dets.items()}
-    figures = [plot_rocs(rocs, out_dir / "roc.png"), plot_histograms(hist, out_dir / "loglik_hist.png")]
-    report["figures"] = [p.name for p in figures if p is not None]
-    atomic_write_json(out_dir / "report.json", report)
-    atomic_write_bytes(out_dir / "report.md", markdown(report).encode())
