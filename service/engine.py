@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from detector.gradient import fgsm
 from detector.scoring import Detector, Scores
 
 
@@ -101,19 +102,9 @@ class Engine:
         return BatchResult.from_scores(s)
 
     def fgsm(self, x: torch.Tensor, eps: float) -> torch.Tensor:
-        """FGSM (Goodfellow et al., ICLR 2015, "Explaining and Harnessing Adversarial Examples") against the
-        model's own prediction: x' = clip(x + eps * sign(grad_x CE(f(x), argmax f(x))), 0, 1). Runs on the
-        worker thread; uses torchattacks' implementation."""
-        import torchattacks
-
-        model = self.detector.model
-        dev = self.detector.device
-        x = x.to(dev).float()
-        with torch.no_grad():
-            y = model(x).argmax(1)
-        attack = torchattacks.FGSM(model, eps=eps)
-        attack.set_device(dev)
-        return attack(x, y).detach().cpu()
+        """FGSM against the model's own prediction on the float64 logit path (``detector/gradient.py``), so
+        that it does not stall on an L-GM network's saturated float32 softmax. Runs on the worker thread."""
+        return fgsm(self.detector.model, x.to(self.detector.device), eps).cpu()
 
     def warm_up(self, max_batch_size: int, rounds: int = 3) -> None:
         """A few forwards at the sizes the batcher will use, so the first request pays no allocation cost."""

@@ -13,7 +13,10 @@ from typing import Protocol
 
 import torch
 
+from detector.gradient import Float64Logits
 from training.model import Classifier
+
+__all__ = ["AdaptiveObjective", "AttackTarget", "Float64Logits", "project_linf"]
 
 
 class AdaptiveObjective(Protocol):
@@ -40,19 +43,3 @@ class AttackTarget:
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
-
-
-class Float64Logits(torch.nn.Module):
-    """The network with its logits in float64, for attacks whose loss is a softmax cross-entropy: an L-GM head's
-    logits are minus half squared distances, hundreds of nats apart, so in float32 the softmax of a confident
-    input is exactly one-hot and the cross-entropy's gradient vanishes (the attack stalls)."""
-
-    def __init__(self, model: Classifier) -> None:
-        super().__init__()
-        self.model = model
-        self.train(
-            model.training
-        )  # a new Module starts in training mode; torchattacks restores that mode after
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).double()
