@@ -1,7 +1,9 @@
 """The network's loss gradient on the float64 logit path, and the web page's one-step FGSM demo.
 
-An L-GM head's logits are minus half squared distances, hundreds of nats apart, so in float32 the softmax of a
-confident input is exactly one-hot and the cross-entropy's gradient vanishes: a gradient attack stalls.
+An L-GM head's logits are minus half squared distances, often tens of nats apart. Once the predicted class leads
+by more than about 17 nats its float32 softmax probability rounds to exactly 1, and the cross-entropy's gradient
+loses the term that pushes that logit down: a gradient attack stalls or steps the wrong way. In float64 the
+term survives up to a lead of about 37 nats.
 ``Float64Logits`` gives an attack the logits in float64 (every attack of the evaluation harness goes through
 it) and ``fgsm`` is FGSM on that path. It lives outside ``detector/harness/`` so that the service's
 ``POST /v1/perturb`` needs no attack library.
