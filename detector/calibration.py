@@ -38,6 +38,7 @@ from detector.statistics import GROUPS, ScoreModel
 from detector.store import save_detector
 from detector.tails import TailModel
 from training.artifacts import load_artifact
+from training.batched import batched, model_device
 from training.configargs import check_options, option
 from training.data import Split, load_dataset
 from training.distributed import resolve_device
@@ -200,19 +201,18 @@ def fit_gaussians(model: Classifier, train: Split, cfg: CalibrationConfig) -> Sc
     return ScoreModel(list(cfg.statistics), final, layer_g)
 
 
-@torch.no_grad()
 def statistics_of(
     model: Classifier, sm: ScoreModel, x: torch.Tensor, batch_size: int = 500
 ) -> dict[str, np.ndarray]:
     """pred (N,) and statistics (N, m) of images in [0, 1], batched, as NumPy."""
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     sm = sm.to(dev)
-    preds, stats = [], []
-    for i in range(0, len(x), batch_size):
-        logits, _, s = sm.forward(model, x[i : i + batch_size].to(dev).float())
-        preds.append(logits.argmax(1).cpu())
-        stats.append(s.double().cpu())
-    return {"pred": torch.cat(preds).numpy(), "stats": torch.cat(stats).numpy()}
+
+    def one(xb: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits, _, s = sm.forward(model, xb)
+        return {"pred": logits.argmax(1), "stats": s.double()}
+
+    return {k: v.numpy() for k, v in batched(one, x, batch_size, dev).items()}
 
 
 def surprises_of(sm: ScoreModel, stats: np.ndarray) -> np.ndarray:

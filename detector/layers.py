@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from training.batched import batched, model_device
 from training.model import Classifier
 
 Pooling = Literal["mean", "flat"]
@@ -62,19 +63,14 @@ def forward_with_layers(
     return logits, feats, captured
 
 
-@torch.no_grad()
 def split_layers(
     model: Classifier, x: torch.Tensor, batch_size: int = 500, pooling: Pooling = "mean"
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Batched ``forward_with_layers`` over uint8 or [0, 1] float images, results float64 on the CPU."""
     model.eval()
-    dev = next(model.parameters()).device
-    logits, feats, layers = [], [], []
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size].to(dev)
-        xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
+
+    def one(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         lo, fe, la = forward_with_layers(model, xb, pooling)
-        logits.append(lo.double().cpu())
-        feats.append(fe.double().cpu())
-        layers.append([t.double().cpu() for t in la])
-    return torch.cat(logits), torch.cat(feats), [torch.cat(col) for col in zip(*layers, strict=True)]
+        return lo.double(), fe.double(), [t.double() for t in la]
+
+    return batched(one, x, batch_size, model_device(model))

@@ -32,6 +32,7 @@ import torch
 from detector.statistics import ScoreModel
 from detector.store import DETECTOR_FILE, DETECTOR_FORMAT, NotCalibratedError, load_detector
 from training.artifacts import load_artifact
+from training.batched import batched
 from training.distributed import resolve_device
 from training.lgm import LGMHead
 from training.model import Classifier
@@ -151,15 +152,7 @@ class Detector:
         """Score a batch (N, C, H, W) of floats in [0, 1]. ``grad=True`` keeps the autograd graph (one pass,
         tensors on the model's device)."""
         self._check(x)
-        if grad:
-            parts = [self.outputs(x)]
-        else:
-            with torch.no_grad():
-                parts = [
-                    {k: v.cpu() for k, v in self.outputs(x[i : i + batch_size]).items()}
-                    for i in range(0, len(x), batch_size)
-                ]
-        out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if len(parts) > 1 else parts[0]
+        out = self.outputs(x) if grad else batched(self.outputs, x, batch_size, self.device)
         logits = out["logits"]
         pred = logits.argmax(1)
         ll = out["ll"].gather(1, pred[:, None]).squeeze(1)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from training.backbones import BACKBONES, Normalize
+from training.batched import batched
 from training.data import Split
 from training.lgm import LGMHead, SoftmaxHead
 
@@ -88,25 +89,16 @@ class Classifier(nn.Module):
         return logits
 
 
-@torch.no_grad()
 def split_features(
     model: Classifier, x: torch.Tensor, device: torch.device, batch_size: int = 500
 ) -> torch.Tensor:
     """Features (N, D), float32 on the CPU, of uint8 images x (N, C, H, W), in batches and in eval mode."""
     model.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size].to(device).float().div_(255.0)  # (B, C, H, W) in [0, 1]
-        out.append(model.features(xb).float().cpu())
-    return torch.cat(out)
+    return batched(lambda xb: model.features(xb).float(), x, batch_size, device)
 
 
-@torch.no_grad()
 def accuracy(model: Classifier, split: Split, device: torch.device, batch_size: int = 500) -> float:
     """Fraction of a split's uint8 images that ``model`` classifies correctly (eval mode, in batches)."""
     model.eval()
-    correct = 0
-    for i in range(0, len(split), batch_size):
-        x = split.x[i : i + batch_size].to(device).float().div_(255.0)  # (B, C, H, W) in [0, 1]
-        correct += int((model(x).argmax(1).cpu() == split.y[i : i + batch_size]).sum())
-    return correct / max(1, len(split))
+    pred = batched(lambda xb: model(xb).argmax(1), split.x, batch_size, device)
+    return int((pred == split.y).sum()) / max(1, len(split))
