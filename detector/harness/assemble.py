@@ -11,15 +11,18 @@ import numpy as np
 import torch
 
 from detector.harness import roc
-from detector.harness.attacks import ADAPTIVE
-from detector.harness.baselines import ADAPTIVE_BASELINES, Baselines, describe, seen_attacks
+from detector.harness.attacks import ADAPTIVE, MASKING_REFERENCES, SPECS, literature_of
+from detector.harness.baselines import ADAPTIVE_BASELINES, BASELINES, Baselines
 from detector.harness.budgets import Budgets
 from detector.harness.metrics import detector_metrics, per_input_worst, worst_case
 from detector.harness.plots import plot_histograms, plot_rocs
-from detector.harness.report import KNOWN_TO_ADAPTIVE, markdown
+from detector.harness.report import markdown
 from detector.scoring import Scores
 from training.artifacts import atomic_write_bytes, atomic_write_json
 from training.distributed import DistInfo
+
+# Detectors whose deployed score the adaptive attacks optimise (``Baselines.attack_scores`` for the twin's).
+KNOWN_TO_ADAPTIVE = ("lgm", *ADAPTIVE_BASELINES)
 
 if TYPE_CHECKING:  # the evaluation's stage types; evaluation imports this module, not the reverse
     from detector.harness.evaluation import Context, EvalConfig, TestInputs
@@ -36,18 +39,20 @@ def statistics_auroc(
     return {n: round(roc.auroc(neg[:, i], pos[:, i]), 6) for i, n in enumerate(names)}
 
 
-WHITE_BOX = ("bim", "pgd", "apgd", "apgd_dlr")
 MASKING_SLACK = 0.02  # a gradient-free attack ahead of every white-box one by more than this is a warning
 
 
 def masking_check(attacks: dict[str, Any]) -> dict[str, Any] | None:
     """Against gradient masking (Athalye et al. 2018; Tramer et al. 2020): on each network, the gradient-free
     Square attack's success next to the best white-box one's. Square well ahead means the gradients mislead."""
-    wb = [a for a in WHITE_BOX if a in attacks]
+    wb = [a for a in MASKING_REFERENCES if a in attacks]
     if "square" not in attacks or not wb:
         return None
     out = {}
-    for net, det in (("lgm", "lgm"), ("twin", "msp")):
+    twin = next(
+        d for d in attacks["square"]["detectors"] if d != "lgm"
+    )  # the twin's success, from any baseline
+    for net, det in (("lgm", "lgm"), ("twin", twin)):
         best = max(wb, key=lambda a: attacks[a]["detectors"][det]["success_rate"])
         sq, top = (
             attacks["square"]["detectors"][det]["success_rate"],
@@ -82,9 +87,12 @@ def build_report(
         metrics = {d: detector_metrics(sc["detectors"][d], seed=cfg.seed, n_boot=cfg.n_boot) for d in dets}
         for d in dets:
             metrics[d]["network"] = "lgm" if d == "lgm" else "twin"
-            metrics[d]["seen_in_fit"] = name in (lgm_seen if d == "lgm" else seen_attacks(base, d))
+            metrics[d]["seen_in_fit"] = name in (lgm_seen if d == "lgm" else base.seen_attacks(d))
         delta = sc["delta"]
         attacks[name] = {
+            "adaptive": name in ADAPTIVE,
+            "white_box": SPECS[name].white_box,
+            "literature": literature_of(name, ctx.det.meta["dataset"]["name"]),
             "budget": adv.budget,
             "success_rate": metrics["lgm"]["success_rate"],
             "n_success": metrics["lgm"]["n_success"],
@@ -137,14 +145,16 @@ def build_report(
                 "global_threshold": cal["global_threshold"],
                 "per_class": cal["class_thresholds"],
             },
-            **describe(base),
+            **base.describe(),
         },
         "calibration_attacks": sorted(lgm_seen),
         "baseline_fit_attacks": list(base.fit_attacks),
         "adaptive_aims_at": list(KNOWN_TO_ADAPTIVE),
         "adaptive_objectives": {
             "lgm": "the deployed L-GM detector's score and thresholds",
-            "twin": ", ".join(ADAPTIVE_BASELINES) + " at their deployed thresholds (not lid)",
+            "twin": ", ".join(ADAPTIVE_BASELINES)
+            + " at their deployed thresholds"
+            + "".join(f" (not {n})" for n in BASELINES if n not in ADAPTIVE_BASELINES),
         },
         "budgets": budgets.to_dict(),
         "attacks": attacks,

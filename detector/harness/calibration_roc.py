@@ -27,7 +27,7 @@ from detector.calibration import (
     surprises_of,
 )
 from detector.harness import roc
-from detector.harness.attacks import AttackTarget, DetectorObjective, parse_attack_list, run_attack
+from detector.harness.attacks import AttackTarget, DetectorObjective, budget_of, parse_attack_list, run_attack
 from detector.harness.budgets import resolve_budgets
 from detector.scoring import Detector, deployed_thresholds
 from training.artifacts import load_meta
@@ -71,7 +71,7 @@ def attack_calibration_split(
         "pred": np.concatenate(preds),
         "per_attack": stats,
         "attacks": names,
-        "budgets": {n: b.for_attack(n) for n in names},
+        "budgets": {n: budget_of(n, b) for n in names},
         "figures": figures,
     }
 

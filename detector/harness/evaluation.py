@@ -32,6 +32,8 @@ from detector.harness.attacks import (
     AttackTarget,
     DetectorObjective,
     TwinObjective,
+    attacks_help,
+    budget_of,
     parse_attack_list,
 )
 from detector.harness.baselines import ADAPTIVE_BASELINES, FIT_ATTACKS, Baselines, fit_baselines, load_twin
@@ -39,6 +41,7 @@ from detector.harness.budgets import Budgets, resolve_budgets
 from detector.harness.metrics import DetectorScores, detector_metrics
 from detector.scoring import Detector, Scores
 from training.artifacts import load_meta
+from training.batched import batched
 from training.configargs import check_options, option
 from training.data import Dataset, load_dataset
 from training.distributed import DistInfo, barrier, init_distributed, resolve_device, shutdown
@@ -55,9 +58,7 @@ class EvalConfig:
     out: str
     attacks: list[str] = option(
         ["default"],
-        "comma list of fgsm,bim,pgd,pgdl2,cw,deepfool,apgd,apgd_dlr,square,adaptive,adaptive_multitarget,"
-        "adaptive_orthogonal,autoattack; 'default' = fgsm..adaptive; 'robust' = pgd,apgd,apgd_dlr,square and "
-        "the three adaptive attacks",
+        attacks_help(),
         group="evaluation",
     )
     limit: int | None = option(
@@ -148,10 +149,7 @@ def fit_baselines_stage(
     x, y = cal.float(), cal.y
     adv = None
     if cfg.fit_attacks:
-        with torch.no_grad():
-            pred = torch.cat(
-                [ctx.twin(x[i : i + 500].to(device)).argmax(1).cpu() for i in range(0, len(x), 500)]
-            )
+        pred = batched(lambda xb: ctx.twin(xb).argmax(1), x, 500, device)
         keep = pred == y
         xs, ys = x[keep], y[keep]
         parts = []
@@ -159,7 +157,7 @@ def fit_baselines_stage(
             path = Path(cfg.out) / "adversarial" / "calibration" / f"{name}.safetensors"
             meta = set_metadata(
                 name,
-                budgets.for_attack(name),
+                budget_of(name, budgets),
                 {"twin": str(ctx.twin_meta["weights_sha256"])},
                 cfg.seed,
                 cfg.batch_size,
@@ -183,13 +181,7 @@ def fit_baselines_stage(
                     save_set(path, {"twin": xa}, meta)
             else:
                 xa = saved["twin"]
-            with torch.no_grad():
-                ok = (
-                    torch.cat(
-                        [ctx.twin(xa[i : i + 500].to(device)).argmax(1).cpu() for i in range(0, len(xa), 500)]
-                    )
-                    != ys
-                )
+            ok = batched(lambda xb: ctx.twin(xb).argmax(1), xa, 500, device) != ys
             parts.append(xa[ok])
         adv = torch.cat(parts)
     full = info.is_main  # only rank 0 scores; the others need the twin objective's statistics alone
@@ -235,7 +227,7 @@ def attack(
     device: torch.device,
     info: DistInfo,
 ) -> AdversarialSet:
-    budget = budgets.for_attack(name)
+    budget = budget_of(name, budgets)
     hashes = {LGM: str(ctx.det.meta["weights_sha256"]), "twin": str(base.meta["weights_sha256"])}
     if name in ADAPTIVE:  # only the adaptive attacks depend on the detectors' calibration
         hashes["detector"] = f"{ctx.det.calibration.get('tensors_sha256')}/{ctx.det.calibration['created']}"

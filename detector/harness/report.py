@@ -6,28 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from detector.harness.attacks import ADAPTIVE
-from detector.harness.baselines import ADAPTIVE_BASELINES
-
-DETECTORS = ("lgm", "msp", "mahalanobis", "mahalanobis_full", "lid", "kd")  # the report's columns, in order
-
-# What an attack achieves at these budgets against an undefended MNIST network, for judging our attacks'
-# strength. Iterative L-inf attacks at 0.3 have about twice the mean L-inf distance Carlini & Wagner's attack
-# needs (0.13, "Towards Evaluating the Robustness of Neural Networks", 2017, 100% success), so they should
-# succeed on every input; minimal-perturbation attacks succeed by construction.
-LITERATURE = {
-    "fgsm": "89% (maxout, eps 0.25; Goodfellow 2015)",
-    "bim": "~100%",
-    "pgd": "~100%",
-    "pgdl2": "~100%",
-    "cw": "100% (Carlini & Wagner 2017)",
-    "deepfool": "100% (Moosavi-Dezfooli 2016)",
-    "apgd": "~100%",
-    "apgd_dlr": "~100%",
-    "square": "~100%",
-    "autoattack": "~100%",
-}
-
 
 def _f(v: Any, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
@@ -51,24 +29,33 @@ def _budget(b: dict[str, Any]) -> str:
 
 
 def detectors_in(report: dict[str, Any]) -> list[str]:
-    return [d for d in DETECTORS if d in report["detectors"]]
+    """The report's columns: lgm, then the baselines in their registry's order (as report.json lists them)."""
+    return list(report["detectors"])
 
 
-# Detectors whose deployed score the adaptive attacks optimise (``Baselines.attack_scores`` for the twin's).
-KNOWN_TO_ADAPTIVE = ("lgm", *ADAPTIVE_BASELINES)
 NOT_ADAPTIVE = "*"  # marks a cell of an adaptive attack that did not aim at that detector
 
 
-def _mark(name: str, det: str) -> str:
-    return NOT_ADAPTIVE if name in ADAPTIVE and det not in KNOWN_TO_ADAPTIVE else ""
+def _known_to_adaptive(report: dict[str, Any]) -> list[str]:
+    """Detectors whose deployed score the adaptive attacks optimise."""
+    return list(report.get("adaptive_aims_at", ["lgm"]))
+
+
+def _is_adaptive(report: dict[str, Any], name: str) -> bool:
+    return bool(report["attacks"][name].get("adaptive"))
+
+
+def _mark(report: dict[str, Any], name: str, det: str) -> str:
+    return NOT_ADAPTIVE if _is_adaptive(report, name) and det not in _known_to_adaptive(report) else ""
 
 
 def footnote(report: dict[str, Any]) -> str:
-    if not any(a in ADAPTIVE for a in report["attacks"]) or not set(detectors_in(report)) - set(
-        KNOWN_TO_ADAPTIVE
+    known = _known_to_adaptive(report)
+    if not any(_is_adaptive(report, a) for a in report["attacks"]) or not set(detectors_in(report)) - set(
+        known
     ):
         return ""
-    followed = ", ".join(ADAPTIVE_BASELINES)
+    followed = ", ".join(d for d in known if d != "lgm")
     return (
         f"{NOT_ADAPTIVE} not an adaptive result: the adaptive attacks on the twin optimise {followed} only, "
         "so these cells show how the detector fares against an attack aimed at others."
@@ -82,8 +69,11 @@ def table(report: dict[str, Any], key: str = "auroc") -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, a in report["attacks"].items():
         d = a["detectors"]
-        row = [name, f"{a['success_rate']:.3f} / {d['msp']['success_rate']:.3f}", LITERATURE.get(name, "-")]
-        lines.append("| " + " | ".join(row + [_ci(d.get(x), key) + _mark(name, x) for x in dets]) + " |")
+        twin = next((d[x]["success_rate"] for x in dets if x != "lgm" and x in d), None)  # every baseline's
+        row = [name, f"{a['success_rate']:.3f} / {_f(twin)}", a.get("literature") or "-"]
+        lines.append(
+            "| " + " | ".join(row + [_ci(d.get(x), key) + _mark(report, name, x) for x in dets]) + " |"
+        )
     wc = report["worst_case"]["all"]
     lines.append("| " + " | ".join(["**worst case**", "", ""] + [_ci(wc.get(x), key) for x in dets]) + " |")
     return "\n".join(lines)
@@ -96,7 +86,7 @@ def deployed_table(report: dict[str, Any]) -> str:
     for name, a in report["attacks"].items():
         cells = [
             f"{_f(a['detectors'][x]['detect_or_correct'])} / {_f(a['detectors'][x]['fooled_and_undetected'])} / "
-            f"{_f(a['detectors'][x]['robust_accuracy'])}{_mark(name, x)}"
+            f"{_f(a['detectors'][x]['robust_accuracy'])}{_mark(report, name, x)}"
             for x in dets
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -108,7 +98,7 @@ def deployed_table(report: dict[str, Any]) -> str:
         if c:
             cells = [
                 f"{_f(c['detectors'][x]['detect_or_correct'])} / - / {_f(c['detectors'][x]['robust_accuracy'])}"
-                + ("" if x in KNOWN_TO_ADAPTIVE else NOT_ADAPTIVE)
+                + ("" if x in _known_to_adaptive(report) else NOT_ADAPTIVE)
                 for x in dets
             ]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")

@@ -1,6 +1,10 @@
 """Baseline detectors, all on the softmax twin of the L-GM network (``twin.py``), scored side by side with it.
 
-- ``msp``: maximum softmax probability (Hendrycks & Gimpel, ICLR 2017); score = -max_k p_k.
+One registry, ``REGISTRY``: its order is the report's column order, and every list the evaluation needs (which
+baselines need attacks, which the adaptive attacks follow) is derived from it. Each entry implements the
+``Baseline`` protocol (``base.py``):
+
+- ``msp``: maximum softmax probability (Hendrycks & Gimpel, ICLR 2017) (``msp.py``).
 - ``mahalanobis``: Lee et al. 2018 on the penultimate layer only, tied covariance (``mahalanobis.py``).
 - ``mahalanobis_full``: Lee et al. 2018 as published: feature ensemble, input pre-processing, logistic
   regression (``mahalanobis.py``).
@@ -8,8 +12,8 @@
 - ``kd``: kernel density of the last hidden layer (Feinman et al. 2017) (``kd.py``).
 
 Every score is larger for more abnormal inputs; each threshold is the target-FPR quantile of the clean
-calibration scores. ``mahalanobis_full`` and ``lid`` need adversarial examples to fit their regressions: they get
-attacks generated on the calibration split (``FIT_ATTACKS`` by default), never test inputs.
+calibration scores. The ``needs_attacks`` baselines fit their regressions on attacks generated on the
+calibration split (``FIT_ATTACKS`` by default), never test inputs, and are left out of a run without them.
 """
 
 from __future__ import annotations
@@ -18,112 +22,101 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from detector.harness import roc
-from detector.harness.baselines.kd import KernelDensity, log_kd
-from detector.harness.baselines.lid import LID
-from detector.harness.baselines.mahalanobis import MahalanobisFull, squared_mahalanobis, tied_statistics
+from detector.harness.baselines.base import Baseline, FitData, Forward
+from detector.harness.baselines.kd import KDBaseline
+from detector.harness.baselines.lid import LIDBaseline
+from detector.harness.baselines.mahalanobis import MahalanobisBaseline, MahalanobisFullBaseline
+from detector.harness.baselines.msp import MSPBaseline
 from detector.harness.baselines.twin import ensure_twin, twin_dir, twin_ready
 from training.artifacts import load_artifact
+from training.batched import batched, model_device
 from training.data import Dataset
-from training.model import Classifier, split_features
+from training.model import Classifier
 
-BASELINES = ("msp", "mahalanobis", "mahalanobis_full", "lid", "kd")
-NEEDS_ATTACKS = ("mahalanobis_full", "lid")
-FIT_ATTACKS = ("fgsm", "deepfool")
-ADAPTIVE_BASELINES = (
-    "msp",
-    "mahalanobis",
-    "mahalanobis_full",
-    "kd",
-)  # what Baselines.attack_scores follows  # one large-budget L-inf attack, one minimal L2 attack
+REGISTRY: tuple[type[Baseline], ...] = (
+    MSPBaseline,
+    MahalanobisBaseline,
+    MahalanobisFullBaseline,
+    LIDBaseline,
+    KDBaseline,
+)
+FIT_ATTACKS = ("fgsm", "deepfool")  # one large-budget L-inf attack, one minimal L2 attack
 
-__all__ = [
-    "ADAPTIVE_BASELINES",
-    "BASELINES",
-    "FIT_ATTACKS",
-    "NEEDS_ATTACKS",
-    "Baselines",
-    "ensure_twin",
-    "fit_baselines",
-    "load_twin",
-    "squared_mahalanobis",
-    "twin_dir",
-    "twin_ready",
-]
+
+def _check_registry(registry: tuple[type, ...]) -> None:
+    """A malformed entry is an error at import, not a missing column at the end of a run."""
+    names = [getattr(c, "name", None) for c in registry]
+    if len(set(names)) != len(names) or "lgm" in names:
+        raise TypeError(f"baseline names must be unique and not 'lgm': {names}")
+    for c in registry:
+        missing = [a for a in ("name", "needs_attacks", "differentiable") if not hasattr(c, a)]
+        missing += [
+            m for m in ("fit", "score", "attack_score", "describe") if not callable(getattr(c, m, None))
+        ]
+        if missing:
+            raise TypeError(
+                f"baseline {c.__name__} lacks {', '.join(missing)} (see detector/harness/baselines/base.py)"
+            )
+
+
+_check_registry(REGISTRY)
+BASELINES = tuple(c.name for c in REGISTRY)
+NEEDS_ATTACKS = tuple(c.name for c in REGISTRY if c.needs_attacks)
+ADAPTIVE_BASELINES = tuple(
+    c.name for c in REGISTRY if c.differentiable
+)  # what the twin's adaptive attacks follow
 
 
 @dataclass
 class Baselines:
-    """The twin network, every baseline's fitted state and its threshold (flag when score > threshold)."""
+    """The twin network, the fitted baselines (registry order) and their thresholds (flag when score > it)."""
 
     model: Classifier
     meta: dict[str, Any]
-    means: torch.Tensor  # (K, D) one-layer Mahalanobis
-    precision: torch.Tensor  # (D, D)
-    kd: KernelDensity
-    maha_full: MahalanobisFull | None = None
-    lid: LID | None = None
-    noise: float = 0.0  # one-layer Mahalanobis input pre-processing
+    members: dict[str, Baseline]
     thresholds: dict[str, float] = field(default_factory=dict)
     scales: dict[str, float] = field(default_factory=dict)  # spread of each score on clean calibration inputs
     fit_attacks: list[str] = field(default_factory=list)
 
     @property
     def names(self) -> list[str]:
-        return [n for n in BASELINES if n not in NEEDS_ATTACKS or getattr(self, _ATTR[n]) is not None]
+        return list(self.members)
 
     def scores(self, x: torch.Tensor, batch_size: int = 500) -> dict[str, torch.Tensor]:
-        """pred (N,) and every fitted baseline's score (N,) (larger = more abnormal)."""
-        dev = next(self.model.parameters()).device
-        preds, msp, maha, feats_all = [], [], [], []
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].to(dev).float()
-            with torch.no_grad():
-                logits, feats = self.model(xb, return_features=True)
-            if self.noise > 0:
-                with torch.no_grad():
-                    feats = self.model.features(self._preprocess(xb))
-            preds.append(logits.argmax(1).cpu())
-            msp.append((-torch.softmax(logits.float(), 1).amax(1)).cpu())
-            maha.append(squared_mahalanobis(feats, self.means, self.precision).amin(1).cpu())
-            feats_all.append(self.model.features(xb).detach().cpu() if self.noise > 0 else feats.cpu())
-        pred = torch.cat(preds)
-        out = {"pred": pred, "msp": torch.cat(msp).double(), "mahalanobis": torch.cat(maha).double()}
-        out["kd"] = torch.from_numpy(self.kd.score(torch.cat(feats_all), pred))
-        if self.maha_full is not None:
-            out["mahalanobis_full"] = torch.from_numpy(self.maha_full.score(self.model, x))
-        if self.lid is not None:
-            out["lid"] = torch.from_numpy(self.lid.score(self.model, x))
-        return out
+        """pred (N,) and every fitted baseline's score (N,) float64 (larger = more abnormal); one twin forward
+        per batch serves them all."""
+
+        def one(xb: torch.Tensor) -> dict[str, torch.Tensor]:
+            out = Forward.of(self.model, xb)
+            scores = {n: b.score(out).double().to(xb.device) for n, b in self.members.items()}
+            return {"pred": out.logits.argmax(1), **scores}
+
+        return batched(one, x, batch_size, model_device(self.model))
 
     def attack_scores(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The baselines an adaptive attack optimises, as differentiable functions of x (N,) each, for inputs the
-        attacker wants classified as t: msp, mahalanobis, mahalanobis_full and kd (lid's nearest-neighbour
-        search over 25k-dimensional activations is too slow to follow for hundreds of steps on a CPU).
-        Input pre-processing is treated as the identity (its one small step barely moves the score)."""
-        logits, feats = self.model(x, return_features=True)
-        out = {
-            "msp": -torch.softmax(logits.float(), 1).gather(1, t[:, None]).squeeze(1),
-            "mahalanobis": squared_mahalanobis(feats, self.means, self.precision).amin(1),
-            "kd": -log_kd(feats, t, self.kd.train_feats, self.kd.sigma).to(x.device).float(),
+        """The differentiable baselines' scores as functions of x (N,) each, for inputs the attacker wants
+        classified as t (what ``TwinObjective`` follows)."""
+        out = Forward.of(self.model, x)
+        return {n: b.attack_score(out, t) for n, b in self.members.items() if b.differentiable}
+
+    def seen_attacks(self, name: str) -> list[str]:
+        """The attacks a baseline was fitted on."""
+        return list(self.fit_attacks) if self.members[name].needs_attacks else []
+
+    def describe(self) -> dict[str, Any]:
+        """What the report states about each baseline's fit."""
+        return {
+            n: {
+                "network": "twin",
+                **b.describe(),
+                **({"fit_attacks": list(self.fit_attacks)} if b.needs_attacks else {}),
+                "threshold": self.thresholds.get(n),
+            }
+            for n, b in self.members.items()
         }
-        if self.maha_full is not None:
-            d = torch.stack(self.maha_full.layers.distances(self.model, x), 1)  # (N, L)
-            out["mahalanobis_full"] = torch_decision(self.maha_full.regression, d)
-        return out
-
-    def _preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """Lee et al.'s input pre-processing: x - noise * sign(grad_x min_k M_k(x)), clamped to [0, 1]."""
-        x = x.clone().requires_grad_(True)
-        m = squared_mahalanobis(self.model.features(x), self.means, self.precision).amin(1).sum()
-        (g,) = torch.autograd.grad(m, x)
-        return (x - self.noise * g.sign()).clamp(0.0, 1.0).detach()
-
-
-_ATTR = {"mahalanobis_full": "maha_full", "lid": "lid"}
 
 
 def load_twin(
@@ -143,66 +136,41 @@ def fit_baselines(
     fit_attacks: list[str] | None = None,
     seed: int = 0,
 ) -> Baselines:
-    """Fit every baseline on the training split, the attack-fitted ones on calibration adversarials when given,
-    and set each threshold at the target FPR on the clean calibration split."""
-    dev = next(model.parameters()).device
-    k = int(model.spec.num_classes)
-    feats = split_features(model, ds.train.x, dev).double().numpy()
-    means, precision = tied_statistics(feats, ds.train.y.numpy(), k)
-    base = Baselines(
-        model, tmeta, means, precision, KernelDensity.fit(model, ds.train, ds.calibration), noise=noise
+    """Fit every registered baseline (those that need attacks only when calibration adversarials are given) and
+    set each threshold at the target FPR on the clean calibration split."""
+    adv = (
+        calibration_adversarial
+        if calibration_adversarial is not None and len(calibration_adversarial)
+        else None
     )
-    clean = ds.calibration.float()
-    if calibration_adversarial is not None and len(calibration_adversarial):
-        base.maha_full = MahalanobisFull.fit(model, ds.train, clean, calibration_adversarial, seed)
-        base.lid = LID.from_training(model, ds.train, seed=seed).fit(
-            model, clean, calibration_adversarial, seed
-        )
-        base.fit_attacks = list(fit_attacks or [])
-    s = base.scores(clean)
+    data = FitData(model, ds, noise, adv, seed)
+    members: dict[str, Baseline] = {}
+    for cls in REGISTRY:
+        if cls.needs_attacks and adv is None:
+            continue
+        member = cls()
+        member.fit(data)
+        members[cls.name] = member
+    base = Baselines(model, tmeta, members, fit_attacks=list(fit_attacks or []) if adv is not None else [])
+    s = base.scores(data.clean)
     base.thresholds = {n: float(roc.threshold_at_fpr(s[n].numpy(), target_fpr)) for n in base.names}
     base.scales = {n: float(s[n].std()) or 1.0 for n in base.names}
     return base
 
 
-def torch_decision(pipeline, feats: torch.Tensor) -> torch.Tensor:
-    """A fitted sklearn pipeline (StandardScaler, then a logistic regression)'s decision function in torch, so
-    that it can be differentiated: ((f - mean) / scale) . w + b."""
-    scaler, lr = pipeline[0], pipeline[-1]
-    as_t = lambda a: torch.as_tensor(a, dtype=feats.dtype, device=feats.device)  # noqa: E731
-    z = (feats - as_t(scaler.mean_)) / as_t(scaler.scale_)
-    return z @ as_t(lr.coef_[0]) + float(lr.intercept_[0])
-
-
-def describe(base: Baselines) -> dict[str, Any]:
-    """What the report states about each baseline's fit."""
-    out: dict[str, Any] = {
-        "msp": {"network": "twin"},
-        "mahalanobis": {"network": "twin", "layers": "penultimate", "noise": base.noise},
-        "kd": {"network": "twin", "bandwidth": base.kd.sigma, "bandwidth_grid": base.kd.grid},
-    }
-    if base.maha_full is not None:
-        out["mahalanobis_full"] = {
-            "network": "twin",
-            "noise": base.maha_full.noise,
-            "cv_auroc_by_noise": base.maha_full.cv_auroc,
-            "fit_attacks": base.fit_attacks,
-        }
-    if base.lid is not None:
-        out["lid"] = {
-            "network": "twin",
-            "k": base.lid.k,
-            "fit_attacks": base.fit_attacks,
-            "reference": f"{len(base.lid.reference)} x {len(base.lid.reference[0][0])} training inputs",
-        }
-    for n, d in out.items():
-        d["threshold"] = base.thresholds.get(n)
-    return out
-
-
-def seen_attacks(base: Baselines, detector: str) -> list[str]:
-    return list(base.fit_attacks) if detector in NEEDS_ATTACKS else []
-
-
-__all__ += ["describe", "seen_attacks"]
-_ = np  # numpy is used by the submodules' return types
+__all__ = [
+    "ADAPTIVE_BASELINES",
+    "BASELINES",
+    "FIT_ATTACKS",
+    "NEEDS_ATTACKS",
+    "REGISTRY",
+    "Baseline",
+    "Baselines",
+    "FitData",
+    "Forward",
+    "ensure_twin",
+    "fit_baselines",
+    "load_twin",
+    "twin_dir",
+    "twin_ready",
+]

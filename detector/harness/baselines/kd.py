@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
 
+from detector.harness.baselines.base import FitData, Forward
+from training.batched import model_device
 from training.data import Split
 from training.model import Classifier, split_features
 
@@ -48,11 +50,14 @@ class KernelDensity:
     grid: dict[float, float]  # bandwidth -> mean clean calibration log density
 
     @classmethod
-    def fit(cls, model: Classifier, train: Split, calibration: Split) -> KernelDensity:
-        dev = next(model.parameters()).device
-        feats = split_features(model, train.x, dev)
+    def fit(
+        cls, model: Classifier, train_feats: torch.Tensor, train_y: torch.Tensor, calibration: Split
+    ) -> KernelDensity:
+        """Bandwidth from the clean calibration split, densities over ``train_feats`` (N, D) of labels y (N,)."""
+        dev = model_device(model)
+        feats = train_feats
         k = int(model.spec.num_classes)
-        per_class = [feats[train.y == c] for c in range(k)]
+        per_class = [feats[train_y == c] for c in range(k)]
         cal = split_features(model, calibration.x, dev)
         with torch.no_grad():
             cal_pred = model.head(cal.to(dev)).argmax(1).cpu()
@@ -66,6 +71,25 @@ class KernelDensity:
         best = max(grid, key=grid.__getitem__)
         return cls(per_class, best, grid)
 
-    def score(self, feats: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
-        """(N,) -log KD, larger = more abnormal."""
-        return (-log_kd(feats.cpu(), pred.cpu(), self.train_feats, self.sigma)).numpy()
+
+class KDBaseline:
+    """``kd``: kernel density of the twin's last hidden layer under the predicted (or target) class."""
+
+    name = "kd"
+    needs_attacks = False
+    differentiable = True
+
+    def fit(self, data: FitData) -> None:
+        self.state = KernelDensity.fit(
+            data.model, data.train_features(), data.ds.train.y, data.ds.calibration
+        )
+
+    def score(self, out: Forward) -> torch.Tensor:
+        pred = out.logits.argmax(1)
+        return -log_kd(out.feats, pred, self.state.train_feats, self.state.sigma)
+
+    def attack_score(self, out: Forward, t: torch.Tensor) -> torch.Tensor:
+        return -log_kd(out.feats, t, self.state.train_feats, self.state.sigma).to(out.x.device).float()
+
+    def describe(self) -> dict[str, Any]:
+        return {"bandwidth": self.state.sigma, "bandwidth_grid": self.state.grid}

@@ -19,11 +19,14 @@ estimate's variance). The regression is fitted on attacks generated on the calib
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from detector.harness.baselines.base import FitData, Forward
 from detector.layers import forward_with_layers
+from training.batched import batched, model_device
 from training.data import Split
 from training.model import Classifier
 
@@ -38,17 +41,14 @@ def mle_lid(points: torch.Tensor, reference: torch.Tensor, k: int) -> torch.Tens
     return -1.0 / mean_log.clamp(max=-1e-12)
 
 
-@torch.no_grad()
 def activations(model: Classifier, x: torch.Tensor, batch_size: int = 250) -> list[torch.Tensor]:
     """Flattened activations of every tapped block, then features, then logits: a list of (N, D_l), CPU."""
-    dev = next(model.parameters()).device
-    cols: list[list[torch.Tensor]] = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size].to(dev)
-        xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
+
+    def one(xb: torch.Tensor) -> list[torch.Tensor]:
         logits, feats, layers = forward_with_layers(model, xb, pooling="flat")
-        cols.append([t.float().cpu() for t in [*layers, feats, logits]])
-    return [torch.cat(c) for c in zip(*cols, strict=True)]
+        return [t.float() for t in [*layers, feats, logits]]
+
+    return batched(one, x, batch_size, model_device(model))
 
 
 @dataclass
@@ -91,3 +91,31 @@ class LID:
         if self.regression is None:
             raise RuntimeError("LID detector not fitted: call fit() on calibration inputs first")
         return self.regression.decision_function(self.features(model, x))  # type: ignore[attr-defined]
+
+
+class LIDBaseline:
+    """``lid``: per-layer LID estimates combined by a regression fitted on calibration adversarials. Not
+    differentiable for the adaptive attacks: its nearest-neighbour search over 25k-dimensional activations is
+    too slow to follow for hundreds of steps on a CPU."""
+
+    name = "lid"
+    needs_attacks = True
+    differentiable = False
+
+    def fit(self, data: FitData) -> None:
+        if data.adversarial is None:
+            raise ValueError("lid needs adversarial calibration inputs")
+        self.model = data.model
+        self.state = LID.from_training(data.model, data.ds.train, seed=data.seed).fit(
+            data.model, data.clean, data.adversarial, data.seed
+        )
+
+    def score(self, out: Forward) -> torch.Tensor:
+        return torch.from_numpy(self.state.score(self.model, out.x))
+
+    def attack_score(self, out: Forward, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("lid is not differentiable here (see the class docstring)")
+
+    def describe(self) -> dict[str, Any]:
+        ref = self.state.reference
+        return {"k": self.state.k, "reference": f"{len(ref)} x {len(ref[0][0])} training inputs"}

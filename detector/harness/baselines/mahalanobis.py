@@ -16,12 +16,15 @@ Covariances: ``sklearn.covariance.EmpiricalCovariance`` of class-centred feature
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.covariance import EmpiricalCovariance
 
+from detector.harness.baselines.base import FitData, Forward
 from detector.layers import forward_with_layers, split_layers
+from training.batched import batched, model_device
 from training.data import Split
 from training.model import Classifier
 
@@ -66,22 +69,20 @@ class LayerGaussians:
 
     def scores(self, model: Classifier, x: torch.Tensor, noise: float, batch_size: int = 250) -> np.ndarray:
         """(N, L) per-layer distances, each layer on its own pre-processed input (Lee et al. eq. 4)."""
-        dev = next(model.parameters()).device
-        out = []
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].to(dev).float()
+
+        def one(xb: torch.Tensor) -> torch.Tensor:
             if noise == 0:
                 with torch.no_grad():
-                    cols = self.distances(model, xb)
-            else:
-                cols = []
-                for layer in range(len(self.means)):
-                    xg = xb.clone().requires_grad_(True)
-                    (g,) = torch.autograd.grad(self.distances(model, xg)[layer].sum(), xg)
-                    with torch.no_grad():
-                        cols.append(self.distances(model, (xb - noise * g.sign()).clamp(0.0, 1.0))[layer])
-            out.append(torch.stack(cols, 1).double().cpu())
-        return torch.cat(out).numpy()
+                    return torch.stack(self.distances(model, xb), 1).double()
+            cols = []
+            for layer in range(len(self.means)):
+                xg = xb.clone().requires_grad_(True)
+                (g,) = torch.autograd.grad(self.distances(model, xg)[layer].sum(), xg)
+                with torch.no_grad():
+                    cols.append(self.distances(model, (xb - noise * g.sign()).clamp(0.0, 1.0))[layer])
+            return torch.stack(cols, 1).double()
+
+        return batched(one, x, batch_size, model_device(model), grad=True).numpy()
 
 
 @dataclass
@@ -141,3 +142,72 @@ def quiet_fit(estimator, xs: np.ndarray, ys: np.ndarray):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return estimator.fit(xs, ys)
+
+
+def torch_decision(pipeline, feats: torch.Tensor) -> torch.Tensor:
+    """A fitted sklearn pipeline (StandardScaler, then a logistic regression)'s decision function in torch, so
+    that it can be differentiated: ((f - mean) / scale) . w + b."""
+    scaler, lr = pipeline[0], pipeline[-1]
+    as_t = lambda a: torch.as_tensor(a, dtype=feats.dtype, device=feats.device)  # noqa: E731
+    z = (feats - as_t(scaler.mean_)) / as_t(scaler.scale_)
+    return z @ as_t(lr.coef_[0]) + float(lr.intercept_[0])
+
+
+class MahalanobisBaseline:
+    """``mahalanobis``: the penultimate layer only, optional input pre-processing (``--maha-noise``)."""
+
+    name = "mahalanobis"
+    needs_attacks = False
+    differentiable = True
+
+    def fit(self, data: FitData) -> None:
+        self.model = data.model
+        k = int(data.model.spec.num_classes)
+        feats = data.train_features().double().numpy()
+        self.means, self.precision = tied_statistics(feats, data.ds.train.y.numpy(), k)
+        self.noise = data.noise
+
+    def _distance(self, feats: torch.Tensor) -> torch.Tensor:
+        return squared_mahalanobis(feats, self.means, self.precision).amin(1)
+
+    def score(self, out: Forward) -> torch.Tensor:
+        if self.noise == 0:
+            return self._distance(out.feats)
+        # Lee et al.'s pre-processing: x - noise * sign(grad_x min_k M_k(x)), clamped to [0, 1]
+        with torch.enable_grad():
+            x = out.x.detach().clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(self._distance(self.model.features(x)).sum(), x)
+        with torch.no_grad():
+            return self._distance(self.model.features((out.x - self.noise * g.sign()).clamp(0.0, 1.0)))
+
+    def attack_score(self, out: Forward, t: torch.Tensor) -> torch.Tensor:
+        """Pre-processing is treated as the identity (its one small step barely moves the score)."""
+        return self._distance(out.feats)
+
+    def describe(self) -> dict[str, Any]:
+        return {"layers": "penultimate", "noise": self.noise}
+
+
+class MahalanobisFullBaseline:
+    """``mahalanobis_full``: Lee et al.'s detector as published (feature ensemble, pre-processing, regression),
+    fitted on calibration adversarials."""
+
+    name = "mahalanobis_full"
+    needs_attacks = True
+    differentiable = True
+
+    def fit(self, data: FitData) -> None:
+        if data.adversarial is None:
+            raise ValueError("mahalanobis_full needs adversarial calibration inputs")
+        self.model = data.model
+        self.state = MahalanobisFull.fit(data.model, data.ds.train, data.clean, data.adversarial, data.seed)
+
+    def score(self, out: Forward) -> torch.Tensor:
+        return torch.from_numpy(self.state.score(self.model, out.x))
+
+    def attack_score(self, out: Forward, t: torch.Tensor) -> torch.Tensor:
+        d = torch.stack(self.state.layers.distances(self.model, out.x), 1)  # (B, L)
+        return torch_decision(self.state.regression, d)
+
+    def describe(self) -> dict[str, Any]:
+        return {"noise": self.state.noise, "cv_auroc_by_noise": self.state.cv_auroc}
