@@ -31,15 +31,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from detector.harness.evaluation import EvalConfig, evaluate
     from detector.harness.report import table
 
-    command = " ".join(shlex.quote(a) for a in ["lgm", *sys.argv[1:]]) if sys.argv[0].endswith("lgm") else ""
+    # the command as typed, whether it came in as `lgm ...`, `python -m service ...` or main([...])
+    command = shlex.join(["lgm", *getattr(args, "argv", sys.argv[1:])])
     cfg = EvalConfig(
         artifact=args.artifact,
         out=args.out,
         **given(EvalConfig, args),
         budgets=budgets_from_args(args),
         quiet=args.quiet,
-        command=command
-        or f"lgm evaluate {args.artifact} --attacks {','.join(args.attacks)} --out {args.out}",
+        command=command,
     )
     report = evaluate(cfg)
     if report is not None:

@@ -42,9 +42,12 @@ STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("uvicorn.error")  # uvicorn configures this one
 
 DESCRIPTION = """
-Classifies images with an L-GM network (Wan et al., CVPR 2018) and scores how abnormal each input's feature is
-under the predicted class's Gaussian; inputs below the calibrated log-likelihood threshold are flagged as
-adversarial.
+Classifies images with an L-GM network (Wan et al., CVPR 2018) and scores how abnormal each input is. The
+detector turns several statistics of the input (its feature's log-likelihood under the predicted class's
+Gaussian, the boundary statistic, earlier layers' likelihoods) into one combined score: in clean mode the largest
+surprise -log P_clean over them. An input is flagged as adversarial when that score is above the predicted
+class's threshold, set at the target false-positive rate on clean calibration inputs; `abnormality_score` is the
+share of clean calibration inputs of that class with a lower score. `GET /v1/model` shows the thresholds.
 
 ```
 curl -F files=@digit.png http://localhost:8000/v1/predict

@@ -60,13 +60,23 @@ class Prediction(BaseModel):
     )
     top_k: list[TopK] = Field(description="the most probable classes, best first")
     log_likelihood: float = Field(
-        description="log N(f(x); mu_k, Lambda_k) of the feature under the predicted class"
+        description="log N(f(x); mu_k, Sigma_k) of the feature under the predicted class's Gaussian (nats): "
+        "one of the statistics the detector combines"
     )
     abnormality_score: float = Field(
-        ge=0, le=1, description="share of clean inputs of that class with a higher likelihood"
+        ge=0,
+        le=1,
+        description="share of clean calibration inputs of the predicted class whose combined detector score "
+        "is lower (0.99: more abnormal than 99% of them)",
     )
-    is_adversarial: bool = Field(description="log_likelihood < threshold")
-    threshold: float = Field(description="the log-likelihood threshold applied (nats)")
+    is_adversarial: bool = Field(
+        description="the combined detector score is above the predicted class's threshold, which was set at "
+        "the target false-positive rate on clean calibration inputs"
+    )
+    threshold: float = Field(
+        description="the log-likelihood (nats) below which this input is flagged on its likelihood alone; "
+        "above it, it is still flagged when another statistic is extreme enough"
+    )
 
 
 class PredictResponse(BaseModel):

@@ -78,11 +78,23 @@ def test_scores_shapes_and_ranges(art):
     assert not (s.log_likelihood < s.threshold)[
         ~s.is_adversarial
     ].any()  # below the threshold implies flagged
-    torch.testing.assert_close(s.is_adversarial, s.score > torch.from_numpy(det.thresholds[s.pred.numpy()]))
     assert s.surprises.shape == (50, len(det.score_model.names)) and (s.surprises >= 0).all()
     assert not s.log_likelihood.requires_grad
     info = det.info()
     assert info["mode"] == "clean" and info["target_fpr"] == 0.05 and len(info["class_thresholds"]) == 10
+
+
+def test_clean_false_positive_rate_holds_on_unseen_inputs(art):
+    """The thresholds are set at the target FPR on the calibration split; the share of clean inputs flagged is
+    at most the target there, and on the unseen test split within three binomial standard errors of it."""
+    det = Detector.load(art, "cpu")
+    target = float(det.calibration["target_fpr"])
+    ds = load_digits()
+    cal_fpr = float(det.score(ds.calibration.float()).is_adversarial.double().mean())
+    assert cal_fpr <= target and cal_fpr == pytest.approx(det.calibration["figures"]["clean_fpr"])
+    n = len(ds.test)
+    test_fpr = float(det.score(ds.test.float()).is_adversarial.double().mean())
+    assert test_fpr <= target + 3 * (target * (1 - target) / n) ** 0.5
 
 
 def test_abnormality_monotone_in_score(art):

@@ -17,11 +17,9 @@ The likelihood term of an adversarial feature f' of class y (``adv_lkd``):
   wrong class's Gaussian until it is as far from that mean as a typical sample of that Gaussian is from its
   own (E[d_k] = D/2 for a sample of class k); a hinge, so that the means cannot drift apart without bound.
 
-Why ``push``: on ``mnist5k`` (``bench/robust_train.py``, the same 300 test digits, L-inf 0.3) it beat ``pull``
-in every pair of runs measured (12 epochs, seeds 0 and 1; 24 epochs), by 2-4 points of accuracy under a
-100-step PGD with restarts and 0.7-1.4 points of detect-or-correct under a likelihood-aware PGD, at the same clean
-accuracy; each gap is inside the 95% intervals, the direction never changed. README.md ("Training") has the
-table.
+Why ``push``: on ``mnist5k`` it beat ``pull`` in accuracy under PGD and in detect-or-correct under a
+likelihood-aware PGD at the same clean accuracy, in every pair of runs ``bench/robust_train.py`` compared; the
+figures, with their intervals, are in its report and the results pages, not here.
 
 Eps grows linearly from 0 to ``adv_eps`` over the first ``adv_warmup`` epochs (per iteration), a pure function
 of (epoch, step) like the learning rate, so resumed runs replay exactly. The random start draws from the
