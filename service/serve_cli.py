@@ -1,5 +1,6 @@
-"""``lgm serve DIR``: every ``ServeSettings`` field as a flag, its help and group taken from the field (flags beat
-``LGM_*`` env vars, which beat defaults). With more than one worker, uvicorn starts the processes, each of which
+"""``lgm serve DIR``: every ``ServeSettings`` field as a flag, built by the same bridge as every other command
+(``training/configargs.py``), its help and group taken from the field (flags beat ``LGM_*`` env vars, which
+beat defaults; list flags take comma lists and may be repeated). With more than one worker, uvicorn starts the processes, each of which
 builds the app from the same settings (handed over as ``LGM_*`` variables).
 
 The artifact is loaded and checked before uvicorn starts, so a missing, tampered or uncalibrated artifact stops
@@ -13,6 +14,7 @@ import os
 from typing import Any
 
 from service.settings import ServeSettings
+from training.configargs import add_arguments, given, one_line_error
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,40 +27,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "artifact", nargs="?", default=None, help="calibrated artifact folder (default: $LGM_ARTIFACT)"
     )
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for name, f in ServeSettings.model_fields.items():
-        if name == "artifact":
-            continue
-        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
-        group = str(extra["group"])
-        g = groups.get(group) or groups.setdefault(group, p.add_argument_group(group))
-        flag = str(extra.get("flag") or "--" + name.replace("_", "-"))
-        default = f.get_default(call_default_factory=True)
-        env = f"LGM_{name.upper()}"
-        helptext = f"{f.description} (default: {default!r}; env {env})"
-        if isinstance(default, bool):
-            g.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=helptext
-            )
-        elif isinstance(default, list):
-            g.add_argument(flag, dest=name, action="append", default=None, help=helptext + "; repeatable")
-        else:
-            typ: Any = type(default) if isinstance(default, (int, float)) else str
-            g.add_argument(flag, dest=name, type=typ, default=None, help=helptext)
+    # the same bridge as every other command (training/configargs.py); left-off flags defer to env and defaults
+    add_arguments(p, ServeSettings, only_given=True, env_prefix="LGM_", exclude=("artifact",))
     p.set_defaults(func=cmd_serve)
 
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
-    """Env vars and defaults, overridden by the flags actually given. A bad value raises a one-line ValueError."""
+    """Env vars and defaults, overridden by the flags actually given. A bad value raises a one-line ValueError
+    naming the flag."""
     from pydantic import ValidationError
 
-    given = {n: getattr(args, n) for n in ServeSettings.model_fields if getattr(args, n, None) is not None}
+    options = given(ServeSettings, args)
+    if getattr(args, "artifact", None) is not None:
+        options["artifact"] = args.artifact
     try:
-        return ServeSettings(**given)
+        return ServeSettings(**options)
     except ValidationError as exc:
-        e = exc.errors()[0]
-        where = ".".join(str(p) for p in e.get("loc", ()))
-        raise ValueError(f"bad setting {where}: {e.get('msg')}") from None
+        raise one_line_error(ServeSettings, exc) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -1,11 +1,11 @@
 """One settings class for the server: defaults here, overridden by ``LGM_*`` environment variables, then by
-``lgm serve`` flags. ``service/serve_cli.py`` builds every flag from these fields: its help from the field's
-description, its group (and, where it differs from ``--field-name``, its flag) from the field's
-``json_schema_extra``.
+``lgm serve`` flags. The flags come from these fields through the command-line bridge every ``lgm`` command
+uses (``training/configargs.py``): its help from the field's description, its group (and, where it differs
+from ``--field-name``, its flag) from the field's ``json_schema_extra``. Declare a new setting as a plain field
+with ``Field(default, group=..., description=...)`` and it is a flag and an env var.
 
-List settings (``api_keys``, ``cors_origins``) read as comma-separated strings from the environment, e.g.
-``LGM_API_KEYS=key1,key2``.
-"""
+List settings (``api_keys``, ``cors_origins``) are comma lists in the environment (``LGM_API_KEYS=key1,key2``)
+and on the command line, where the flag may also be repeated (``--api-key key1 --api-key key2``)."""
 
 from __future__ import annotations
 

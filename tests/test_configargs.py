@@ -120,3 +120,37 @@ def test_comma_lists_and_dashed_spellings() -> None:
         check_options(from_args(ListOpts, p.parse_args(["--kind", "per-klass"])))
     with pytest.raises(ValueError, match=r"^--stats must be a comma list of a, b_c, d, got 'a,x'$"):
         check_options(from_args(ListOpts, p.parse_args(["--stats", "a,x"])))
+
+
+# -- the same bridge for the server's pydantic-settings class --------------------------------------------------
+def test_serve_settings_flags_come_from_the_same_bridge(monkeypatch) -> None:
+    from service.cli import build_parser
+    from service.serve_cli import settings_from_args
+
+    p = build_parser()
+    serve = p._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    help_text = " ".join(serve.format_help().split())
+    assert "TCP port (default: 8000; env LGM_PORT)" in help_text
+    assert [g.title for g in serve._action_groups][2:4] == ["model", "network"]
+    monkeypatch.setenv("LGM_MAX_BATCH_SIZE", "7")
+    monkeypatch.setenv("LGM_API_KEYS", "env-key")
+    s = settings_from_args(p.parse_args(["serve", "art", "--api-key", "a,b", "--api-key", "c"]))
+    assert (
+        s.api_keys == ["a", "b", "c"] and s.max_batch_size == 7
+    )  # a flag beats the env var, env beats default
+    assert settings_from_args(p.parse_args(["serve", "art"])).api_keys == ["env-key"]
+    with pytest.raises(ValueError, match=r"^--port: Input should be less than or equal to 65535$"):
+        settings_from_args(p.parse_args(["serve", "art", "--port", "70000"]))
+
+
+def test_list_flags_take_comma_lists_and_repeats_everywhere() -> None:
+    @dataclass
+    class Lists:
+        names: list[str] = option(["x", "y"], "names", group="g", choices=("a", "b", "x", "y"))
+
+    p = argparse.ArgumentParser()
+    add_arguments(p, Lists)
+    assert from_args(Lists, p.parse_args([])).names == ["x", "y"]
+    assert from_args(Lists, p.parse_args(["--names", "a,b"])).names == ["a", "b"]  # replaces the default
+    assert from_args(Lists, p.parse_args(["--names", "a", "--names", "b"])).names == ["a", "b"]
+    assert from_args(Lists, p.parse_args(["--names", ""])).names == []

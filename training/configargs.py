@@ -1,4 +1,19 @@
-"""Command-line flags and option checks built from a dataclass whose fields describe themselves.
+"""Command-line flags and option checks built from a config class whose fields describe themselves: the one
+configuration mechanism of every ``lgm`` command.
+
+Two kinds of class declare their options, each in its natural way, and this module builds both command lines
+the same way (groups, ``--help`` defaults, flag names, one list convention):
+
+- a dataclass whose fields are declared with :func:`option` (``TrainConfig``, ``CalibrationConfig``,
+  ``EvalConfig``, ``Budgets``), checked by :func:`check_options`;
+- a pydantic-settings class (``ServeSettings``) whose fields carry a ``group`` (and optionally ``flag``) in
+  ``json_schema_extra``; pydantic validates it, reads ``LGM_*`` environment variables and
+  :func:`one_line_error` turns its errors into one line naming the flag.
+
+Why this bridge and not pydantic-settings' own command line (``CliApp``, tried with 2.16): it groups ``--help``
+only by nested models, so every flag would become ``--calibration.target-fpr``; it has no dashed spellings of
+values (``--gaussians per-class``); and its errors are multi-line. Keeping argparse keeps the commands' flags,
+one-line usage errors and grouped ``--help`` with defaults as they are.
 
 A field declared with :func:`option` carries its help, its group in ``--help``, its allowed values and its
 bounds in ``dataclasses.field(metadata=...)``; :func:`add_arguments` turns every such field into one flag
@@ -17,7 +32,8 @@ Two ways to default a flag:
   ``option(..., default_help="0.3 for grey digits, 8/255 for colour")`` where the default depends on context.
 
 Two more kinds of field: ``list[str]`` is a comma list on the command line (``--statistics a,b``; an empty
-string is the empty list), each item checked against ``choices``; and ``option(..., dashes=True)`` lets a
+string is the empty list; a repeated flag adds to the list: ``--api-key k1 --api-key k2``), each item checked
+against ``choices``, and a comma list in an environment variable too (``LGM_API_KEYS=k1,k2``); and ``option(..., dashes=True)`` lets a
 string option be spelt with dashes where its value has underscores (``--gaussians per-class`` ->
 ``"per_class"``), which is how ``--help`` and the messages show it.
 
@@ -105,8 +121,37 @@ def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+def _is_settings(cls: type) -> bool:
+    return hasattr(cls, "model_fields")
+
+
+def _settings_field(name: str, info: Any) -> dataclasses.Field:
+    """A pydantic field seen as a described dataclass field, so that one code path builds every flag."""
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    meta = {
+        "help": info.description or "",
+        "group": extra["group"],
+        "choices": None,
+        "bounds": {},  # pydantic checks its own bounds
+        "flag": extra.get("flag"),
+        "default_help": None,
+        "dashes": False,
+    }
+    default = info.get_default(call_default_factory=True)
+    f: dataclasses.Field = dataclasses.field(default=default, metadata=meta)  # type: ignore[assignment]
+    f.name = name
+    return f
+
+
 def described_fields(cls: type) -> list[dataclasses.Field]:
-    """The fields of ``cls`` declared with :func:`option`, in declaration order."""
+    """The fields of ``cls`` declared with :func:`option` (or, for a pydantic-settings class, with a ``group``),
+    in declaration order."""
+    if _is_settings(cls):
+        return [
+            _settings_field(n, info)
+            for n, info in cls.model_fields.items()  # type: ignore[attr-defined]
+            if isinstance(info.json_schema_extra, dict) and "group" in info.json_schema_extra
+        ]
     return [f for f in dataclasses.fields(cls) if "group" in f.metadata]
 
 
@@ -116,7 +161,7 @@ def names_in_group(cls: type, group: str) -> tuple[str, ...]:
 
 def field_kind(cls: type, name: str) -> type:
     """bool, int, float, str or list (of str): the field's resolved annotation with ``| None`` removed."""
-    hint = typing.get_type_hints(cls)[name]
+    hint = cls.model_fields[name].annotation if _is_settings(cls) else typing.get_type_hints(cls)[name]  # type: ignore[attr-defined]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         hint = args[0] if len(args) == 1 else hint
@@ -129,13 +174,31 @@ def field_kind(cls: type, name: str) -> type:
     return hint
 
 
+class _CommaList(argparse.Action):
+    """A comma list that a repeated flag extends; the first occurrence replaces the default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
+        seen = f"_given_{self.dest}"
+        items = [] if not getattr(namespace, seen, False) else list(getattr(namespace, self.dest, None) or [])
+        setattr(namespace, seen, True)
+        setattr(namespace, self.dest, items + list(values))
+
+
 def add_arguments(
-    parser: argparse.ArgumentParser, cls: type, *, only_given: bool = False
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    only_given: bool = False,
+    env_prefix: str | None = None,
+    exclude: Sequence[str] = (),
 ) -> dict[str, argparse._ArgumentGroup]:
     """One argument group per ``group`` (in the order groups first appear), one flag per described field.
-    Returns the groups by name, for a caller that adds flags of its own to them."""
+    ``env_prefix`` names each field's environment variable in its help; ``exclude`` leaves fields out (a
+    caller's positional argument, say). Returns the groups by name, for a caller that adds flags of its own."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in described_fields(cls):
+        if f.name in exclude:
+            continue
         g = groups.get(f.metadata["group"])
         if g is None:
             g = groups[f.metadata["group"]] = parser.add_argument_group(f.metadata["group"])
@@ -154,11 +217,16 @@ def add_arguments(
             conv = kind
         if only_given:
             spelt_default = conv is not kind  # a list or dashed value: shown as typed
-            shown = f.metadata["default_help"] or (default if spelt_default else repr(f.default))
-            helptext, default = f"{helptext} (default: {shown})", argparse.SUPPRESS
+            shown = f.metadata["default_help"] or (
+                (default or "''") if spelt_default else repr(default_of(f))
+            )
+            env = f"; env {env_prefix}{f.name.upper()}" if env_prefix else ""
+            helptext, default = f"{helptext} (default: {shown}{env})", argparse.SUPPRESS
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": helptext}
         if kind is bool:
             g.add_argument(flag_of(f), action=argparse.BooleanOptionalAction, **kwargs)
+        elif kind is list:
+            g.add_argument(flag_of(f), type=comma_list, action=_CommaList, **kwargs)
         else:
             g.add_argument(flag_of(f), type=conv, choices=choices, **kwargs)
     return groups
@@ -172,6 +240,18 @@ def given(cls: type, args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             out[f.name] = value
     return out
+
+
+def one_line_error(cls: type, exc: Exception) -> ValueError:
+    """A pydantic ValidationError of ``cls`` as one line naming the flag: ``--port: Input should be ...``."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors) or not errors():
+        return ValueError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    e = errors()[0]
+    loc = [str(p) for p in e.get("loc", ())]
+    flags = {f.name: flag_of(f) for f in described_fields(cls)}
+    where = flags.get(loc[0], loc[0]) if loc else cls.__name__
+    return ValueError(f"{where}: {e.get('msg')}")
 
 
 def from_args(cls: type, args: argparse.Namespace) -> Any:
