@@ -41,6 +41,12 @@ class FitData:
         """(N, C, H, W) clean calibration images in [0, 1]."""
         return self.ds.calibration.float()
 
+    def adversarial_for(self, name: str) -> torch.Tensor:
+        """The calibration adversarials a ``needs_attacks`` baseline is fitted on (ValueError without them)."""
+        if self.adversarial is None:
+            raise ValueError(f"{name} needs adversarial calibration inputs")
+        return self.adversarial
+
     def train_features(self) -> torch.Tensor:
         """The twin's penultimate features of the training split (N, D), float32 on the CPU, computed once."""
         if self._train_feats is None:

@@ -103,11 +103,9 @@ class LIDBaseline:
     differentiable = False
 
     def fit(self, data: FitData) -> None:
-        if data.adversarial is None:
-            raise ValueError("lid needs adversarial calibration inputs")
-        self.model = data.model
-        self.state = LID.from_training(data.model, data.ds.train, seed=data.seed).fit(
-            data.model, data.clean, data.adversarial, data.seed
+        self.model, adv = data.model, data.adversarial_for(self.name)
+        self.state = LID.from_training(self.model, data.ds.train, seed=data.seed).fit(
+            self.model, data.clean, adv, data.seed
         )
 
     def score(self, out: Forward) -> torch.Tensor:

@@ -197,10 +197,8 @@ class MahalanobisFullBaseline:
     differentiable = True
 
     def fit(self, data: FitData) -> None:
-        if data.adversarial is None:
-            raise ValueError("mahalanobis_full needs adversarial calibration inputs")
-        self.model = data.model
-        self.state = MahalanobisFull.fit(data.model, data.ds.train, data.clean, data.adversarial, data.seed)
+        self.model, adv = data.model, data.adversarial_for(self.name)
+        self.state = MahalanobisFull.fit(self.model, data.ds.train, data.clean, adv, data.seed)
 
     def score(self, out: Forward) -> torch.Tensor:
         return torch.from_numpy(self.state.score(self.model, out.x))
