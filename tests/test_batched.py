@@ -49,3 +49,15 @@ def test_grad_only_when_asked_and_bad_batch_size() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         batched(net, x, 0)
     assert model_device(net) == torch.device("cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batches_run_on_the_models_device() -> None:
+    net = torch.nn.Linear(4, 2).cuda()
+    x = torch.rand(9, 4)
+    out = batched(lambda xb: net(xb), x, 4, model_device(net))
+    assert out.device.type == "cpu"
+    torch.testing.assert_close(out, net.cpu()(x).detach())
+    net.cuda()
+    assert batched(lambda xb: net(xb), x, 4, model_device(net), to_cpu=False).device.type == "cuda"
