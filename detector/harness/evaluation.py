@@ -10,7 +10,8 @@ Protocol (Carlini & Wagner 2017; Tramer et al. 2020), in named stages:
    baselines on the twin) with the same budget and seed; adaptive attacks get the deployed detectors' objective.
 5. ``score``: negatives are the attacked clean inputs, positives the successful adversarials; thresholds come
    from the calibration split; figures come from the test split only (``detector/harness/metrics.py``).
-6. ``report``: report.json, report.md and figures (``detector/harness/report.py``).
+6. ``report``: report.json assembled (``detector/harness/assemble.py``), report.md rendered from it alone
+   (``detector/harness/report.py``), and the figures.
 Attack chunks are spread over torchrun ranks (``detector/harness/adversarial.py``); rank 0 scores and reports.
 """
 
