@@ -185,16 +185,18 @@ def fit_baselines_stage(
             ok = batched(lambda xb: ctx.twin(xb).argmax(1), xa, 500, device) != ys
             parts.append(xa[ok])
         adv = torch.cat(parts)
-    full = info.is_main  # only rank 0 scores; the others need the twin objective's statistics alone
+    # Only rank 0 scores; the others attack, so they need every baseline the twin's adaptive objective follows
+    # (mahalanobis_full among them), and none that it does not.
     return fit_baselines(
         ctx.twin,
         ctx.twin_meta,
         ctx.ds,
         target_fpr,
         cfg.maha_noise,
-        adv if full else None,
+        adv,
         cfg.fit_attacks,
         cfg.seed,
+        only_differentiable=not info.is_main,
     )
 
 

@@ -135,9 +135,11 @@ def fit_baselines(
     calibration_adversarial: torch.Tensor | None = None,
     fit_attacks: list[str] | None = None,
     seed: int = 0,
+    only_differentiable: bool = False,
 ) -> Baselines:
-    """Fit every registered baseline (those that need attacks only when calibration adversarials are given) and
-    set each threshold at the target FPR on the clean calibration split."""
+    """Fit every registered baseline (those that need attacks only when calibration adversarials are given;
+    with ``only_differentiable``, only those an adaptive attack follows) and set each threshold at the target
+    FPR on the clean calibration split."""
     adv = (
         calibration_adversarial
         if calibration_adversarial is not None and len(calibration_adversarial)
@@ -146,7 +148,7 @@ def fit_baselines(
     data = FitData(model, ds, noise, adv, seed)
     members: dict[str, Baseline] = {}
     for cls in REGISTRY:
-        if cls.needs_attacks and adv is None:
+        if (cls.needs_attacks and adv is None) or (only_differentiable and not cls.differentiable):
             continue
         member = cls()
         member.fit(data)
