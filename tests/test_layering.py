@@ -45,3 +45,20 @@ def test_the_harness_is_loaded_when_asked_for():
     """The check above can fail: importing the evaluation does load the harness and its attack registry."""
     loaded = _loaded_after("import detector.harness.evaluation")
     assert "detector.harness.attacks" in loaded and "detector.harness.baselines" in loaded
+
+
+def test_every_served_module_is_under_the_contract():
+    """A new module in detector/ (outside harness/) is served code: the contract must list it, or it could
+    import the harness unchecked."""
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    [served] = [
+        c
+        for c in contracts
+        if "detector.harness" in c.get("forbidden_modules", []) and "service" in c["source_modules"]
+    ]
+    modules = {
+        f"detector.{p.stem}" for p in (ROOT / "detector").glob("*.py") if p.stem not in ("__init__", "cli")
+    }
+    assert modules <= set(served["source_modules"]), sorted(modules - set(served["source_modules"]))
