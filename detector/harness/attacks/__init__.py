@@ -273,9 +273,10 @@ def literature_of(name: str, dataset: str) -> str | None:
 
 def attacks_help() -> str:
     """``--attacks`` help, from the registry."""
+    rest = (n for n in SPECS if n not in DEFAULT_SUITE)
     return (
-        f"comma list of {','.join(SPECS)}; 'default' = {','.join(DEFAULT_SUITE)}; 'robust' = "
-        f"{','.join(ROBUST_SUITE)}; 'all' = default + {','.join(n for n in SPECS if n not in DEFAULT_SUITE)}"
+        f"comma list of {', '.join(SPECS)}; 'default' = {', '.join(DEFAULT_SUITE)}; 'robust' = "
+        f"{', '.join(ROBUST_SUITE)}; 'all' = default + {', '.join(rest)}"
     )
 
 
