@@ -420,7 +420,9 @@ def test_serve_refuses_tampered(served_artifact: Path, tmp_path: Path, capsys: p
 
 
 def test_serve_refuses_bad_setting(served_artifact: Path, capsys: pytest.CaptureFixture) -> None:
-    assert "max_batch_size" in _serve_error(capsys, str(served_artifact), "--max-batch-size", "0")
+    assert "--max-batch-size: " in _serve_error(
+        capsys, str(served_artifact), "--max-batch-size", "0"
+    )  # the flag typed
 
 
 def test_serve_needs_an_artifact(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
