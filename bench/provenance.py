@@ -1,6 +1,6 @@
 """Where and when a benchmark ran: the stamp that every results page carries.
 
-``stamp(command, seconds)`` returns the date (UTC), the git commit of the checkout (and whether tracked files
+``stamp(command, seconds, extra, code)`` returns the date (UTC), the git commit of the checkout (and whether tracked files
 differed from it), the machine (CPU model, the cores this process may use, memory, OS, Python, torch, the
 accelerator if any) and the command; ``write(out_dir, ...)`` saves it as ``provenance.json`` beside the
 benchmark's ``report.json``, where ``bench/results.py collect`` picks it up.
@@ -68,13 +68,23 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def stamp(command: str, seconds: float | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The provenance of a run that ends now; ``extra`` holds the benchmark's own figures (e.g. its timings)."""
+def checkout() -> dict[str, Any]:
+    """The commit checked out and whether tracked files differ from it; take it when the run starts."""
     dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(dirty) if dirty is not None else None}
+
+
+def stamp(
+    command: str,
+    seconds: float | None = None,
+    extra: dict[str, Any] | None = None,
+    code: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The provenance of a run that ends now. ``code`` is ``checkout()`` taken at its start (default: now);
+    ``extra`` holds the benchmark's own figures (e.g. its timings)."""
     return {
         "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "commit": _git("rev-parse", "HEAD"),
-        "dirty": bool(dirty) if dirty is not None else None,
+        **(code or checkout()),
         "machine": machine(),
         "command": command,
         "wall_seconds": None if seconds is None else round(seconds, 1),
@@ -83,12 +93,16 @@ def stamp(command: str, seconds: float | None = None, extra: dict[str, Any] | No
 
 
 def write(
-    out_dir: str | Path, command: str, seconds: float | None = None, extra: dict[str, Any] | None = None
+    out_dir: str | Path,
+    command: str,
+    seconds: float | None = None,
+    extra: dict[str, Any] | None = None,
+    code: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``provenance.json`` into ``out_dir`` (atomically) and return its path."""
     sys.path.insert(0, str(ROOT))
     from training.artifacts import atomic_write_json
 
     path = Path(out_dir) / FILE
-    atomic_write_json(path, stamp(command, seconds, extra))
+    atomic_write_json(path, stamp(command, seconds, extra, code))
     return path
