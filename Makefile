@@ -58,7 +58,7 @@ docs: install
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info site
 
-# ---- docker (see README "Docker"; not part of `make test`) -------------------------------------------------
+# ---- docker (see docs/deployment.md; not part of `make test`) -------------------------------------------------
 .PHONY: wheelhouse debs docker-smoke
 
 # Every wheel the API image needs, for an offline build: docker build --build-arg WHEELHOUSE=wheelhouse ...

@@ -20,7 +20,7 @@ The likelihood term of an adversarial feature f' of class y (``adv_lkd``):
 Why ``push``: on ``mnist5k`` (``bench/robust_train.py``, the same 300 test digits, L-inf 0.3) it beat ``pull``
 in every pair of runs measured (12 epochs, seeds 0 and 1; 24 epochs), by 2-4 points of accuracy under a
 100-step PGD with restarts and 0.7-1.4 points of detect-or-correct under a likelihood-aware PGD, at the same clean
-accuracy; each gap is inside the 95% intervals, the direction never changed. README.md ("Training") has the
+accuracy; each gap is inside the 95% intervals, the direction never changed. docs/results/training.md has the
 table.
 
 Eps grows linearly from 0 to ``adv_eps`` over the first ``adv_warmup`` epochs (per iteration), a pure function
