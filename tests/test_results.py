@@ -70,7 +70,9 @@ Prose after.
 
 def _tree(tmp_path: Path, page: str = PAGE) -> Path:
     (tmp_path / "docs" / "results" / "data").mkdir(parents=True)
-    (tmp_path / "README.md").write_text("# readme\n\n<!-- results:detect.stamp -->\nold\n<!-- /results:detect.stamp -->\n")
+    (tmp_path / "README.md").write_text(
+        "# readme\n\n<!-- results:detect.stamp -->\nold\n<!-- /results:detect.stamp -->\n"
+    )
     (tmp_path / "docs" / "page.md").write_text(page)
     return tmp_path
 
