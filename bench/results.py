@@ -26,12 +26,18 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+import results_robust  # noqa: E402  (bench/results_robust.py: bench/robust.py's tables)
+
 DATA = ROOT / "docs" / "results" / "data"
 RECORD_VERSION = 1
 # What a re-measure runs, per record: the benchmark and its collect step.
 REMEASURE = {
     "detect": ".venv/bin/python bench/detect.py && "
     ".venv/bin/python bench/results.py collect detect reports/bench_detect",
+    "robust": ".venv/bin/python bench/robust.py && "
+    ".venv/bin/python bench/results.py collect robust reports/bench_robust",
 }
 BLOCK = re.compile(r"(<!-- results:([\w.-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
 
@@ -44,26 +50,34 @@ class ResultsError(Exception):
 
 
 # ---- the record: one benchmark's report.json and where it was measured -------------------------------------
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"{path}: unreadable ({exc})") from None
+
+
 def collect(name: str, report_dir: Path, data_dir: Path = DATA) -> Path:
-    """Copy ``report_dir/report.json`` and its ``provenance.json`` into ``data_dir/NAME.json``."""
-    sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+    """Copy ``report_dir/report.json`` (or, for a benchmark that runs several evaluations, every
+    ``report_dir/*/report.json``, keyed by folder name) and its ``provenance.json`` into ``data_dir/NAME.json``."""
     from provenance import FILE
 
     from training.artifacts import atomic_write_json
 
     if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
         raise ResultsError(f"{name!r}: a record name is lower-case letters, digits, '-' and '_'")
-    rep_path, prov_path = report_dir / "report.json", report_dir / FILE
-    for p in (rep_path, prov_path):
-        if not p.is_file():
-            hint = " (written by the benchmark when it finishes)" if p == prov_path else ""
-            raise ResultsError(f"{p}: missing{hint}")
-    try:
-        report, prov = json.loads(rep_path.read_text()), json.loads(prov_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ResultsError(f"{report_dir}: unreadable report ({exc})") from None
+    prov_path = report_dir / FILE
+    if not prov_path.is_file():
+        raise ResultsError(f"{prov_path}: missing (written by the benchmark when it finishes)")
+    record: Record = {"record_version": RECORD_VERSION, "name": name, "provenance": _read(prov_path)}
+    if (report_dir / "report.json").is_file():
+        record["report"] = _read(report_dir / "report.json")
+    else:
+        subs = sorted(report_dir.glob("*/report.json"))
+        if not subs:
+            raise ResultsError(f"{report_dir}: no report.json in it or in its folders")
+        record["reports"] = {p.parent.name: _read(p) for p in subs}
     out = data_dir / f"{name}.json"
-    record = {"record_version": RECORD_VERSION, "name": name, "provenance": prov, "report": report}
     atomic_write_json(out, record)
     return out
 
@@ -165,7 +179,6 @@ def detect_deployed(rec: Record) -> str:
 
 def detect_summary(rec: Record) -> str:
     """Clean figures, budgets, timing, the targets of ``bench/detect.py``, and the stamp."""
-    sys.path.insert(0, str(ROOT / "bench"))
     from detect import check_targets
 
     rep = rec["report"]
@@ -203,6 +216,14 @@ def detect_summary(rec: Record) -> str:
     return "\n".join(lines) + "\n\n" + stamp(rec)
 
 
+def _robust(fn: Callable[[dict[str, Any]], str]) -> Renderer:
+    return lambda rec: fn(rec["reports"])
+
+
+def _robust_attacks(rec: Record) -> str:
+    return results_robust.attack_table(rec["reports"]["robust_eps0.3"])
+
+
 RENDERERS: dict[str, Renderer] = {
     "detect.headline": headline,
     "detect.auroc": detect_auroc,
@@ -210,6 +231,11 @@ RENDERERS: dict[str, Renderer] = {
     "detect.deployed": detect_deployed,
     "detect.summary": detect_summary,
     "detect.stamp": stamp,
+    "robust.summary": _robust(results_robust.summary_table),
+    "robust.attacks": _robust_attacks,
+    "robust.sanity": _robust(results_robust.sanity_table),
+    "robust.checks": _robust(results_robust.checks),
+    "robust.stamp": stamp,
 }
 
 
@@ -238,7 +264,6 @@ def pages(root: Path = ROOT) -> list[Path]:
 
 def build(root: Path = ROOT, data_dir: Path | None = None, check: bool = False) -> list[Path]:
     """Render every page; returns the files that changed (or, with ``check``, that would)."""
-    sys.path.insert(0, str(root))
     from training.artifacts import atomic_write_bytes
 
     records = load_records(data_dir or root / "docs" / "results" / "data")

@@ -39,13 +39,13 @@ def _lgm(*args: str) -> None:
 
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory) -> Path:
-    """``lgm evaluate`` on a tiny digits model: two attacks, one of them adaptive, tiny budgets."""
+    """``lgm evaluate`` on a tiny digits model: three attacks, one of them adaptive, tiny budgets."""
     base = tmp_path_factory.mktemp("results")
     art, out = base / "digits", base / "report"
     _lgm("train", "--dataset", "digits", "--epochs", "3", "--feat-dim", "8", "--width", "8", "--threads", "1",
          "--device", "cpu", "--quiet", "--out", str(art))  # fmt: skip
     _lgm("calibrate", str(art), "--device", "cpu", "--quiet")
-    _lgm("evaluate", str(art), "--attacks", "fgsm,adaptive", "--limit", "40", "--steps", "3",
+    _lgm("evaluate", str(art), "--attacks", "fgsm,pgd,adaptive", "--limit", "40", "--steps", "3",
          "--adaptive-steps", "10", "--adaptive-restarts", "1", "--fit-attacks", "", "--bootstrap", "50",
          "--batch-size", "20", "--device", "cpu", "--quiet", "--out", str(out))  # fmt: skip
     provenance.write(out, "lgm evaluate (test)", 1.5, {"evaluate_seconds": 1.0})
@@ -115,9 +115,40 @@ def test_every_renderer_runs_on_a_real_report(report_dir, tmp_path):
     results.collect("detect", report_dir, tmp_path)
     rec = results.load_records(tmp_path)["detect"]
     for name, render in results.RENDERERS.items():
+        if not name.startswith("detect."):
+            continue
         text = render(rec)
         assert text.strip(), name
         assert "<!--" not in text, name  # a rendering never opens a block of its own
+
+
+def test_robust_record_renders_every_evaluation(report_dir, tmp_path):
+    """bench/robust.py runs several evaluations: collect keeps each report under its folder's name."""
+    runs = tmp_path / "bench_robust"
+    for key in ("robust_eps0.3", "quick_eps0.3", "robust_eps0.2", "sanity_eps0.5"):
+        (runs / key).mkdir(parents=True)
+        (runs / key / "report.json").write_text((report_dir / "report.json").read_text())
+    provenance.write(runs, "bench/robust.py (test)", 2.0)
+    results.collect("robust", runs, tmp_path)
+    rec = results.load_records(tmp_path)["robust"]
+    assert sorted(rec["reports"]) == ["quick_eps0.3", "robust_eps0.2", "robust_eps0.3", "sanity_eps0.5"]
+    rep = rec["reports"]["robust_eps0.3"]
+    summary = results.RENDERERS["robust.summary"](rec).splitlines()
+    assert [r.split(" |")[0] for r in summary[2:]] == [
+        f"| robust, 0.3 ({rep['n_attacked']} attacked)",
+        f"| quick, 0.3 ({rep['n_attacked']} attacked)",
+        f"| robust, 0.2 ({rep['n_attacked']} attacked)",
+    ]
+    lgm = rep["per_input_worst"]["adaptive"]["detectors"]["lgm"]
+    assert f"{lgm['detect_or_correct']:.3f} [{lgm['detect_or_correct_ci'][0]:.3f}," in summary[2]
+    sanity = results.RENDERERS["robust.sanity"](rec).splitlines()
+    assert [r.split(" |")[0] for r in sanity[2:]] == ["| 0.2", "| 0.3", "| 0.5"]  # by eps
+    pgd = rep["attacks"]["pgd"]
+    assert f"{pgd['success_rate']:.3f} / {pgd['detectors']['msp']['success_rate']:.3f}" in sanity[3]
+    checks = results.RENDERERS["robust.checks"](rec)
+    assert f"lgm detect-or-correct at 0.3 >= 0.93: {lgm['detect_or_correct']:.3f}" in checks
+    for name in ("robust.attacks", "robust.stamp"):
+        assert results.RENDERERS[name](rec).strip()
 
 
 def test_block_without_a_record_is_kept(tmp_path):
