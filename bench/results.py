@@ -32,12 +32,10 @@ import results_robust  # noqa: E402  (bench/results_robust.py: bench/robust.py's
 
 DATA = ROOT / "docs" / "results" / "data"
 RECORD_VERSION = 1
-# What a re-measure runs, per record: the benchmark and its collect step.
-REMEASURE = {
-    "detect": ".venv/bin/python bench/detect.py && "
-    ".venv/bin/python bench/results.py collect detect reports/bench_detect",
-    "robust": ".venv/bin/python bench/robust.py && "
-    ".venv/bin/python bench/results.py collect robust reports/bench_robust",
+# How a record is published again after its benchmark ran (the benchmark's own command is in the provenance).
+COLLECT = {
+    "detect": ".venv/bin/python bench/results.py collect detect reports/bench_detect",
+    "robust": ".venv/bin/python bench/results.py collect robust reports/bench_robust",
 }
 BLOCK = re.compile(r"(<!-- results:([\w.-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
 
@@ -107,7 +105,7 @@ def stamp(rec: Record) -> str:
     accel = m.get("accelerator") or "no GPU"
     mem = f", {m['memory_gib']:g} GiB" if m.get("memory_gib") else ""
     wall = f"; wall time {p['wall_seconds']:.0f} s" if p.get("wall_seconds") is not None else ""
-    again = REMEASURE.get(rec["name"], p.get("command", ""))
+    again = " && ".join(c for c in (p.get("command"), COLLECT.get(rec["name"])) if c)
     return (
         f"Measured {p['date'][:16].replace('T', ' ')} UTC at commit `{commit}`{state}, on {m.get('cpu', '?')} "
         f"({m.get('cores', '?')} cores{mem}, {accel}; {m.get('os', '?')}, Python {m.get('python', '?')}, torch "
