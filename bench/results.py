@@ -77,6 +77,7 @@ def collect(name: str, report_dir: Path, data_dir: Path = DATA) -> Path:
         record["reports"] = {p.parent.name: _read(p) for p in subs}
     out = data_dir / f"{name}.json"
     atomic_write_json(out, record)
+    out.chmod(0o644)  # a committed file, readable like the rest of the checkout
     return out
 
 
@@ -210,7 +211,10 @@ def detect_summary(rec: Record) -> str:
         + ".",
     ]
     if misses is not None:
-        lines.append("- Targets of `bench/detect.py`: " + ("all met." if not misses else "; ".join(misses)))
+        lines.append(
+            "- Targets of `bench/detect.py`: "
+            + ("all met." if not misses else "missed: " + "; ".join(misses) + ".")
+        )
     return "\n".join(lines) + "\n\n" + stamp(rec)
 
 
@@ -281,7 +285,9 @@ def build(root: Path = ROOT, data_dir: Path | None = None, check: bool = False) 
         if new != old:
             changed.append(page)
             if not check:
+                mode = page.stat().st_mode & 0o777
                 atomic_write_bytes(page, new.encode())
+                page.chmod(mode)  # a rewritten page keeps its permissions
     return changed
 
 
