@@ -212,13 +212,10 @@ def test_head_and_loss_example_runs():
 
 @pytest.mark.slow
 def test_score_images_example_runs_verbatim(default_model, tmp_path):
-    """From a folder laid out like the repository after ``make run``: artifacts/mnist5k and examples/."""
-    (tmp_path / "artifacts").mkdir()
-    (tmp_path / "artifacts" / "mnist5k").symlink_to(default_model)
-    (tmp_path / "examples").symlink_to(EXAMPLES)
+    """From a folder laid out like the repository after ``make run``."""
     done = subprocess.run(
         [sys.executable, "examples/score_images.py"],
-        cwd=tmp_path,
+        cwd=_repo_layout(default_model, tmp_path),
         env=_env(),
         capture_output=True,
         text=True,
@@ -230,6 +227,37 @@ def test_score_images_example_runs_verbatim(default_model, tmp_path):
     assert lines[0].startswith("examples/digit_7.png 7 log-likelihood ") and "FLAGGED" not in lines[0]
     assert lines[1].startswith("examples/adversarial_7.png ") and lines[1].endswith("FLAGGED")
     assert not lines[1].startswith("examples/adversarial_7.png 7 ")
+
+
+def _repo_layout(default_model: Path, tmp_path: Path) -> Path:
+    """A folder laid out like the repository after ``make run``: artifacts/mnist5k and examples/."""
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "mnist5k").symlink_to(default_model)
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_lgm_score_on_the_examples_as_documented(default_model, tmp_path):
+    page = (ROOT / "docs" / "getting-started.md").read_text()
+    cmd = "lgm score artifacts/mnist5k examples/*.png"
+    assert f"`{cmd}`" in page
+    done = subprocess.run(
+        ["bash", "-c", f"{BIN}/{cmd}"],
+        cwd=_repo_layout(default_model, tmp_path),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(r["file"] for r in rows) == sorted(f"examples/{p.name}" for p in EXAMPLES.glob("*.png"))
+    for r in rows:
+        kind, label = Path(r["file"]).stem.rsplit("_", 1)
+        assert (r["label"] == label) == (kind == "digit") and r["is_adversarial"] == (
+            kind == "adversarial"
+        ), r
 
 
 def test_examples_import_only_the_public_surface():
