@@ -10,7 +10,7 @@ PORT ?= 8000
 TORCH_SPEC ?= torch==2.13.0
 TORCHATTACKS_SPEC ?= torchattacks==3.5.1
 
-.PHONY: install run train calibrate test lint format bench clean
+.PHONY: install run train calibrate test lint format results docs clean
 
 $(BIN)/lgm: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -47,10 +47,18 @@ lint: install
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
-clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+# The results pages and the README's headline table, from the records in docs/results/data/ (see bench/results.py).
+results: install
+	$(BIN)/python bench/results.py build
 
-# ---- docker (see README "Docker"; not part of `make test`) -------------------------------------------------
+# The documentation site, into site/ (NO_MKDOCS_2_WARNING: Material's banner about its successor is not ours).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info site
+
+# ---- docker (see docs/deployment.md; not part of `make test`) -------------------------------------------------
 .PHONY: wheelhouse debs docker-smoke
 
 # Every wheel the API image needs, for an offline build: docker build --build-arg WHEELHOUSE=wheelhouse ...

@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
+import provenance  # noqa: E402  (bench/provenance.py, beside this script)
+
 from training.config import RUN_ONLY, TrainConfig  # noqa: E402
 
 TARGET_ATTACKS = ("fgsm", "bim", "pgd", "pgdl2", "cw", "deepfool", "apgd", "square")
@@ -97,6 +99,7 @@ def main() -> int:
     p.add_argument("--reuse", action="store_true", help="re-score saved adversarial sets")
     args = p.parse_args()
     t0 = time.perf_counter()
+    code = provenance.checkout()  # the code measured is the code at the start
     art = Path(args.artifact)
     reason = stale_reason(art)
     if reason:
@@ -165,6 +168,11 @@ def main() -> int:
     )
     misses = check_targets(report, t_end - t_eval)
     print("targets: " + ("all met" if not misses else "MISSED: " + "; ".join(misses)))
+    bench_cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/detect.py", *sys.argv[1:]])
+    prov = provenance.write(
+        args.out, bench_cmd, t_end - t0, {"evaluate_seconds": round(t_end - t_eval, 1)}, code
+    )
+    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect detect {args.out})")
     return 0
 
 

@@ -33,12 +33,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-ROBUST_TRAIN = ["--dataset", "mnist5k", "--adversarial", "pgd", "--epochs", "40"]
-sys.path.insert(0, str(ROOT))
-from detector.harness.baselines import BASELINES  # noqa: E402
+sys.path.insert(0, str(ROOT / "bench"))
 
-DETECTORS = ("lgm", *BASELINES)  # the report's columns, from the baseline registry
-WHITE_BOX = ("pgd", "apgd", "apgd_dlr")
+import provenance  # noqa: E402  (bench/provenance.py)
+import results_robust as tables  # noqa: E402  (bench/results_robust.py: its tables, also on the results pages)
+
+ROBUST_TRAIN = ["--dataset", "mnist5k", "--adversarial", "pgd", "--epochs", "40"]
+WHITE_BOX = tables.WHITE_BOX
 
 
 def run(cmd: list[str], nproc: int) -> None:
@@ -92,23 +93,6 @@ def evaluate(
     return json.loads((out / "report.json").read_text())
 
 
-def ci(m: dict, key: str) -> str:
-    c = m.get(key + "_ci")
-    return f"{m[key]:.3f} [{c[0]:.3f}, {c[1]:.3f}]" if c else f"{m[key]:.3f}"
-
-
-def row(label: str, rep: dict) -> str:
-    ada = rep["per_input_worst"]["adaptive"]["detectors"]
-    every = rep["per_input_worst"]["all"]["detectors"]
-    cells = [ci(ada[d], "detect_or_correct") if d in ada else "-" for d in DETECTORS]
-    lgm_fpr = rep["clean_fpr"]["lgm"]
-    return (
-        f"| {label} | {rep['clean_accuracy']:.3f} | {lgm_fpr:.3f} | {ci(every['lgm'], 'robust_accuracy')} | "
-        + " | ".join(cells)
-        + " |"
-    )
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--robust", default="artifacts/mnist5k-robust")
@@ -129,6 +113,7 @@ def main() -> int:
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     t0 = time.perf_counter()
+    code = provenance.checkout()  # the code measured is the code at the start
     robust, quick, out = Path(args.robust), Path(args.quick), Path(args.out)
     ensure(robust, ROBUST_TRAIN)
     ensure(quick, None)
@@ -160,65 +145,36 @@ def main() -> int:
             args.fresh,
         )
 
+    reports = {f"{k.split()[0]}_eps{k.split()[1]}": v for k, v in reps.items()}
+    reports.update({f"sanity_eps{eps}": rep for eps, rep in sanity.items()})
     print(
         "\ndetect-or-correct under the strongest adaptive attack (per input, any of adaptive, adaptive_multitarget,"
         " adaptive_orthogonal) [95% Wilson interval]; robust accuracy under every attack together\n"
     )
-    print("| model, eps | clean acc | lgm clean FPR | lgm robust acc | " + " | ".join(DETECTORS) + " |")
-    print("|---|---:|---:|---|" + "---|" * len(DETECTORS))
-    for key, rep in reps.items():
-        print(row(f"{key.split()[0]}, {key.split()[1]} ({rep['n_attacked']} attacked)", rep))
+    print(tables.summary_table(reports))
     print(
         "\nper attack, robust model at eps 0.3: success on lgm / twin, lgm detect-or-correct, lgm robust accuracy\n"
     )
-    print("| attack | success (lgm / twin) | lgm detect-or-correct | lgm robust accuracy | median Linf |")
-    print("|---|---|---|---|---:|")
-    r03 = reps["robust 0.3"]
-    for a, v in r03["attacks"].items():
-        m = v["detectors"]["lgm"]
-        print(
-            f"| {a} | {v['success_rate']:.3f} / {v['detectors']['msp']['success_rate']:.3f} | "
-            f"{ci(m, 'detect_or_correct')} | {ci(m, 'robust_accuracy')} | {v['median_linf'] or 0:.3f} |"
-        )
-
+    print(tables.attack_table(reports["robust_eps0.3"]))
     print("\nsanity checks (robust model)\n")
-    print("| eps | " + " | ".join(f"{a} success (lgm / twin)" for a in WHITE_BOX) + " |")
-    print("|---:|" + "---|" * len(WHITE_BOX))
-    for eps, rep in [(0.1, reps["robust 0.1"]), (0.2, reps["robust 0.2"]), (0.3, r03), *sanity.items()]:
-        cells = [
-            f"{rep['attacks'][a]['success_rate']:.3f} / {rep['attacks'][a]['detectors']['msp']['success_rate']:.3f}"
-            for a in WHITE_BOX
-        ]
-        print(f"| {eps} | " + " | ".join(cells) + " |")
-    best_wb = max(r03["attacks"][a]["success_rate"] for a in WHITE_BOX)
-    sq = r03["attacks"]["square"]["success_rate"]
-    top = max(sanity[e]["attacks"][a]["success_rate"] for e in (0.5, 0.6) for a in WHITE_BOX)
-    print(
-        f"\n- gradient-free vs white-box at 0.3 (lgm network): Square {sq:.3f}, best white-box {best_wb:.3f}: "
-        + (
-            "gradients look sound"
-            if sq <= best_wb + 0.02
-            else "SQUARE BEATS THE GRADIENT ATTACKS: masked gradients?"
-        )
-    )
-    print(
-        f"- white-box success at eps 0.5-0.6: {top:.3f} "
-        + ("(reaches ~100%)" if top >= 0.98 else "(BELOW 98%)")
-    )
-    ada = r03["per_input_worst"]["adaptive"]["detectors"]["lgm"]
+    print(tables.sanity_table(reports))
+    print()
+    print(tables.checks(reports))
     rob = robust / "model.json"
     minutes = json.loads(rob.read_text())["metrics"].get("seconds_per_epoch", 0) * 40 / 60
-    print(
-        f"\ntargets: lgm detect-or-correct at 0.3 >= 0.93: {ada['detect_or_correct']:.3f} "
-        f"({'met' if ada['detect_or_correct'] >= 0.93 else 'MISSED'}); clean accuracy >= 0.98: "
-        f"{r03['clean_accuracy']:.3f}; clean FPR <= 0.05: {r03['clean_fpr']['lgm']:.3f}; robust model trains in "
-        f"~{minutes:.1f} min of epochs"
-    )
+    print(f"- the robust model trains in ~{minutes:.1f} min of epochs")
     print(
         "wall time: "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timing.items())
         + f"; total {(time.perf_counter() - t0) / 60:.1f} min"
     )
+    bench_cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/robust.py", *sys.argv[1:]])
+    extra = {
+        "minutes": {k: round(v / 60, 1) for k, v in timing.items()},
+        "robust_train_minutes": round(minutes, 1),
+    }
+    prov = provenance.write(out, bench_cmd, time.perf_counter() - t0, extra, code)
+    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect robust {out})")
     return 0
 
 

@@ -131,7 +131,7 @@ class ServeSettings(BaseSettings):
 
     def server_workers(self) -> int:
         """Worker processes: the setting, or one per core (at most 8). Each process has one event loop, and the
-        event loop (HTTP, JSON, image decoding) is what limits a worker on the CPU; README, "The service"."""
+        event loop (HTTP, JSON, image decoding) is what limits a worker on the CPU; docs/results/serving.md."""
         return self.workers if self.workers > 0 else max(1, min(8, _cores()))
 
     def torch_threads(self) -> int:

@@ -37,7 +37,7 @@ kubernetes_validate = pytest.importorskip(
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 KUBECTL = shutil.which("kubectl")
-# The apply targets the README names, and the two folders they are built from.
+# The apply targets the deployment page names, and the two folders they are built from.
 TARGETS = ("overlays/cpu", "overlays/gpu", "kserve")
 KUSTOMIZATIONS = ("model", "base", *TARGETS)
 # The oldest Kubernetes these manifests claim (autoscaling/v2, policy/v1 and every field used exist there), or
@@ -476,9 +476,9 @@ def test_overlays_pick_the_image_and_the_gpu(overlay, tag, gpus):
     assert env(api).get("LGM_DEVICE") == ("cuda" if gpus else None)
 
 
-def test_readme_applies_the_kustomizations_that_exist():
-    readme = (ROOT / "README.md").read_text()
-    applied = set(re.findall(r"kubectl apply -k deploy/([\w/-]+)", readme))
+def test_docs_apply_the_kustomizations_that_exist():
+    page = (ROOT / "docs" / "deployment.md").read_text()
+    applied = set(re.findall(r"kubectl apply -k deploy/([\w/-]+)", page))
     assert applied == set(TARGETS)
     for target in TARGETS:
         assert (DEPLOY / target / "kustomization.yaml").is_file()

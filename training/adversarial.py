@@ -19,7 +19,7 @@ The likelihood term of an adversarial feature f' of class y (``adv_lkd``):
 
 Why ``push``: on ``mnist5k`` it beat ``pull`` in accuracy under PGD and in detect-or-correct under a
 likelihood-aware PGD at the same clean accuracy, in every pair of runs ``bench/robust_train.py`` compared; the
-figures, with their intervals, are in its report and the results pages, not here.
+figures, with their intervals, are in docs/results/training.md, not here.
 
 Eps grows linearly from 0 to ``adv_eps`` over the first ``adv_warmup`` epochs (per iteration), a pure function
 of (epoch, step) like the learning rate, so resumed runs replay exactly. The random start draws from the

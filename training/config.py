@@ -2,7 +2,7 @@
 
 Each field carries its own help, ``lgm train --help`` group, choices and bounds (see ``training/configargs.py``,
 which builds the command line from them). Why the defaults are what they are, with the measurements behind
-them: README.md, section "Training".
+them: docs/training.md, section "Why the defaults are what they are".
 """
 
 from __future__ import annotations
