@@ -116,7 +116,8 @@ def describe(error: dict[str, Any], body_hint: str | None = None) -> str:
     if kind == "finite_number":
         return f"{where}: values must be finite (found NaN or infinity)"
     if kind in ("greater_than_equal", "less_than_equal") and in_pixels:
-        return f"{where}: values must lie in [0, 1] (found {value!r})"
+        span = "0..255" if "UINT8" in error.get("loc", ()) else "[0, 1]"
+        return f"{where}: values must lie in {span} (found {value!r})"
     if kind in ("greater_than_equal", "less_than_equal") and field == "shape":
         if ctx.get("ge") == 1:
             return "empty batch: send at least one image"
