@@ -10,7 +10,7 @@ PORT ?= 8000
 TORCH_SPEC ?= torch==2.13.0
 TORCHATTACKS_SPEC ?= torchattacks==3.5.1
 
-.PHONY: install run train calibrate test lint format bench clean
+.PHONY: install run train calibrate test lint format bench clean protos
 
 $(BIN)/lgm: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,6 +46,11 @@ lint: install
 
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+# The gRPC service's descriptor set, compiled from its .proto (checked in; tests/test_oip_grpc_schema.py checks
+# that it matches the .proto and the stock clients' definitions).
+protos:
+	$(BIN)/python -m grpc_tools.protoc -I service/protos --descriptor_set_out=service/protos/inference.binpb service/protos/inference.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

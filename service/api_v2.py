@@ -21,7 +21,6 @@ from service import oip, oip_binary, schemas
 from service.schemas import OIP_OUTPUTS
 from service.state import INLINE_DECODE_BYTES, ServiceState, add_route, get_state, get_state_of
 
-SERVER_NAME = "lgm-detect"
 TAGS = ["v2 (Open Inference Protocol)"]
 
 
@@ -94,13 +93,7 @@ def register(app: FastAPI) -> None:
     )
 
     async def server_metadata() -> dict[str, Any]:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            v = version("lgm-detect")
-        except PackageNotFoundError:
-            v = "unknown"
-        return {"name": SERVER_NAME, "version": v, "extensions": oip.EXTENSIONS}
+        return {"name": oip.SERVER_NAME, "version": oip.server_version(), "extensions": oip.EXTENSIONS}
 
     add_route(
         app,

@@ -24,6 +24,7 @@ from service.oip_schemas import DATATYPE_ERROR, INPUT_DATATYPES
 from service.schemas import OIP_OUTPUTS
 from service.state import ServiceState
 
+SERVER_NAME = "lgm-detect"
 EXTENSIONS = ["binary_tensor_data"]  # advertised in GET /v2 and gRPC ServerMetadata
 OUTPUT_DTYPES = {"INT64": "<i8", "FP32": "<f4", "BOOL": "u1"}
 _BYTE_SCALE = np.float32(1.0 / 255.0)
@@ -37,6 +38,16 @@ def check_model(st: ServiceState, name: str, version: str | None = None) -> None
         raise APIError(
             404, f"unknown version {version!r} of {name!r}; the loaded version is {st.model_version!r}"
         )
+
+
+def server_version() -> str:
+    """The installed package's version (GET /v2 and gRPC ServerMetadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lgm-detect")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def ready(st: ServiceState) -> tuple[Engine, MicroBatcher[BatchResult]]:
@@ -95,17 +106,26 @@ def from_raw(raw: bytes, datatype: str, shape: list[int], where: str = "inputs[0
         raise APIError(
             422, f"{where}: {len(raw)} bytes of data; shape {list(shape)} in {datatype} needs {need}"
         )
-    arr = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return from_array(np.frombuffer(raw, dtype=dtype), datatype, shape, where)
+
+
+def from_array(arr: np.ndarray, datatype: str, shape: list[int], where: str = "inputs[0]") -> torch.Tensor:
+    """Flat values not checked yet (raw bytes, gRPC contents) -> (N, C, H, W) float32 in [0, 1]; 422 on a wrong
+    count, NaN or a value out of the datatype's range."""
+    if arr.size != math.prod(shape):
+        raise APIError(422, f"{where}: {arr.size} values; shape {list(shape)} needs {math.prod(shape)}")
     if datatype == "UINT8":
-        return torch.from_numpy(arr.astype(np.float32) * _BYTE_SCALE)
-    arr = arr.astype(np.float32)  # a writable, native-endian copy
-    if not np.isfinite(arr).all():
+        if arr.dtype != np.uint8 and arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise APIError(422, f"{where}: UINT8 values must lie in 0..255")
+        return torch.from_numpy(arr.astype(np.float32).reshape(shape) * _BYTE_SCALE)
+    x = arr.astype(np.float32).reshape(shape)  # a writable, native-endian copy
+    if not np.isfinite(x).all():
         raise APIError(422, f"{where}: values must be finite (found NaN or infinity)")
-    if arr.min() < 0.0 or arr.max() > 1.0:
+    if x.min() < 0.0 or x.max() > 1.0:
         raise APIError(
-            422, f"{where}: FP32 values must lie in [0, 1] (found {float(arr.min())}..{float(arr.max())})"
+            422, f"{where}: FP32 values must lie in [0, 1] (found {float(x.min())}..{float(x.max())})"
         )
-    return torch.from_numpy(arr)
+    return torch.from_numpy(x)
 
 
 def from_values(values: Any, datatype: str, shape: list[int]) -> torch.Tensor:
