@@ -245,7 +245,9 @@ def check_inference_service(obj: dict, version: str) -> None:
     # Knative's serverless mode routes one port (http1 or h2c); a RawDeployment may declare both.
     names = [p.get("name") for p in first.get("ports", [])]
     raw = obj["metadata"].get("annotations", {}).get("serving.kserve.io/deploymentMode") == "RawDeployment"
-    assert len(names) <= (2 if raw else 1) and set(names) <= {"http1", "h2c"} and len(set(names)) == len(names)
+    assert (
+        len(names) <= (2 if raw else 1) and set(names) <= {"http1", "h2c"} and len(set(names)) == len(names)
+    )
     if "minReplicas" in ours and "maxReplicas" in ours:
         assert ours["minReplicas"] <= ours["maxReplicas"]
 
