@@ -47,6 +47,15 @@ lint: install
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
+# The peers of bench/serve.py --protocols (LitServe, MLServer) in their own environment: MLServer pins older
+# fastapi and starlette than the project's. Never part of make test.
+.venv-peers/bin/mlserver:
+	$(PY) -m venv .venv-peers
+	.venv-peers/bin/python -m pip install -q "$(TORCH_SPEC)"
+	.venv-peers/bin/python -m pip install -q -e . litserve mlserver
+
+.venv-peers: .venv-peers/bin/mlserver
+
 # The gRPC service's descriptor set, compiled from its .proto (checked in; tests/test_oip_grpc_schema.py checks
 # that it matches the .proto and the stock clients' definitions).
 protos:

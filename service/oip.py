@@ -156,11 +156,11 @@ class OutputTensor:
 def outputs(res: BatchResult, names: list[str]) -> list[OutputTensor]:
     """The named outputs of a scored batch, in the order asked (JSON has no infinity: a -inf log-likelihood is
     clamped to the float range)."""
-    n = len(res)
+    n, ll = len(res), res.log_likelihood
     arrays = {
         "class": res.pred,
         "probabilities": res.probs,
-        "log_likelihood": np.nan_to_num(res.log_likelihood, neginf=-3.4e38, posinf=3.4e38),
+        "log_likelihood": ll if np.isfinite(ll).all() else np.nan_to_num(ll, neginf=-3.4e38, posinf=3.4e38),
         "abnormality_score": res.abnormality,
         "is_adversarial": res.is_adversarial,
         "threshold": res.threshold,
