@@ -22,6 +22,18 @@ from service.schemas import OIP_OUTPUTS
 from service.state import INLINE_DECODE_BYTES, ServiceState, add_route, get_state, get_state_of
 
 TAGS = ["v2 (Open Inference Protocol)"]
+# The inference response: JSON, or (binary tensor data extension) a JSON header followed by raw output bytes.
+BINARY_RESPONSE: dict[str, Any] = {
+    "model": schemas.OIPInferResponse,
+    "description": "the outputs; with binary outputs asked for, a JSON header followed by their bytes",
+    "headers": {
+        "Inference-Header-Content-Length": {
+            "description": "length of the JSON header (binary tensor data extension; only with binary outputs)",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    },
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
 
 
 def _check_model(st: ServiceState, name: str, version: str | None = None) -> None:
@@ -163,7 +175,7 @@ def register(app: FastAPI) -> None:
         tags=TAGS,
         checks=known,
         response_model=None,
-        responses={200: {"model": schemas.OIPInferResponse}, **schemas.errors(400, 401, 404, 413, 422, 503)},
+        responses={200: BINARY_RESPONSE, **schemas.errors(400, 401, 404, 413, 422, 503)},
         route_class_override=oip_binary.json_or_binary(infer_binary),
     )
     add_route(app, "post", "/v2/models/{name}/infer", infer, summary="Inference", **kw)

@@ -130,6 +130,8 @@ def describe(error: dict[str, Any], body_hint: str | None = None) -> str:
         return f"unknown output {value!r}; outputs are {', '.join(OIP_OUTPUTS)}"
     if kind == "literal_error" and "shape" in names:
         return f"{_where(loc[:-1])}: {value!r} at {where}; expected [N, C, H, W] with {ctx.get('expected')} there"
+    if kind == "none_required" and field == "binary_data_size":
+        return f"{where} needs the binary extension: send the Inference-Header-Content-Length header"
     if kind == "list_type":
         return f"{where} must be a list, got {_json_type(value)}"
     if kind == "string_type":

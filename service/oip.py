@@ -174,13 +174,3 @@ def outputs(res: BatchResult, names: list[str]) -> list[OutputTensor]:
         )
         for nm in names
     ]
-
-
-def flag(parameters: dict[str, Any] | None, key: str, where: str) -> bool | None:
-    """A boolean request parameter (None when absent); 422 when it is not a boolean."""
-    if not parameters or key not in parameters:
-        return None
-    value = parameters[key]
-    if not isinstance(value, bool):
-        raise APIError(422, f"{where}.{key} must be true or false, got {value!r}")
-    return value

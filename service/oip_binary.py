@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.errors import APIError
-from service.oip import OutputTensor, flag
+from service.oip import OutputTensor
 from service.oip_schemas import binary_data_size
 from service.state import _is_json, content_type
 
@@ -87,12 +87,9 @@ def raw_inputs(inputs: list[Any], rest: bytes) -> list[bytes | None]:
 
 def binary_flags(body: Any, names: list[str]) -> list[bool]:
     """Which outputs go as raw bytes: an output's ``binary_data``, else the request's ``binary_data_output``."""
-    default = bool(flag(body.parameters, "binary_data_output", "parameters"))
-    asked = {o.name: o.parameters for o in body.outputs or ()}
-    return [
-        b if (b := flag(asked.get(nm), "binary_data", f"outputs[{i}].parameters")) is not None else default
-        for i, nm in enumerate(names)
-    ]
+    default = bool(getattr(body.parameters, "binary_data_output", None))
+    asked = {o.name: getattr(o.parameters, "binary_data", None) for o in body.outputs or ()}
+    return [default if asked.get(nm) is None else bool(asked[nm]) for nm in names]
 
 
 def response(header: dict[str, Any], tensors: list[OutputTensor], binary: list[bool]) -> Response:

@@ -28,6 +28,7 @@ from pydantic import (
     Discriminator,
     Field,
     Strict,
+    StrictBool,
     Tag,
     create_model,
     model_validator,
@@ -63,9 +64,27 @@ def _datatype_kind(value: Any) -> str | None:
     return dt if isinstance(dt, str) and dt in INPUT_DATATYPES else None
 
 
-def binary_data_size(parameters: dict[str, Any] | None) -> int | None:
-    """``parameters.binary_data_size`` of an input (None when absent); the caller checks it is an int."""
-    return None if not parameters else parameters.get("binary_data_size")
+def binary_data_size(parameters: BaseModel | None) -> int | None:
+    """``parameters.binary_data_size`` of an input (None when absent)."""
+    return getattr(parameters, "binary_data_size", None)
+
+
+class RequestParameters(BaseModel):
+    """A request's ``parameters``: ``binary_data_output`` is read, any other is accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    binary_data_output: StrictBool | None = Field(
+        None, description="true: every output as raw bytes after the JSON (binary tensor data extension)"
+    )
+
+
+class OutputParameters(BaseModel):
+    """An output's ``parameters``: ``binary_data`` is read, any other is accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    binary_data: StrictBool | None = Field(
+        None, description="true: this output as raw bytes (binary extension); overrides binary_data_output"
+    )
 
 
 class RequestedOutput(BaseModel):
@@ -73,8 +92,24 @@ class RequestedOutput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: OutputName
-    parameters: dict[str, Any] | None = Field(
-        None, description='{"binary_data": true} asks for this output as raw bytes (binary extension)'
+    parameters: OutputParameters | None = None
+
+
+def _input_parameters(binary: bool) -> type[BaseModel]:
+    """An input's ``parameters``: ``binary_data_size`` only under the binary extension, others ignored."""
+    size = Annotated[int, Strict(), Field(ge=0)] | None if binary else None
+    return create_model(
+        "InputParametersBinary" if binary else "InputParameters",
+        __config__=ConfigDict(extra="allow"),
+        binary_data_size=(
+            size,
+            Field(
+                None,
+                description="bytes of this input after the JSON header"
+                if binary
+                else "only under the binary extension (the Inference-Header-Content-Length header)",
+            ),
+        ),
     )
 
 
@@ -135,10 +170,7 @@ def _tensor_model(shape: Shape, max_images: int, datatype: str, binary: bool) ->
         name=(str, Field(description="any name (the model has one input)")),
         shape=(tuple[count, Literal[c], Literal[h], Literal[w]], Field(description="[N, C, H, W]")),
         datatype=(Literal[datatype], Field(description=RANGES[datatype])),  # type: ignore[valid-type]
-        parameters=(
-            dict[str, Any] | None,
-            Field(None, description="binary_data_size (binary extension); others are ignored"),
-        ),
+        parameters=(_input_parameters(binary) | None, Field(None, description="others are ignored")),
         data=((data | None) if binary else data, data_field),
     )
 
@@ -164,12 +196,7 @@ def infer_request_model(shape: Shape, max_images: int, binary: bool) -> type[Bas
             str | None,
             Field(None, description="if given and not empty, the loaded version (else 404)"),
         ),
-        parameters=(
-            dict[str, Any] | None,
-            Field(
-                None, description='{"binary_data_output": true}: every output as raw bytes; others ignored'
-            ),
-        ),
+        parameters=(RequestParameters | None, Field(None)),
         inputs=(list[tensor], Field(min_length=1, max_length=1, description="exactly one tensor")),
         outputs=(
             list[RequestedOutput] | None,
