@@ -156,7 +156,7 @@ def run_mlserver(args: argparse.Namespace) -> None:
         "host": "127.0.0.1",
         "metrics_endpoint": None,
         # MLServer's inference pool (parallel_workers > 0) dies at start-up under this Python ("no current event
-        # loop"), so the model runs in MLServer's own process, with all cores' torch threads.
+        # loop"), so the model runs in MLServer's own process (one torch thread, as each lgm worker).
         "parallel_workers": 0,
         "debug": False,
     }
@@ -165,9 +165,7 @@ def run_mlserver(args: argparse.Namespace) -> None:
         "implementation": "serve_peers.LGMRuntime",
         "max_batch_size": args.max_batch_size,
         "max_batch_time": args.max_wait_ms / 1000.0,
-        "parameters": {
-            "extra": {"artifact": str(Path(args.artifact).resolve()), "threads": os.cpu_count() or 1}
-        },
+        "parameters": {"extra": {"artifact": str(Path(args.artifact).resolve()), "threads": 1}},
     }
     (folder / "settings.json").write_text(json.dumps(settings))
     (folder / "model-settings.json").write_text(json.dumps(model))

@@ -352,7 +352,7 @@ def report(args: argparse.Namespace, det, cores: int, ceils: list[float], rows: 
         f"Model: {det.meta['dataset']['name']} {det.meta['arch']['backbone']} (input {shape}), CPU ({cores} cores); "
         f"one real test digit per request; max batch {args.max_batch_size}, max wait {args.max_wait_ms} ms for every "
         f"server. lgm serve: its default layout here, {d.server_workers()} worker(s) x {d.torch_threads()} torch "
-        f"thread(s); LitServe: {args.peer_workers} workers x 1 thread; MLServer: its own process, {cores} threads."
+        f"thread(s); LitServe: {args.peer_workers} workers x 1 thread; MLServer: its own process, 1 torch thread."
     )
     print(
         f"In-process ceiling (Detector.score, batch {args.max_batch_size}, {cores} torch threads): **{ceil:.0f} "
