@@ -18,6 +18,7 @@ need metadata ``x-api-key``; liveness, readiness and health never do. Outputs al
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,21 @@ def _handler(st: ServiceState, servicer: InferenceServicer, method: str) -> grpc
     return grpc.unary_unary_rpc_method_handler(
         call, request_deserializer=M[req].FromString, response_serializer=M[resp].SerializeToString
     )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """ValueError (one line) when ``port`` is taken, by anything, another ``lgm serve`` included. The workers bind
+    it with SO_REUSEPORT, which would let them share it silently with a server started earlier by the same user;
+    a plain bind first (before any worker starts) refuses that."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of a stopped server is no conflict
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise ValueError(
+                f"gRPC port {host}:{port} is in use ({exc.strerror}); set --grpc-port (0: off)"
+            ) from None
 
 
 class GRPCServer:

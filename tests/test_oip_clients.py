@@ -363,3 +363,20 @@ def test_every_worker_serves_grpc_on_the_shared_port(served_artifact: Path, refe
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_lgm_serve_refuses_a_grpc_port_in_use(served_artifact: Path) -> None:
+    """SO_REUSEPORT would let a second server share the port silently: lgm serve checks first, one line."""
+    import socket
+
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        cmd = [sys.executable, "-m", "service", "serve", str(served_artifact), "--port", str(free_port())]
+        out = subprocess.run(
+            [*cmd, "--grpc-port", str(port), "--device", "cpu"], capture_output=True, text=True, timeout=120
+        )
+    assert out.returncode != 0
+    assert f"gRPC port 127.0.0.1:{port} is in use" in out.stderr and "Traceback" not in out.stderr, out.stderr
