@@ -163,7 +163,8 @@ def check_port_free(host: str, port: int) -> None:
     a plain bind first (before any worker starts) refuses that."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of a stopped server is no conflict
+        # A stopped server's connections in TIME_WAIT are no conflict; a listening socket is.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host.strip("[]"), port))
         except OSError as exc:
