@@ -10,7 +10,7 @@ PORT ?= 8000
 TORCH_SPEC ?= torch==2.13.0
 TORCHATTACKS_SPEC ?= torchattacks==3.5.1
 
-.PHONY: install run train calibrate test lint format results docs clean
+.PHONY: install run train calibrate test lint format results docs bench clean protos
 
 $(BIN)/lgm: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -50,6 +50,20 @@ format: install
 # The results pages and the README's headline table, from the records in docs/results/data/ (see bench/results.py).
 results: install
 	$(BIN)/python bench/results.py build
+
+# The peers of bench/serve.py --protocols (LitServe, MLServer) in their own environment: MLServer pins older
+# fastapi and starlette than the project's. Never part of make test.
+.venv-peers/bin/mlserver:
+	$(PY) -m venv .venv-peers
+	.venv-peers/bin/python -m pip install -q "$(TORCH_SPEC)"
+	.venv-peers/bin/python -m pip install -q -e . litserve mlserver
+
+.venv-peers: .venv-peers/bin/mlserver
+
+# The gRPC service's descriptor set, compiled from its .proto (checked in; tests/test_oip_grpc_schema.py checks
+# that it matches the .proto and the stock clients' definitions).
+protos:
+	$(BIN)/python -m grpc_tools.protoc -I service/protos --descriptor_set_out=service/protos/inference.binpb service/protos/inference.proto
 
 # The documentation site, into site/ (NO_MKDOCS_2_WARNING: Material's banner about its successor is not ours).
 docs: install

@@ -13,11 +13,16 @@ In one run on one machine:
 Every cell is ``--repeats`` runs of ``--duration`` seconds after a short warm-up; the table shows the median
 run by throughput (with its latencies and CPU) and the range of throughput over the runs.
 
+``--protocols`` instead compares request formats and servers: ``lgm serve`` against LitServe and MLServer serving
+the same ``Detector.score`` (``bench/serve_protocols.py``, ``bench/serve_peers.py``): /v1 base64 PNG JSON, /v2
+JSON, /v2 binary UINT8 and gRPC (h2load), with the ceiling in the same run.
+
 ``--soak SECONDS`` instead keeps one server under ``--soak-concurrency`` connections for that long and samples
 its resident memory (all worker processes) every few seconds: start (after a warm-up), peak, end, errors.
 
     python bench/serve.py --artifact artifacts/mnist5k
     python bench/serve.py --artifact artifacts/mnist5k --soak 600
+    python bench/serve.py --artifact artifacts/mnist5k --protocols      (needs make .venv-peers, h2load)
 
 Needs ``wrk`` (``apt-get install wrk``). Loopback only; every run is bounded in time. Without ``--artifact`` a
 1-epoch mnist5k model is trained and calibrated into a temporary folder.
@@ -95,6 +100,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-batch-size", type=int, default=64, help="server max_batch_size and ceiling batch")
     p.add_argument("--max-wait-ms", type=float, default=None, help="server max_wait_ms (default: its own)")
     p.add_argument("--soak", type=int, default=0, help="instead: one soak of this many seconds")
+    p.add_argument(
+        "--protocols", action="store_true", help="instead: formats and peers (bench/serve_protocols.py)"
+    )
+    p.add_argument("--servers", default="lgm,litserve,mlserver", help="with --protocols: servers to run")
+    p.add_argument("--peer-workers", type=int, default=2, help="with --protocols: LitServe's workers")
     p.add_argument("--soak-concurrency", type=int, default=64, help="connections during the soak")
     p.add_argument("--soak-layout", default="default", help="server layout for the soak")
     return p.parse_args()
@@ -301,6 +311,13 @@ def soak(port: int, pid: int, bodies_file: Path, args: argparse.Namespace) -> No
 
 def main() -> None:
     args = parse_args()
+    if args.protocols:
+        import serve_protocols
+
+        if args.max_wait_ms is None:
+            args.max_wait_ms = ServeSettings().max_wait_ms
+        serve_protocols.run(args)
+        return
     if shutil.which("wrk") is None:
         raise SystemExit("bench/serve.py needs wrk: apt-get install wrk")
     concs = [int(c) for c in args.concurrency.split(",") if c.strip()]

@@ -2,34 +2,42 @@
 Triton clients work unchanged.
 
 Health answers 200 when true and 400 when false (the spec's "4xx means false"); errors are ``{"error": "..."}``.
-One FP32 input of shape [N, C, H, W] in [0, 1]; outputs ``class`` (INT64 [N]), ``probabilities`` (FP32 [N, K]),
-``log_likelihood``, ``abnormality_score``, ``threshold`` (FP32 [N]) and ``is_adversarial`` (BOOL [N]).
-Metadata and inference need X-API-Key when keys are configured; health routes never do.
+One input of shape [N, C, H, W], FP32 in [0, 1] or UINT8 in 0..255; outputs ``class`` (INT64 [N]),
+``probabilities`` (FP32 [N, K]), ``log_likelihood``, ``abnormality_score``, ``threshold`` (FP32 [N]) and
+``is_adversarial`` (BOOL [N]). The binary tensor data extension (``service/oip_binary.py``) is spoken both ways.
+Metadata and inference need X-API-Key when keys are configured; health routes never do. The request path past
+parsing (``service/oip.py``) is the one gRPC uses too.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which name per-app models.
+import math
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from starlette.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, Response
 
-from service import schemas
-from service.errors import APIError
-from service.payloads import oip_outputs, oip_tensor
+from service import oip, oip_binary, schemas
 from service.schemas import OIP_OUTPUTS
-from service.state import INLINE_DECODE_BYTES, ServiceState, add_route, get_state, get_state_of, ready_engine
+from service.state import INLINE_DECODE_BYTES, ServiceState, add_route, get_state, get_state_of
 
-SERVER_NAME = "lgm-detect"
 TAGS = ["v2 (Open Inference Protocol)"]
+# The inference response: JSON, or (binary tensor data extension) a JSON header followed by raw output bytes.
+BINARY_RESPONSE: dict[str, Any] = {
+    "model": schemas.OIPInferResponse,
+    "description": "the outputs; with binary outputs asked for, a JSON header followed by their bytes",
+    "headers": {
+        "Inference-Header-Content-Length": {
+            "description": "length of the JSON header (binary tensor data extension; only with binary outputs)",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    },
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
 
 
 def _check_model(st: ServiceState, name: str, version: str | None = None) -> None:
-    if name != st.settings.model_name:
-        raise APIError(404, f"unknown model {name!r}; this server serves {st.settings.model_name!r}")
-    if version is not None and version != st.model_version:
-        raise APIError(
-            404, f"unknown version {version!r} of {name!r}; the loaded version is {st.model_version!r}"
-        )
+    oip.check_model(st, name, version)
 
 
 def _version(request: Request) -> str | None:
@@ -97,13 +105,7 @@ def register(app: FastAPI) -> None:
     )
 
     async def server_metadata() -> dict[str, Any]:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            v = version("lgm-detect")
-        except PackageNotFoundError:
-            v = "unknown"
-        return {"name": SERVER_NAME, "version": v, "extensions": []}
+        return {"name": oip.SERVER_NAME, "version": oip.server_version(), "extensions": oip.EXTENSIONS}
 
     add_route(
         app,
@@ -117,19 +119,7 @@ def register(app: FastAPI) -> None:
     )
 
     async def model_metadata(request: Request, name: str) -> dict[str, Any]:
-        _, engine, _ = ready_engine(request)
-        c, h, w = engine.input_shape
-        out_shapes = {"probabilities": [-1, len(engine.class_names)]}
-        return {
-            "name": name,
-            "versions": [st.model_version],
-            "platform": "pytorch",
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, c, h, w]}],
-            "outputs": [
-                {"name": nm, "datatype": dt, "shape": out_shapes.get(nm, [-1])}
-                for nm, dt in OIP_OUTPUTS.items()
-            ],
-        }
+        return oip.model_metadata(st, name)
 
     kw = dict(
         tags=TAGS,
@@ -142,34 +132,51 @@ def register(app: FastAPI) -> None:
         app, "get", "/v2/models/{name}/versions/{version}", model_metadata, include_in_schema=False, **kw
     )
 
-    async def infer(request: Request, name: str, body: InferRequest) -> JSONResponse:  # type: ignore[valid-type]
-        """One FP32 tensor [N, C, H, W] in [0, 1], flat or nested ``data``; optional ``outputs`` picks outputs."""
-        _, _, batcher = ready_engine(request)
-        tensor = body.inputs[0]  # type: ignore[attr-defined]
-        n = tensor.shape[0]
-        if n * st.models.shape[0] * st.models.shape[1] * st.models.shape[2] * 4 > INLINE_DECODE_BYTES:
-            from starlette.concurrency import run_in_threadpool
-
-            x = await run_in_threadpool(oip_tensor, tensor)
+    async def run(request: Request, name: str, body: Any, raws: list[bytes | None]) -> Response:
+        """Tensor -> batcher -> the outputs asked for, JSON or binary as asked."""
+        oip.ready(st)
+        oip.check_model(st, name, body.model_version)
+        tensor, raw = body.inputs[0], raws[0]
+        shape = list(tensor.shape)
+        if raw is not None:
+            x = oip.from_raw(raw, tensor.datatype, shape)
+        elif math.prod(shape) * 4 > INLINE_DECODE_BYTES:  # large: convert on a thread, off the event loop
+            x = await run_in_threadpool(oip.from_values, tensor.data, tensor.datatype, shape)
         else:
-            x = oip_tensor(tensor)
-        res = await batcher.submit(x)
-        st.metrics.count_scored(res.is_adversarial)
-        out: dict[str, Any] = {"model_name": name, "model_version": st.model_version}
-        if body.id is not None:  # type: ignore[attr-defined]
-            out["id"] = body.id  # type: ignore[attr-defined]
-        names = [o.name for o in body.outputs] if body.outputs is not None else list(OIP_OUTPUTS)  # type: ignore[attr-defined]
-        out["outputs"] = oip_outputs(res, names)
-        return JSONResponse(out)
+            x = oip.from_values(tensor.data, tensor.datatype, shape)
+        names = [o.name for o in body.outputs] if body.outputs is not None else list(OIP_OUTPUTS)
+        binary = oip_binary.binary_flags(body, names)
+        res = await oip.score(st, x)
+        header: dict[str, Any] = {"model_name": name, "model_version": st.model_version}
+        if body.id is not None:
+            header["id"] = body.id
+        return oip_binary.response(header, oip.outputs(res, names), binary)
 
-    infer.body_hint = (
-        '{"inputs": [{"name": "input", "shape": [N, C, H, W], "datatype": "FP32", "data": [...]}]}'  # type: ignore[attr-defined]
-    )
+    async def infer(request: Request, name: str, body: InferRequest) -> Response:  # type: ignore[valid-type]
+        """One tensor [N, C, H, W]: FP32 in [0, 1] or UINT8 in 0..255, ``data`` flat or nested; ``outputs``
+        picks outputs. Any ``Content-Type`` is read as JSON.
+
+        **Binary tensor data extension**: send the JSON header's byte length in the
+        `Inference-Header-Content-Length` header, then the raw little-endian tensor bytes; the input names their
+        length in `parameters.binary_data_size` and leaves out `data`. Outputs come back as raw bytes after a
+        JSON header (whose length is the response's `Inference-Header-Content-Length`) when an output asks with
+        `parameters.binary_data: true` or the request with `parameters.binary_data_output: true`.
+        """
+        return await run(request, name, body, [None])
+
+    async def infer_binary(request: Request, name: str) -> Response:
+        """The same, for a body under the binary extension (routed here by ``oip_binary.json_or_binary``)."""
+        oip.ready(st)
+        head, rest = oip_binary.split_body(await request.body(), request.headers[oip_binary.HEADER])
+        body = oip_binary.parse_header(st.models.infer_binary, head)
+        return await run(request, name, body, oip_binary.raw_inputs(body.inputs, rest))
+
     kw = dict(
         tags=TAGS,
         checks=known,
         response_model=None,
-        responses={200: {"model": schemas.OIPInferResponse}, **schemas.errors(401, 404, 413, 415, 422, 503)},
+        responses={200: BINARY_RESPONSE, **schemas.errors(400, 401, 404, 413, 422, 503)},
+        route_class_override=oip_binary.json_or_binary(infer_binary),
     )
     add_route(app, "post", "/v2/models/{name}/infer", infer, summary="Inference", **kw)
     add_route(app, "post", "/v2/models/{name}/versions/{version}/infer", infer, include_in_schema=False, **kw)

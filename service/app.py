@@ -5,6 +5,9 @@ the artifact), set torch's thread count, warm up on the worker thread, start the
 ready. Shutdown (uvicorn's SIGTERM handling): stop accepting, let in-flight requests finish (up to
 ``graceful_timeout``), drain the batcher, stop the worker thread.
 
+With ``grpc_port`` set (default 8001), the lifespan also starts this worker's gRPC server (OIP v2 and
+``grpc.health.v1``) on the same engine and batcher.
+
 Routes: ``/`` (web page), ``/static/*``, ``/healthz``, ``/readyz``, ``/metrics``, ``/docs``, ``/v1/*`` and the Open
 Inference Protocol ``/v2/*``. With API keys configured, ``/v1/*`` and ``/v2`` metadata and inference need
 ``X-API-Key``; health, metrics, the page and the docs stay open.
@@ -61,6 +64,15 @@ Errors are `{"error": "..."}`. With API keys configured, send `X-API-Key`.
 """
 
 
+async def start_grpc(state: ServiceState):  # noqa: ANN201 - grpc is imported only when it is wanted
+    """This worker's gRPC server (``service/grpc_server.py``) on ``grpc_port``, started."""
+    from service.grpc_server import GRPCServer
+
+    server = GRPCServer(state)
+    await server.start()
+    return server
+
+
 def create_app(settings: ServeSettings | None = None, detector: Detector | None = None) -> FastAPI:
     """Build the app. ``detector``: an already loaded detector (else loaded from ``settings.artifact``)."""
     settings = settings or ServeSettings()
@@ -92,6 +104,7 @@ def create_app(settings: ServeSettings | None = None, detector: Detector | None 
         )
         batcher.start()
         state.engine, state.batcher, state.model_version = engine, batcher, model_version(det.meta)
+        grpc_server = await start_grpc(state) if settings.grpc_port else None
         state.ready = True
         log.info(
             "lgm: model %s version %s on %s, %d torch thread(s), batching %s (max %d images, %.1f ms)",
@@ -107,6 +120,8 @@ def create_app(settings: ServeSettings | None = None, detector: Detector | None 
             yield
         finally:
             state.ready = False
+            if grpc_server is not None:
+                await grpc_server.stop(settings.graceful_timeout)
             await batcher.stop()
             engine.shutdown()
 

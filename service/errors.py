@@ -116,7 +116,8 @@ def describe(error: dict[str, Any], body_hint: str | None = None) -> str:
     if kind == "finite_number":
         return f"{where}: values must be finite (found NaN or infinity)"
     if kind in ("greater_than_equal", "less_than_equal") and in_pixels:
-        return f"{where}: values must lie in [0, 1] (found {value!r})"
+        span = "0..255" if "UINT8" in error.get("loc", ()) else "[0, 1]"
+        return f"{where}: values must lie in {span} (found {value!r})"
     if kind in ("greater_than_equal", "less_than_equal") and field == "shape":
         if ctx.get("ge") == 1:
             return "empty batch: send at least one image"
@@ -129,6 +130,8 @@ def describe(error: dict[str, Any], body_hint: str | None = None) -> str:
         return f"unknown output {value!r}; outputs are {', '.join(OIP_OUTPUTS)}"
     if kind == "literal_error" and "shape" in names:
         return f"{_where(loc[:-1])}: {value!r} at {where}; expected [N, C, H, W] with {ctx.get('expected')} there"
+    if kind == "none_required" and field == "binary_data_size":
+        return f"{where} needs the binary extension: send the Inference-Header-Content-Length header"
     if kind == "list_type":
         return f"{where} must be a list, got {_json_type(value)}"
     if kind == "string_type":

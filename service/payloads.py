@@ -1,5 +1,5 @@
-"""Validated request bodies -> (N, C, H, W) float32 tensors, and scores -> response JSON, for /v1 and the OIP /v2
-routes.
+"""Validated request bodies -> (N, C, H, W) float32 tensors, and scores -> response JSON, for /v1 (the OIP /v2
+routes have theirs in ``service/oip.py``).
 
 FastAPI has already checked every body against its model (``service/schemas.py``): shapes, counts, numbers in
 [0, 1]. What is left here is turning those into tensors, and decoding images (``service/images.py``), which
@@ -16,7 +16,6 @@ import torch
 
 from service.engine import BatchResult
 from service.images import Shape, decode_b64, decode_image
-from service.schemas import OIP_OUTPUTS
 
 
 def stack(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -81,33 +80,3 @@ def _finite(v: float) -> float:
     if math.isfinite(v):
         return v
     return -3.4e38 if v < 0 else 3.4e38
-
-
-# -- /v2 (Open Inference Protocol) ----------------------------------------------------------------------------------
-def oip_tensor(tensor: Any) -> torch.Tensor:
-    """The validated OIP input (shape [N, C, H, W], data flat or nested, count checked) -> (N, C, H, W)."""
-    n, c, h, w = tensor.shape
-    if tensor.data and isinstance(
-        tensor.data[0], list
-    ):  # nested: each image [C][H][W] (or [H][W] when C = 1)
-        return torch.from_numpy(
-            np.stack([np.asarray(d, dtype=np.float32).reshape(c, h, w) for d in tensor.data])
-        )
-    return torch.from_numpy(np.asarray(tensor.data, dtype=np.float32).reshape(n, c, h, w))
-
-
-def oip_outputs(res: BatchResult, names: list[str]) -> list[dict[str, Any]]:
-    n = len(res)
-    data = {
-        "class": (res.pred, [n]),
-        "probabilities": (res.probs, list(res.probs.shape)),
-        "log_likelihood": (np.nan_to_num(res.log_likelihood, neginf=-3.4e38, posinf=3.4e38), [n]),
-        "abnormality_score": (res.abnormality, [n]),
-        "is_adversarial": (res.is_adversarial, [n]),
-        "threshold": (res.threshold, [n]),
-    }
-    out = []
-    for nm in names:
-        arr, shp = data[nm]
-        out.append({"name": nm, "shape": shp, "datatype": OIP_OUTPUTS[nm], "data": arr.reshape(-1).tolist()})
-    return out

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import UploadFile
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, create_model
 
 # A 1x1 black PNG; the server resizes it to the model's input shape.
 TINY_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
@@ -32,7 +32,7 @@ OutputName = Literal[
     "class", "probabilities", "log_likelihood", "abnormality_score", "is_adversarial", "threshold"
 ]
 # Union members are told apart by these tags (they appear in validation error locations, which drop them).
-TAGS = frozenset({"b64 instance", "array instance", "[C,H,W]", "[H,W]", "flat", "nested"})
+TAGS = frozenset({"b64 instance", "array instance", "[C,H,W]", "[H,W]", "flat", "nested", "FP32", "UINT8"})
 
 Pixel = Annotated[float, Strict(), Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Shape = tuple[int, int, int]
@@ -159,7 +159,7 @@ class OIPModelReady(BaseModel):
 
 
 _ERROR_TEXT: dict[int, str] = {
-    400: "a body that cannot be parsed (malformed multipart)",
+    400: "a body that cannot be parsed (malformed multipart; binary tensor lengths that disagree with the body)",
     401: "missing or wrong X-API-Key",
     404: "no such model (or route, or the perturbation endpoint is disabled)",
     413: "body larger than max_request_bytes",
@@ -204,10 +204,10 @@ def _data_kind(value: Any) -> str:
     return "nested" if isinstance(value, list) and value and isinstance(value[0], list) else "flat"
 
 
-def pixel_array(shape: Shape) -> Any:
-    """[C][H][W] numbers in [0, 1]; for a one-channel model also [H][W]."""
+def pixel_array(shape: Shape, item: Any = Pixel) -> Any:
+    """[C][H][W] ``item`` values (numbers in [0, 1] by default); for a one-channel model also [H][W]."""
     c, h, w = shape
-    plane = _exactly(_exactly(Pixel, w), h)
+    plane = _exactly(_exactly(item, w), h)
     volume = _exactly(plane, c)
     if c != 1:
         return volume
@@ -235,12 +235,12 @@ class APIModels:
     predict: type[BaseModel]  # JSON body of POST /v1/predict
     predict_form: type[BaseModel]  # multipart body of POST /v1/predict
     perturb: type[BaseModel]  # POST /v1/perturb
-    infer: type[BaseModel]  # POST /v2/models/{name}/infer
+    infer: type[BaseModel]  # POST /v2/models/{name}/infer, a JSON body
+    infer_binary: type[BaseModel]  # its JSON header under the binary tensor data extension
 
     @classmethod
     def build(cls, shape: Shape, max_images: int) -> APIModels:
         c, h, w = shape
-        size = c * h * w
         array = pixel_array(shape)
         array_doc = f"[{c}, {h}, {w}]" + (f" or [{h}, {w}]" if c == 1 else "") + " numbers in [0, 1]"
         array_instance = create_model(
@@ -290,88 +290,8 @@ class APIModels:
                 Field(0.2, ge=0.0, le=1.0, allow_inf_nan=False, description="L-inf step size"),
             ),
         )
-        infer_input = _oip_input_model(shape, max_images)
-        infer = create_model(
-            "InferRequest",
-            __config__=ConfigDict(
-                extra="forbid",
-                json_schema_extra={
-                    "examples": [
-                        {
-                            "id": "42",
-                            "inputs": [
-                                {
-                                    "name": "input",
-                                    "shape": [1, c, h, w],
-                                    "datatype": "FP32",
-                                    "data": [0.0] * size,
-                                }
-                            ],
-                        }
-                    ]
-                },
-            ),
-            id=(str | None, Field(None, description="echoed in the response")),
-            parameters=(dict[str, Any] | None, Field(None, description="accepted and ignored")),
-            inputs=(list[infer_input], Field(min_length=1, max_length=1, description="exactly one tensor")),
-            outputs=(
-                list[OIPRequestOutput] | None,
-                Field(None, description="outputs to return, in this order (default: all)"),
-            ),
-        )
-        return cls(shape, max_images, predict, predict_form, perturb, infer)
+        from service.oip_schemas import infer_request_model  # it builds on this module's types
 
-
-class OIPRequestOutput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: OutputName
-    parameters: dict[str, Any] | None = None
-
-
-def _oip_input_model(shape: Shape, max_images: int) -> type[BaseModel]:
-    """The one OIP input tensor: FP32 [N, C, H, W] in [0, 1], ``data`` flat (N*C*H*W values) or nested."""
-    c, h, w = shape
-    size = c * h * w
-    count = Annotated[int, Strict(), Field(ge=1, le=max_images)]
-    data = Annotated[
-        Annotated[list[Pixel], Tag("flat")] | Annotated[list[pixel_array((c, h, w))], Tag("nested")],
-        Discriminator(_data_kind),
-    ]
-
-    def check_count(t: Any) -> Any:
-        n = t.shape[0]
-        values = len(t.data) * (size if _data_kind(t.data) == "nested" else 1)
-        if values != n * size:
-            raise ValueError(f"inputs[0].data holds {values} values; shape {list(t.shape)} needs {n * size}")
-        return t
-
-    def one_branch_per_batch_size(schema: dict[str, Any]) -> None:
-        # JSON Schema cannot multiply, so the document lists the data length that goes with each N.
-        schema["anyOf"] = [
-            {
-                "properties": {
-                    "shape": {"prefixItems": [{"const": n}]},
-                    "data": {
-                        "anyOf": [
-                            {"minItems": n * size, "maxItems": n * size, "items": {"type": "number"}},
-                            {"minItems": n, "maxItems": n, "items": {"type": "array"}},
-                        ]
-                    },
-                }
-            }
-            for n in range(1, max_images + 1)
-        ]
-
-    return create_model(
-        "InferInputTensor",
-        __config__=ConfigDict(extra="forbid", json_schema_extra=one_branch_per_batch_size),
-        __validators__={"count": model_validator(mode="after")(check_count)},
-        name=(str, Field(description="any name (the model has one input)")),
-        shape=(tuple[count, Literal[c], Literal[h], Literal[w]], Field(description="[N, C, H, W]")),
-        datatype=(Literal["FP32"], ...),
-        parameters=(dict[str, Any] | None, Field(None, description="accepted and ignored")),
-        data=(
-            data,
-            Field(description="N*C*H*W numbers in [0, 1], row-major, flat or nested as [N][C][H][W]"),
-        ),
-    )
+        infer = infer_request_model(shape, max_images, binary=False)
+        infer_binary = infer_request_model(shape, max_images, binary=True)
+        return cls(shape, max_images, predict, predict_form, perturb, infer, infer_binary)

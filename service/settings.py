@@ -127,6 +127,15 @@ class ServeSettings(BaseSettings):
         True, group="access", description="offer POST /v1/perturb (FGSM demo of the web page)"
     )
 
+    # -- gRPC (Open Inference Protocol v2, service/grpc_server.py) ----------------------------------------------
+    grpc_port: int = Field(
+        8001,
+        group="network",
+        ge=0,
+        le=65535,
+        description="gRPC port (OIP v2 + grpc.health.v1), on --host, shared by the workers; 0: no gRPC",
+    )
+
     _split = field_validator("api_keys", "cors_origins", mode="before")(_split_csv)
 
     def server_workers(self) -> int:

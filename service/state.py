@@ -57,12 +57,17 @@ api_key_header = APIKeyHeader(
 async def require_key(request: Request, api_key: str | None = Security(api_key_header)) -> None:
     """401 unless X-API-Key matches one configured key (constant-time compare). Async on purpose: a sync
     dependency would cost a thread-pool hop on every request."""
-    given = (api_key or "").encode()
-    ok = False
-    for k in get_state(request).settings.api_keys:  # no early exit: the time does not depend on which matched
-        ok |= hmac.compare_digest(given, k.encode())
-    if not ok:
+    if not valid_key(get_state(request).settings.api_keys, api_key or ""):
         raise APIError(401, "missing or wrong X-API-Key header")
+
+
+def valid_key(keys: Sequence[str], given: str) -> bool:
+    """Whether ``given`` is one of ``keys``, compared in constant time (no early exit: the time does not depend
+    on which key matched). HTTP's X-API-Key and gRPC's x-api-key metadata both go through here."""
+    ok = False
+    for k in keys:
+        ok |= hmac.compare_digest(given.encode(), k.encode())
+    return ok
 
 
 def content_type(request: Request) -> str:

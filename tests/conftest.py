@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from training.config import TrainConfig
+
+# Apps built by the tests serve no gRPC unless a test asks for a port: the default (8001) is shared with
+# SO_REUSEPORT, so test runs in parallel checkouts would otherwise answer each other's calls.
+os.environ.setdefault("LGM_GRPC_PORT", "0")
 
 
 def tiny_config(**overrides) -> TrainConfig:

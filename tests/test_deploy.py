@@ -242,7 +242,12 @@ def check_inference_service(obj: dict, version: str) -> None:
     assert first["name"] == KSERVE_CONTAINER
     protocol = env(first).get("PROTOCOL")
     assert protocol in (None, "v1", "v2"), protocol
-    assert len(first.get("ports", [])) <= 1
+    # Knative's serverless mode routes one port (http1 or h2c); a RawDeployment may declare both.
+    names = [p.get("name") for p in first.get("ports", [])]
+    raw = obj["metadata"].get("annotations", {}).get("serving.kserve.io/deploymentMode") == "RawDeployment"
+    assert (
+        len(names) <= (2 if raw else 1) and set(names) <= {"http1", "h2c"} and len(set(names)) == len(names)
+    )
     if "minReplicas" in ours and "maxReplicas" in ours:
         assert ours["minReplicas"] <= ours["maxReplicas"]
 
@@ -352,7 +357,8 @@ def test_server_settings_ports_and_probes_match_the_service(where, routes, monke
     # The image's entry point is `lgm`: the arguments are a real `lgm serve` command line.
     assert build_parser().parse_args(c["args"]).command == "serve"
     assert settings.host == "0.0.0.0"
-    assert [p["containerPort"] for p in c["ports"]] == [settings.port]
+    assert [p["containerPort"] for p in c["ports"]] == [settings.port, settings.grpc_port]
+    assert settings.grpc_port not in (0, settings.port)
     for kind, path in paths.items():
         probe = c[f"{kind}Probe"]["httpGet"]
         assert probe["path"] == path and (path, "GET") in routes
@@ -444,9 +450,13 @@ def test_service_hpa_and_pdb_select_the_api_pods():
     svc = find(objects, "Service", "lgm-api")
     assert svc["spec"]["selector"] == selector
     api = container(pod_spec(dep), "api")
-    assert all(
-        port_number(api, p["targetPort"]) == api["ports"][0]["containerPort"] for p in svc["spec"]["ports"]
+    # The Service carries both of the container's ports, HTTP and gRPC (marked cleartext HTTP/2).
+    assert sorted(port_number(api, p["targetPort"]) for p in svc["spec"]["ports"]) == sorted(
+        p["containerPort"] for p in api["ports"]
     )
+    grpc_port = next(p for p in svc["spec"]["ports"] if p["name"] == "grpc")
+    assert port_number(api, grpc_port["targetPort"]) == int(env(api)["LGM_GRPC_PORT"])
+    assert grpc_port["appProtocol"] == "kubernetes.io/h2c"
     pdb = find(objects, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"] == selector
     hpa = find(objects, "HorizontalPodAutoscaler")

@@ -378,8 +378,15 @@ def test_compose_stack_trains_once_then_serves_behind_haproxy():
     assert lb["environment"]["LGM_LB_UPSTREAM"] == f"api:{api['environment']['LGM_PORT']}"
     assert lb["environment"]["LGM_MAX_REQUEST_BYTES"] == api["environment"]["LGM_MAX_REQUEST_BYTES"]
     assert lb["command"][-1] == "/etc/haproxy/backend-dns.cfg" and lb["read_only"] is True
-    assert [p["published"] for p in lb["ports"]] == [8000]
-    assert [p["target"] for p in lb["ports"]] == [int(lb["environment"]["LGM_LB_BIND"].rsplit(":", 1)[1])]
+    env = lb["environment"]
+    assert [p["published"] for p in lb["ports"]] == [8000, 8001]
+    assert [p["target"] for p in lb["ports"]] == [
+        int(env[k].rsplit(":", 1)[1]) for k in ("LGM_LB_BIND", "LGM_LB_GRPC_BIND")
+    ]
+    # gRPC: the replicas' gRPC port, checked on their HTTP port; the api image listens on both.
+    assert env["LGM_LB_GRPC_UPSTREAM"] == f"api:{api['environment']['LGM_GRPC_PORT']}"
+    assert env["LGM_LB_CHECK_PORT"] == api["environment"]["LGM_PORT"]
+    assert sorted(api["expose"]) == sorted(str(api["environment"][k]) for k in ("LGM_PORT", "LGM_GRPC_PORT"))
 
 
 @needs_compose
@@ -402,11 +409,12 @@ def test_compose_hostnet_override_replicas_match_api():
     assert {k: v for k, v in api.items() if k not in ignore} == {
         k: v for k, v in api2.items() if k not in ignore
     }
-    env_ignore = {"LGM_PORT"}
+    env_ignore = {"LGM_PORT", "LGM_GRPC_PORT"}
     assert {k: v for k, v in api["environment"].items() if k not in env_ignore} == {
         k: v for k, v in api2["environment"].items() if k not in env_ignore
     }
-    assert api["environment"]["LGM_PORT"] != api2["environment"]["LGM_PORT"]
+    ports = [s["environment"][k] for s in (api, api2) for k in ("LGM_PORT", "LGM_GRPC_PORT")]
+    assert len(set(ports)) == 4  # one host network: every port distinct
     lb, host = services["lb"], services["lb-host"]
     assert lb["profiles"]  # the port-publishing lb does not start on a host network
     assert "ports" not in host and host["network_mode"] == "host"
@@ -417,8 +425,20 @@ def test_compose_hostnet_override_replicas_match_api():
     )
     env = host["environment"]
     assert sorted((env[h], env[p]) for h, p in servers) == sorted(
-        (s["environment"]["LGM_HOST"], s["environment"]["LGM_PORT"]) for s in (api, api2)
+        (s["environment"]["LGM_HOST"], s["environment"][k])
+        for s in (api, api2)
+        for k in ("LGM_PORT", "LGM_GRPC_PORT")
     )
+    # each gRPC server is checked on the HTTP port of the same replica
+    checks = re.findall(
+        r"^\s*server \S+ \"\$\{\w+\}:\$\{(\w+)\}\" proto h2 check port \"\$\{(\w+)\}\"",
+        backend_text("backend-hostnet.cfg"),
+        re.M,
+    )
+    assert sorted((env[g], env[h]) for g, h in checks) == sorted(
+        (s["environment"]["LGM_GRPC_PORT"], s["environment"]["LGM_PORT"]) for s in (api, api2)
+    )
+    assert len({env["LGM_LB_BIND"], env["LGM_LB_GRPC_BIND"], *(f"127.0.0.1:{p}" for p in ports)}) == 6
     assert env["LGM_LB_BIND"].split(":")[0] == api["environment"]["LGM_HOST"]
     for key in ("healthcheck", "restart", "deploy", "image", "init", "read_only", "stop_grace_period"):
         assert host[key] == lb[key], key
@@ -491,11 +511,14 @@ def test_the_dns_backend_balances_and_checks_like_the_one_the_live_test_runs(app
     assert dns == hostnet
     assert all(" check" in ln for ln in dns_servers + hostnet_servers)
     assert ("/readyz", "GET") in app_routes and "http-check send meth GET uri /readyz" in dns
+    # gRPC servers speak HTTP/2 and are checked over HTTP/1.1 on their HTTP port, like the HTTP ones on /readyz
+    grpc_servers = [ln for ln in dns_servers + hostnet_servers if "grpc" in ln.split()[1]]
+    assert grpc_servers and all(" proto h2 " in ln and "check-proto h1" in ln for ln in grpc_servers)
 
 
 def test_haproxy_finds_replicas_through_dockers_dns():
     lines = cfg_lines("haproxy.cfg", "backend-dns.cfg")
-    [template] = [ln for ln in lines if ln.startswith("server-template ")]
+    [template, _grpc] = [ln for ln in lines if ln.startswith("server-template ")]
     _, prefix, slots, address, *opts = template.split()
     first, last = map(int, slots.split("-"))
     assert last - first + 1 >= 3  # room for --scale api=3 and more
@@ -868,10 +891,11 @@ def test_compose_reads_settings_from_the_env_file(tmp_path):
     env = tmp_path / "env"
     env.write_text(
         (ROOT / ".env.example").read_text()
-        + "LGM_PUBLISH_PORT=9000\nLGM_API_MEMORY=3g\nLGM_TRAIN_ARGS=--dataset digits --epochs 2\n"
+        + "LGM_PUBLISH_PORT=9000\nLGM_PUBLISH_GRPC_PORT=9001\nLGM_API_MEMORY=3g\n"
+        + "LGM_TRAIN_ARGS=--dataset digits --epochs 2\n"
     )
     services = compose_config("docker-compose.yml", env_file=str(env))["services"]
-    assert [p["published"] for p in services["lb"]["ports"]] == [9000]
+    assert [p["published"] for p in services["lb"]["ports"]] == [9000, 9001]
     assert services["api"]["deploy"]["resources"]["limits"]["memory"] == "3g"
     assert services["train"]["environment"]["LGM_TRAIN_ARGS"] == "--dataset digits --epochs 2"
 

@@ -1,0 +1,408 @@
+"""``bench/serve.py --protocols``: ``lgm serve`` against the servers a user would run instead, per request format,
+in one run on one machine, with the model's in-process ceiling measured between the servers.
+
+Formats (each request carries one real test digit; wrk or h2load on loopback drive the load):
+- ``v1``: ``POST /v1/predict`` JSON with a base64 PNG (LitServe: the same body on its ``/predict``);
+- ``v2 json``: the Open Inference Protocol's JSON body, an FP32 tensor in [0, 1] (MLServer's native route,
+  LitServe's ``/predict`` decoding the same body);
+- ``v2 binary``: the binary tensor data extension, a UINT8 tensor, every output asked for as raw bytes (as
+  tritonclient does by default); no peer speaks it;
+- ``grpc``: ``inference.GRPCInferenceService/ModelInfer`` with the UINT8 tensor in ``raw_input_contents``, driven by
+  h2load (nghttp2's HTTP/2 load generator: a gRPC call is one HTTP/2 POST with a 5-byte length prefix); MLServer
+  serves it too. A gRPC error arrives as HTTP 200 with a grpc-status trailer, which h2load does not read: each
+  server's answer to the exact body is checked with a real gRPC client first, and the body never changes.
+
+Peers (``bench/serve_peers.py``, in ``.venv-peers``, ``make .venv-peers``): LitServe with ``--peer-workers``
+worker processes, MLServer with a custom runtime; both batch dynamically with the same maximum batch and wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import serve as common  # bench/serve.py
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS_PY = ROOT / ".venv-peers" / "bin" / "python"
+GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+# wrk: every thread reads the request bodies (one data file, one index line per body: offset, length, path and
+# one header) and posts them in turn; ``done`` prints counts and latency percentiles as one JSON line.
+LUA = r"""
+local reqs, n = {}, 0
+function init(args)
+  local f = io.open(args[1], "rb")
+  local data = f:read("*a")
+  f:close()
+  for line in io.lines(args[2]) do
+    local off, len, path, hn, hv = line:match("^(%d+) (%d+) (%S+) (%S+) (%S+)$")
+    reqs[#reqs + 1] = wrk.format("POST", path, {[hn] = hv}, data:sub(off + 1, off + len))
+  end
+  n = math.random(#reqs)
+end
+function request()
+  n = n % #reqs + 1
+  return reqs[n]
+end
+function done(s, latency, requests)
+  local e = s.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, "status": %d, '
+    .. '"timeout": %d, "p50_us": %d, "p99_us": %d}\n',
+    s.requests, s.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+# -- request bodies -------------------------------------------------------------------------------------------------
+def bodies(u8: np.ndarray) -> dict[str, list[tuple[bytes, str, str]]]:
+    """Per format, one (body, header name, header value) per digit; ``u8``: (N, C, H, W) uint8."""
+    from service.images import encode_png
+
+    shape = [1, *u8.shape[1:]]
+    out: dict[str, list[tuple[bytes, str, str]]] = {"v1": [], "v2 json": [], "v2 binary": []}
+    for img in u8:
+        png = base64.b64encode(encode_png(img)).decode()
+        out["v1"].append(
+            (json.dumps({"instances": [{"b64": png}]}).encode(), "Content-Type", "application/json")
+        )
+        data = (img.astype(np.float32) * np.float32(1 / 255)).reshape(-1).tolist()
+        doc = {"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": data}]}
+        out["v2 json"].append((json.dumps(doc).encode(), "Content-Type", "application/json"))
+        head = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": shape,
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": img.size},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+        h = json.dumps(head).encode()
+        out["v2 binary"].append((h + img.tobytes(), "Inference-Header-Content-Length", str(len(h))))
+    return out
+
+
+def grpc_body(img: np.ndarray) -> bytes:
+    """One ModelInfer request (UINT8 raw contents) framed as a gRPC message: flag byte, 4-byte length, bytes."""
+    from service.grpc_server import M
+
+    req = M["ModelInferRequest"](model_name="lgm")
+    req.inputs.add(name="input", datatype="UINT8", shape=[1, *img.shape])
+    req.raw_input_contents.append(img.tobytes())
+    raw = req.SerializeToString()
+    return b"\0" + len(raw).to_bytes(4, "big") + raw
+
+
+def write_wrk_files(
+    tmp: Path, name: str, items: list[tuple[bytes, str, str]], path: str
+) -> tuple[Path, Path]:
+    data, index, off = tmp / f"{name}.bin", tmp / f"{name}.idx", 0
+    with data.open("wb") as d, index.open("w") as ix:
+        for body, hn, hv in items:
+            d.write(body)
+            ix.write(f"{off} {len(body)} {path} {hn} {hv}\n")
+            off += len(body)
+    return data, index
+
+
+# -- load generators ----------------------------------------------------------------------------------------------
+def _run(cmd: list[str]) -> tuple[str, float]:
+    """Run a load generator; (stdout, its CPU seconds)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    reader.join()
+    err = proc.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[0]} failed: {err.strip()[-500:]}")
+    return "".join(chunks), usage.ru_utime + usage.ru_stime
+
+
+def wrk(port: int, files: tuple[Path, Path], lua: Path, conc: int, secs: int) -> dict:
+    threads = max(1, min(conc, os.cpu_count() or 1))
+    cmd = ["wrk", "-t", str(threads), "-c", str(conc), "-d", f"{secs}s", "--timeout", "30s", "-s", str(lua)]
+    out, cpu = _run([*cmd, f"http://127.0.0.1:{port}", "--", str(files[0]), str(files[1])])
+    r = json.loads(next(ln for ln in out.splitlines() if ln.startswith("{")))
+    errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    secs_run = r["duration_us"] / 1e6
+    return {
+        "rps": r["requests"] / secs_run,
+        "p50": r["p50_us"] / 1e3,
+        "p99": r["p99_us"] / 1e3,
+        "errors": errors,
+        "client_cpu_s": cpu,
+    }
+
+
+def h2load(port: int, body: Path, conc: int, secs: int, tmp: Path) -> dict:
+    threads = max(1, min(conc, os.cpu_count() or 1))
+    log = tmp / "h2load.log"
+    cmd = ["h2load", "-D", str(secs), "-c", str(conc), "-m", "1", "-t", str(threads), "-d", str(body)]
+    cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file", str(log)]
+    out, cpu = _run([*cmd, f"http://127.0.0.1:{port}{GRPC_PATH}"])
+    m = re.search(r"finished in ([\d.]+)m?s, ([\d.]+) req/s", out)
+    req = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout",
+        out,
+    )
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not (m and req and codes):
+        raise SystemExit(f"h2load output not understood:\n{out[-800:]}")
+    durations = sorted(int(ln.split("\t")[2]) for ln in log.read_text().splitlines() if ln.count("\t") == 2)
+    pick = lambda q: durations[min(len(durations) - 1, int(q * len(durations)))] / 1e3  # noqa: E731
+    errors = (
+        int(req.group(5))
+        + int(req.group(6))
+        + int(req.group(7))
+        + sum(int(codes.group(i)) for i in (2, 3, 4))
+    )
+    return {
+        "rps": float(m.group(2)),
+        "p50": pick(0.5),
+        "p99": pick(0.99),
+        "errors": errors,
+        "client_cpu_s": cpu,
+    }
+
+
+# -- servers -------------------------------------------------------------------------------------------------------
+def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with code {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.terminate()
+    raise SystemExit(f"not ready within {seconds:.0f} s: {url}")
+
+
+def start(kind: str, art: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, int, int]:
+    """A server of ``kind`` on free loopback ports: (process, HTTP port, gRPC port or 0)."""
+    port, gport = common.free_port(), common.free_port()
+    wait = ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
+    if kind == "lgm":
+        cmd = [
+            sys.executable,
+            "-m",
+            "service",
+            "serve",
+            str(art),
+            "--port",
+            str(port),
+            "--grpc-port",
+            str(gport),
+        ]
+        proc = subprocess.Popen([*cmd, *wait, "--log-level", "warning", "--device", "cpu"], cwd=ROOT)
+        wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+        return proc, port, gport
+    peer = [str(PEERS_PY), str(ROOT / "bench" / "serve_peers.py"), kind, str(art), str(port), *wait]
+    if kind == "litserve":
+        proc = subprocess.Popen(
+            [*peer, "--workers", str(args.peer_workers)], cwd=ROOT, stdout=subprocess.DEVNULL
+        )
+        wait_ready(f"http://127.0.0.1:{port}/health", proc)
+        return proc, port, 0
+    proc = subprocess.Popen(
+        [*peer, "--grpc-port", str(gport)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_ready(f"http://127.0.0.1:{port}/v2/models/lgm/ready", proc)
+    return proc, port, gport
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server and wait for every process of its tree (LitServe's idle workers poll: none may stay)."""
+    pids = common.tree(proc.pid)
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    deadline = time.time() + 20
+    for pid in pids[1:]:
+        while Path(f"/proc/{pid}").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, 9)
+
+
+def check_grpc(gport: int, img: np.ndarray, want: int) -> None:
+    """The gRPC body's answer, through a real client: the load then repeats a call known to succeed."""
+    import tritonclient.grpc as tgrpc
+
+    c = tgrpc.InferenceServerClient(f"127.0.0.1:{gport}")
+    inp = tgrpc.InferInput("input", [1, *img.shape], "UINT8")
+    inp.set_data_from_numpy(img[None])
+    got = int(c.infer("lgm", [inp]).as_numpy("class")[0])
+    assert got == want, f"gRPC answered class {got}, expected {want}"
+    c.close()
+
+
+# -- the run -------------------------------------------------------------------------------------------------------
+PLAN = {  # server -> formats it serves, and the HTTP path of each
+    "lgm": {
+        "v1": "/v1/predict",
+        "v2 json": "/v2/models/lgm/infer",
+        "v2 binary": "/v2/models/lgm/infer",
+        "grpc": "",
+    },
+    "litserve": {"v1": "/predict", "v2 json": "/predict"},
+    "mlserver": {"v2 json": "/v2/models/lgm/infer", "grpc": ""},
+}
+
+
+def run(args: argparse.Namespace) -> None:
+    for tool in ("wrk", "h2load"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench/serve.py --protocols needs {tool}: apt-get install wrk nghttp2-client")
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if any(s != "lgm" for s in servers) and not PEERS_PY.exists():
+        raise SystemExit("the peers need their own environment: make .venv-peers")
+    concs = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    art = common.ensure_artifact(args.artifact)
+    from detector.scoring import Detector
+
+    det = Detector.load(art, "cpu")
+    x, _ = common.test_images(det)
+    u8 = (x * 255).round().to(dtype=__import__("torch").uint8).numpy()
+    want = int(det.score(x[:1]).pred[0])
+    cores = len(os.sched_getaffinity(0))
+    tmp = Path(tempfile.mkdtemp(prefix="lgm-bench-"))
+    lua = tmp / "bodies.lua"
+    lua.write_text(LUA)
+    per_format = bodies(u8)
+    (tmp / "grpc.bin").write_bytes(grpc_body(u8[0]))
+
+    ceils = [common.ceiling(det, x, args.max_batch_size, cores)]
+    rows = []
+    for kind in servers:
+        proc, port, gport = start(kind, art, args)
+        try:
+            if "grpc" in PLAN[kind]:
+                check_grpc(gport, u8[0], want)
+            for fmt, path in PLAN[kind].items():
+                files = (
+                    None
+                    if fmt == "grpc"
+                    else write_wrk_files(tmp, fmt.replace(" ", "_"), per_format[fmt], path)
+                )
+                for conc in concs:
+                    runs = []
+                    for rep in range(-1 if args.warmup else 0, max(1, args.repeats)):
+                        secs = args.warmup if rep < 0 else args.duration
+                        c0, t0 = common.cpu_seconds(proc.pid), time.perf_counter()
+                        r = (
+                            h2load(gport, tmp / "grpc.bin", conc, secs, tmp)
+                            if fmt == "grpc"
+                            else wrk(port, files, lua, conc, secs)
+                        )
+                        wall = time.perf_counter() - t0
+                        r["server_cpu"] = (common.cpu_seconds(proc.pid) - c0) / wall
+                        r["client_cpu"] = r.pop("client_cpu_s") / wall
+                        if rep >= 0:
+                            runs.append(r)
+                    runs.sort(key=lambda r: r["rps"])
+                    med = dict(runs[len(runs) // 2])
+                    med.update(range=(runs[0]["rps"], runs[-1]["rps"]), errors=sum(r["errors"] for r in runs))
+                    rows.append({"server": kind, "format": fmt, "concurrency": conc, **med})
+                    print(
+                        f"# {kind:8s} {fmt:9s} c={conc:3d}: {med['rps']:7.0f} req/s, p50 {med['p50']:.2f} ms, "
+                        f"p99 {med['p99']:.2f} ms, server {med['server_cpu']:.2f} / client {med['client_cpu']:.2f} "
+                        f"cores, {med['errors']} errors",
+                        flush=True,
+                    )
+        finally:
+            stop(proc)
+        ceils.append(common.ceiling(det, x, args.max_batch_size, cores))
+    report(args, det, cores, ceils, rows)
+
+
+def report(args: argparse.Namespace, det, cores: int, ceils: list[float], rows: list[dict]) -> None:  # noqa: ANN001
+    from service.settings import ServeSettings
+
+    ceil = statistics.median(ceils)
+    d = ServeSettings()
+    shape = "x".join(map(str, det.input_shape))
+    print()
+    print(
+        f"Model: {det.meta['dataset']['name']} {det.meta['arch']['backbone']} (input {shape}), CPU ({cores} cores); "
+        f"one real test digit per request; max batch {args.max_batch_size}, max wait {args.max_wait_ms} ms for every "
+        f"server. lgm serve: its default layout here, {d.server_workers()} worker(s) x {d.torch_threads()} torch "
+        f"thread(s); LitServe: {args.peer_workers} workers x 1 thread; MLServer: its own process, 1 torch thread."
+    )
+    print(
+        f"In-process ceiling (Detector.score, batch {args.max_batch_size}, {cores} torch threads): **{ceil:.0f} "
+        f"images/s** (median of {len(ceils)} measurements spread over the run, {min(ceils):.0f}-{max(ceils):.0f})."
+    )
+    print(
+        f"Each cell: {max(1, args.repeats)} run(s) of {args.duration} s after {args.warmup} s of warm-up; the median "
+        "run by throughput and the range over the runs. CPU: CPU-seconds per second (1.00 = one core busy)."
+    )
+    print()
+    print(
+        "| server | format | concurrency | req/s | range | % of ceiling | p50 (ms) | p99 (ms) | server CPU | client CPU | errors |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        lo, hi = r["range"]
+        print(
+            f"| {r['server']} | {r['format']} | {r['concurrency']} | {r['rps']:.0f} | {lo:.0f}-{hi:.0f} | "
+            f"{100 * r['rps'] / ceil:.0f}% | {r['p50']:.2f} | {r['p99']:.2f} | {r['server_cpu']:.2f} | "
+            f"{r['client_cpu']:.2f} | {r['errors']} |"
+        )
+    print()
+    cell = {(r["server"], r["format"], r["concurrency"]): r for r in rows}
+    for fmt in ("v1", "v2 json", "grpc"):
+        ours = cell.get(("lgm", fmt, 32))
+        peers = [cell[k] for k in cell if k[1] == fmt and k[2] == 32 and k[0] != "lgm"]
+        if ours and peers:
+            best = max(peers, key=lambda r: r["rps"])
+            print(
+                f"- c=32, {fmt}: lgm {ours['rps']:.0f} req/s = {ours['rps'] / best['rps']:.2f}x the best peer "
+                f"({best['server']}, {best['rps']:.0f}); target 1.5x"
+            )
+    for fmt in ("v2 binary", "grpc"):
+        at = [r for r in rows if r["server"] == "lgm" and r["format"] == fmt]
+        if at:
+            top = max(at, key=lambda r: r["rps"])
+            print(
+                f"- lgm {fmt}: best {top['rps']:.0f} req/s (c={top['concurrency']}) = {100 * top['rps'] / ceil:.0f}% "
+                f"of the ceiling; target 75%"
+            )
+    one = cell.get(("lgm", "v2 binary", 1))
+    if one:
+        print(f"- lgm v2 binary, c=1: p50 {one['p50']:.2f} ms; target < 2 ms")
+    print(f"- errors over every cell: {sum(r['errors'] for r in rows)}; target 0")
+    out = ROOT / "reports" / "serve_protocols.json"
+    out.parent.mkdir(exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps({"ceiling": ceil, "ceilings": ceils, "rows": rows, "argv": sys.argv[1:]}, indent=1)
+    )
+    tmp.replace(out)
+    print()
+    print("Command: `python bench/serve.py " + " ".join(sys.argv[1:]) + "`")
