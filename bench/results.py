@@ -116,7 +116,7 @@ def stamp(rec: Record) -> str:
 
 
 def _report_tables():
-    from detector.report import deployed_table, footnote, table
+    from detector.harness.report import deployed_table, footnote, table
 
     return table, deployed_table, footnote
 
