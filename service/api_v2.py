@@ -18,6 +18,7 @@ from service.errors import APIError
 from service.payloads import oip_outputs, oip_tensor
 from service.schemas import OIP_OUTPUTS
 from service.state import INLINE_DECODE_BYTES, ServiceState, add_route, get_state, get_state_of, ready_engine
+from service.stateful.setup import reveal_outputs, round_outputs, screen
 
 SERVER_NAME = "lgm-detect"
 TAGS = ["v2 (Open Inference Protocol)"]
@@ -153,13 +154,16 @@ def register(app: FastAPI) -> None:
             x = await run_in_threadpool(oip_tensor, tensor)
         else:
             x = oip_tensor(tensor)
+        verdict = await screen(request, st.guard, st.settings, x)  # 429 when refused (query_policy=block)
         res = await batcher.submit(x)
         st.metrics.count_scored(res.is_adversarial)
         out: dict[str, Any] = {"model_name": name, "model_version": st.model_version}
         if body.id is not None:  # type: ignore[attr-defined]
             out["id"] = body.id  # type: ignore[attr-defined]
+        out["parameters"] = {"client_flagged": verdict.flagged}
         names = [o.name for o in body.outputs] if body.outputs is not None else list(OIP_OUTPUTS)  # type: ignore[attr-defined]
-        out["outputs"] = oip_outputs(res, names)
+        reveal, digits = st.settings.query_reveal, st.settings.query_round_digits
+        out["outputs"] = round_outputs(oip_outputs(res, reveal_outputs(names, reveal)), reveal, digits)
         return JSONResponse(out)
 
     infer.body_hint = (
@@ -169,7 +173,10 @@ def register(app: FastAPI) -> None:
         tags=TAGS,
         checks=known,
         response_model=None,
-        responses={200: {"model": schemas.OIPInferResponse}, **schemas.errors(401, 404, 413, 415, 422, 503)},
+        responses={
+            200: {"model": schemas.OIPInferResponse},
+            **schemas.errors(401, 404, 413, 415, 422, 429, 503),
+        },
     )
     add_route(app, "post", "/v2/models/{name}/infer", infer, summary="Inference", **kw)
     add_route(app, "post", "/v2/models/{name}/versions/{version}/infer", infer, include_in_schema=False, **kw)

@@ -45,34 +45,40 @@ class ErrorBody(BaseModel):
 
 class Health(BaseModel):
     status: Literal["alive", "ready"]
+    detail: str | None = Field(None, description="what is degraded while still serving, if anything")
 
 
 class TopK(BaseModel):
     label: str
-    probability: float = Field(ge=0, le=1)
+    probability: float | None = Field(ge=0, le=1, description="null: not revealed (query_reveal)")
 
 
 class Prediction(BaseModel):
     class_index: int = Field(ge=0, description="predicted class")
     label: str = Field(description="its name")
-    confidence: float = Field(
-        ge=0, le=1, description="posterior probability of the predicted class (L-GM softmax)"
+    confidence: float | None = Field(
+        ge=0,
+        le=1,
+        description="posterior probability of the predicted class (L-GM softmax); null: not revealed",
     )
     top_k: list[TopK] = Field(description="the most probable classes, best first")
-    log_likelihood: float = Field(
+    log_likelihood: float | None = Field(
         description="log N(f(x); mu_k, Lambda_k) of the feature under the predicted class"
     )
-    abnormality_score: float = Field(
+    abnormality_score: float | None = Field(
         ge=0, le=1, description="share of clean inputs of that class with a higher likelihood"
     )
     is_adversarial: bool = Field(description="log_likelihood < threshold")
-    threshold: float = Field(description="the log-likelihood threshold applied (nats)")
+    threshold: float | None = Field(description="the log-likelihood threshold applied (nats)")
 
 
 class PredictResponse(BaseModel):
     model: str
     model_version: str
     predictions: list[Prediction]
+    client_flagged: bool = Field(
+        False, description="this client's queries look like a query attack (near-duplicates of each other)"
+    )
 
 
 class PerturbResponse(BaseModel):
@@ -112,6 +118,9 @@ class OIPInferResponse(BaseModel):
     model_name: str
     model_version: str | None = None
     id: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description='{"client_flagged": bool}: this client\'s queries look like a query attack'
+    )
     outputs: list[OIPTensor]
 
 
@@ -155,6 +164,7 @@ _ERROR_TEXT: dict[int, str] = {
     413: "body larger than max_request_bytes",
     415: "a body neither application/json nor multipart/form-data",
     422: "input the model cannot take; the message names the problem",
+    429: "this client is refused for a while (query_policy=block); see Retry-After",
     503: "model not loaded yet",
 }
 
