@@ -97,6 +97,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--soak", type=int, default=0, help="instead: one soak of this many seconds")
     p.add_argument("--soak-concurrency", type=int, default=64, help="connections during the soak")
     p.add_argument("--soak-layout", default="default", help="server layout for the soak")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=256,
+        help="request bodies wrk cycles through; beyond the test split's size the digits repeat, each copy "
+        "with a few pixels nudged by 1/255 so that every body is a distinct image (the query-attack "
+        "defence treats exact repeats apart, docs/query-attacks.md)",
+    )
     return p.parse_args()
 
 
@@ -115,10 +123,19 @@ def ensure_artifact(path: str | None) -> Path:
 
 
 def test_images(det: Detector, n: int = 256) -> tuple[torch.Tensor, list[str]]:
-    """Real test-split images: as a float batch (N, C, H, W), and as one-line /v1/predict JSON bodies."""
+    """Real test-split images: as a float batch (N, C, H, W), and as one-line /v1/predict JSON bodies (n of
+    them: past the split's size, copies with 4 random pixels nudged by 1/255, all distinct)."""
     ds = det.meta["dataset"]
     data = load_dataset(ds["name"], ds.get("root"), ds.get("split_seed", 0), ds.get("image_size"))
     x = data.test.x[:n]  # (N, C, H, W) uint8
+    if n > len(x):
+        g = torch.Generator().manual_seed(0)
+        reps = x.repeat((n + len(x) - 1) // len(x), 1, 1, 1)[:n].clone()
+        flat = reps.view(n, -1)
+        for i in range(len(x), n):
+            px = torch.randint(0, flat.shape[1], (4,), generator=g)
+            flat[i, px] = torch.where(flat[i, px] < 255, flat[i, px] + 1, flat[i, px] - 1)
+        x = reps
     bodies = [
         json.dumps({"instances": [{"b64": base64.b64encode(encode_png(img)).decode()}]}) for img in x.numpy()
     ]
@@ -307,7 +324,7 @@ def main() -> None:
     art = ensure_artifact(args.artifact)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     det = Detector.load(art, "cpu")
-    x, bodies = test_images(det)
+    x, bodies = test_images(det, args.images)
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         f.write("\n".join(bodies) + "\n")
         bodies_file = Path(f.name)

@@ -133,7 +133,7 @@ def create_app(settings: ServeSettings | None = None, detector: Detector | None 
 
     @app.get(
         "/readyz",
-        response_model=schemas.Health,
+        response_model=schemas.Ready,
         tags=["health"],
         summary="Model loaded and warmed up",
         responses=schemas.errors(503),

@@ -45,7 +45,12 @@ class ErrorBody(BaseModel):
 
 class Health(BaseModel):
     status: Literal["alive", "ready"]
-    detail: str | None = Field(None, description="what is degraded while still serving, if anything")
+
+
+class Ready(Health):
+    detail: str | None = Field(
+        None, description="what is degraded while still serving (absent when nothing is)"
+    )
 
 
 class TopK(BaseModel):
