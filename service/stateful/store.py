@@ -68,20 +68,18 @@ class HistoryStore(Protocol):
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clients (
-    client TEXT PRIMARY KEY, next_qid INTEGER NOT NULL, flagged_until REAL NOT NULL, last_seen REAL NOT NULL,
-    trimmed_to INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
+    cid INTEGER PRIMARY KEY, client TEXT NOT NULL UNIQUE, next_qid INTEGER NOT NULL, flagged_until REAL NOT NULL,
+    last_seen REAL NOT NULL, trimmed_to INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS queries (
-    client TEXT NOT NULL, qid INTEGER NOT NULL, ts REAL NOT NULL, digest BLOB NOT NULL, dup INTEGER NOT NULL,
-    PRIMARY KEY (client, qid)
+    cid INTEGER NOT NULL, qid INTEGER NOT NULL, ts REAL NOT NULL, digest BLOB NOT NULL, dup INTEGER NOT NULL,
+    PRIMARY KEY (cid, qid)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS queries_digest ON queries (client, digest);
+CREATE INDEX IF NOT EXISTS queries_digest ON queries (cid, digest);
 CREATE INDEX IF NOT EXISTS queries_ts ON queries (ts);
 CREATE TABLE IF NOT EXISTS hashes (
-    client TEXT NOT NULL, h INTEGER NOT NULL, qid INTEGER NOT NULL, ts REAL NOT NULL,
-    PRIMARY KEY (client, h, qid)
+    cid INTEGER NOT NULL, h INTEGER NOT NULL, qid INTEGER NOT NULL, PRIMARY KEY (cid, h, qid)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS hashes_ts ON hashes (ts);
 """
 
 
@@ -130,20 +128,31 @@ class SQLiteStore:
         self, client: str, fingerprints: list[np.ndarray], digests: list[bytes], now: float, limits: Limits
     ) -> Record:
         db = self._conn()
-        oldest_ts = now - limits.ttl_s
         db.execute("BEGIN IMMEDIATE")
         try:
             row = db.execute(
-                "SELECT next_qid, flagged_until, trimmed_to FROM clients WHERE client = ?", (client,)
+                "SELECT cid, next_qid, flagged_until, trimmed_to FROM clients WHERE client = ?", (client,)
             ).fetchone()
-            next_qid, flagged_until, trimmed_to = row if row else (1, 0.0, 0)
+            if row is None:
+                cur = db.execute(
+                    "INSERT INTO clients (client, next_qid, flagged_until, last_seen) VALUES (?, 1, 0, ?)",
+                    (client, now),
+                )
+                row = (cur.lastrowid, 1, 0.0, 0)
+            cid, next_qid, flagged_until, trimmed_to = row
             was_flagged = flagged_until > now
+            # the oldest query still within the time bound (queries are numbered in time order per client)
+            first = db.execute(
+                "SELECT qid FROM queries WHERE cid = ? AND ts >= ? ORDER BY qid LIMIT 1",
+                (cid, now - limits.ttl_s),
+            ).fetchone()
+            first_live = first[0] if first else next_qid
             matches, repeats = [], []
             for fp, dg in zip(fingerprints, digests, strict=True):
-                min_qid = next_qid - limits.history  # queries with qid > min_qid are within the count bound
+                min_qid = max(next_qid - limits.history, first_live - 1)  # compare with qid > min_qid only
                 seen = db.execute(
-                    "SELECT 1 FROM queries WHERE client = ? AND digest = ? AND qid > ? AND ts >= ? LIMIT 1",
-                    (client, dg, min_qid, oldest_ts),
+                    "SELECT 1 FROM queries WHERE cid = ? AND digest = ? AND qid > ? LIMIT 1",
+                    (cid, dg, min_qid),
                 ).fetchone()
                 if seen:
                     matches.append(0)
@@ -152,41 +161,35 @@ class SQLiteStore:
                 hs = [int(h) for h in fp]
                 marks = ",".join("?" * len(hs))
                 best = db.execute(
-                    f"SELECT COUNT(*) AS c FROM hashes WHERE client = ? AND h IN ({marks}) AND qid > ? "
-                    "AND ts >= ? GROUP BY qid ORDER BY c DESC LIMIT 1",
-                    (client, *hs, min_qid, oldest_ts),
+                    f"SELECT COUNT(*) AS c FROM hashes WHERE cid = ? AND h IN ({marks}) AND qid > ? "
+                    "GROUP BY qid ORDER BY c DESC LIMIT 1",
+                    (cid, *hs, min_qid),
                 ).fetchone()
                 m = int(best[0]) if best else 0
-                dup = m >= limits.match_hashes
                 db.execute(
-                    "INSERT INTO queries (client, qid, ts, digest, dup) VALUES (?, ?, ?, ?, ?)",
-                    (client, next_qid, now, dg, int(dup)),
+                    "INSERT INTO queries (cid, qid, ts, digest, dup) VALUES (?, ?, ?, ?, ?)",
+                    (cid, next_qid, now, dg, int(m >= limits.match_hashes)),
                 )
                 db.executemany(
-                    "INSERT OR IGNORE INTO hashes (client, h, qid, ts) VALUES (?, ?, ?, ?)",
-                    [(client, h, next_qid, now) for h in hs],
+                    "INSERT OR IGNORE INTO hashes (cid, h, qid) VALUES (?, ?, ?)",
+                    [(cid, h, next_qid) for h in hs],
                 )
                 matches.append(m)
                 repeats.append(False)
                 next_qid += 1
-            min_qid = next_qid - 1 - limits.history
+            min_qid = max(next_qid - 1 - limits.history, first_live - 1)
             (dups,) = db.execute(
-                "SELECT COUNT(*) FROM queries WHERE client = ? AND dup = 1 AND qid > ? AND ts >= ?",
-                (client, min_qid, oldest_ts),
+                "SELECT COUNT(*) FROM queries WHERE cid = ? AND dup = 1 AND qid > ?", (cid, min_qid)
             ).fetchone()
-            new_dups = any(m >= limits.match_hashes for m in matches)
-            if new_dups and dups >= limits.flag_after:
+            if any(m >= limits.match_hashes for m in matches) and dups >= limits.flag_after:
                 flagged_until = max(flagged_until, now + limits.flag_s)
-            if min_qid > trimmed_to + max(1, limits.history // 4):  # the count bound, in occasional steps
-                db.execute("DELETE FROM hashes WHERE client = ? AND qid <= ?", (client, min_qid))
-                db.execute("DELETE FROM queries WHERE client = ? AND qid <= ?", (client, min_qid))
+            if min_qid > trimmed_to + max(1, limits.history // 4):  # the bounds, applied in occasional steps
+                db.execute("DELETE FROM hashes WHERE cid = ? AND qid <= ?", (cid, min_qid))
+                db.execute("DELETE FROM queries WHERE cid = ? AND qid <= ?", (cid, min_qid))
                 trimmed_to = min_qid
             db.execute(
-                "INSERT INTO clients (client, next_qid, flagged_until, last_seen, trimmed_to) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (client) DO UPDATE SET next_qid = excluded.next_qid, "
-                "flagged_until = excluded.flagged_until, last_seen = excluded.last_seen, "
-                "trimmed_to = excluded.trimmed_to",
-                (client, next_qid, flagged_until, now, trimmed_to),
+                "UPDATE clients SET next_qid = ?, flagged_until = ?, last_seen = ?, trimmed_to = ? WHERE cid = ?",
+                (next_qid, flagged_until, now, trimmed_to, cid),
             )
             db.execute("COMMIT")
         except BaseException:
@@ -205,8 +208,12 @@ class SQLiteStore:
             cutoff = now - limits.ttl_s
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("DELETE FROM hashes WHERE ts < ?", (cutoff,))
-                db.execute("DELETE FROM queries WHERE ts < ?", (cutoff,))
+                expired = db.execute(
+                    "SELECT cid, MAX(qid) FROM queries WHERE ts < ? GROUP BY cid", (cutoff,)
+                ).fetchall()
+                for cid, qid in expired:
+                    db.execute("DELETE FROM hashes WHERE cid = ? AND qid <= ?", (cid, qid))
+                    db.execute("DELETE FROM queries WHERE cid = ? AND qid <= ?", (cid, qid))
                 db.execute("DELETE FROM clients WHERE last_seen < ? AND flagged_until < ?", (cutoff, now))
                 db.execute("COMMIT")
             except BaseException:
