@@ -98,6 +98,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--soak-concurrency", type=int, default=64, help="connections during the soak")
     p.add_argument("--soak-layout", default="default", help="server layout for the soak")
     p.add_argument(
+        "--query-policies",
+        default="",
+        help="comma-separated LGM_QUERY_POLICY values (e.g. off,flag): one server each, up at once, their "
+        "cells interleaved so that the machine's drift hits them alike (default: the server's own setting)",
+    )
+    p.add_argument(
         "--images",
         type=int,
         default=256,
@@ -170,14 +176,23 @@ def parse_layout(text: str) -> tuple[int, int] | None:
     return int(w), int(t)
 
 
-def start_server(art: Path, port: int, layout: tuple[int, int] | None, args: argparse.Namespace):
+def start_server(
+    art: Path, port: int, layout: tuple[int, int] | None, args: argparse.Namespace, policy: str | None = None
+):
+    """``lgm serve`` in a subprocess; ``policy``: its query-attack defence (``LGM_QUERY_POLICY``), with the query
+    history in a fresh SQLite file (``proc.query_store``)."""
     cmd = [sys.executable, "-m", "service", "serve", str(art), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--max-batch-size", str(args.max_batch_size), "--log-level", "warning", "--device", "cpu"]
     if args.max_wait_ms is not None:
         cmd += ["--max-wait-ms", str(args.max_wait_ms)]
     if layout is not None:
         cmd += ["--workers", str(layout[0]), "--threads", str(layout[1])]
-    proc = subprocess.Popen(cmd, cwd=ROOT)
+    store = Path(tempfile.mkdtemp(prefix="lgm-bench-queries-")) / "history.sqlite3"
+    env = {**os.environ, "LGM_QUERY_STORE": f"sqlite:///{store}"}
+    if policy:
+        env["LGM_QUERY_POLICY"] = policy
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    proc.query_store = store  # type: ignore[attr-defined]
     deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -339,6 +354,15 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=60)
+        if proc.query_store.exists():
+            from service.stateful.store import SQLiteStore
+
+            size = SQLiteStore(proc.query_store).size()
+            print(
+                f"Query history at the end (SQLite, the server's default store): {size['queries']} queries of "
+                f"{size['clients']} client(s), {size['hashes']} fingerprint hashes, "
+                f"{size['bytes'] / 2**20:.1f} MiB on disk (database + write-ahead log)."
+            )
         print(
             "Command: `" + " ".join(shlex.quote(a) for a in ["python", "bench/serve.py", *sys.argv[1:]]) + "`"
         )
@@ -349,29 +373,42 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = []
     layouts = [s.strip() for s in args.layouts.split(",") if s.strip()]
+    policies = [s.strip() for s in args.query_policies.split(",") if s.strip()] or [None]
     for name in layouts:
         layout = parse_layout(name)
-        port = free_port()
-        proc = start_server(art, port, layout, args)
+        procs = {}
         try:
+            for pol in policies:
+                port = free_port()
+                procs[pol] = (port, start_server(art, port, layout, args, pol))
             for conc in concs:
-                runs = []
+                runs: dict = {pol: [] for pol in policies}
                 for _ in range(max(1, args.repeats)):
-                    r = run_cell(port, proc.pid, bodies_file, conc, args)
-                    runs.append(r)
-                    print(
-                        f"# {name} concurrency {conc:3d}: {r['rps']:.0f} req/s, p50 {r['p50']:.2f} ms, "
-                        f"server {r['server_cpu']:.2f} / client {r['client_cpu']:.2f} cores",
-                        flush=True,
-                    )
-                runs.sort(key=lambda r: r["rps"])
-                med = dict(runs[len(runs) // 2])
-                med["range"] = (runs[0]["rps"], runs[-1]["rps"])
-                med["errors"] = sum(r["errors"] for r in runs)
-                rows.append((name, conc, med))
+                    for pol, (port, proc) in procs.items():
+                        r = run_cell(port, proc.pid, bodies_file, conc, args)
+                        runs[pol].append(r)
+                        print(
+                            f"# {name}{f' query_policy={pol}' if pol else ''} concurrency {conc:3d}: "
+                            f"{r['rps']:.0f} req/s, p50 {r['p50']:.2f} ms, "
+                            f"server {r['server_cpu']:.2f} / client {r['client_cpu']:.2f} cores",
+                            flush=True,
+                        )
+                for pol in policies:
+                    rs = sorted(runs[pol], key=lambda r: r["rps"])
+                    med = dict(rs[len(rs) // 2])
+                    med["range"] = (rs[0]["rps"], rs[-1]["rps"])
+                    med["errors"] = sum(r["errors"] for r in rs)
+                    med["policy"] = pol
+                    rows.append((name, conc, med))
         finally:
-            proc.terminate()  # SIGTERM: uvicorn's graceful shutdown
-            proc.wait(timeout=60)
+            for _, proc in procs.values():
+                proc.terminate()  # SIGTERM: uvicorn's graceful shutdown
+                proc.wait(timeout=60)
+                store = proc.query_store
+                if store.exists():
+                    from service.stateful.store import SQLiteStore
+
+                    print(f"# query history after the run ({store}): {SQLiteStore(store).size()}", flush=True)
         ceils_all.append(ceiling(det, x, args.max_batch_size, cores))
         torch.set_num_threads(1)
     ceil = statistics.median(ceils_all)
@@ -407,7 +444,7 @@ def main() -> None:
         lo, hi = r["range"]
         label = (
             name if name != "default" else f"{default.server_workers()}x{default.torch_threads()} (default)"
-        )
+        ) + (f", query_policy={r['policy']}" if r.get("policy") else "")
         print(
             f"| {label} | {conc} | {r['rps']:.0f} | {lo:.0f}-{hi:.0f} | {100 * r['rps'] / ceil:.0f}% "
             f"| {r['p50']:.2f} | {r['p99']:.2f} | {r['server_cpu']:.2f} | {r['client_cpu']:.2f} "
