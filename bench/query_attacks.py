@@ -30,6 +30,7 @@ Scenarios (``--scenarios``, comma-separated):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import shlex
@@ -52,6 +53,7 @@ from service.settings import ServeSettings  # noqa: E402
 from service.stateful.fingerprint import FingerprintConfig, Fingerprinter  # noqa: E402
 from training.data import load_dataset  # noqa: E402
 
+_ATTACK_TAGS = itertools.count(1)
 CHECKPOINTS = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
@@ -186,7 +188,7 @@ def would_match(sim: HistorySim, client: str, x: np.ndarray) -> bool:
 # -- scenarios ----------------------------------------------------------------------------------------------------
 def attack_digits(api: API, xs, ys, name: str, args, make) -> list[dict]:
     """Run ``make(oracle-args)`` per digit in parallel; each digit its own client address."""
-    tag = abs(hash(name)) % 200
+    tag = next(_ATTACK_TAGS)  # a fresh address block per attack: no two attacks share a client's history
     deadline = time.time() + args.seconds_per_attack if args.seconds_per_attack else float("inf")
 
     def one(i: int) -> dict | None:
