@@ -75,7 +75,7 @@ def parse_args() -> argparse.Namespace:
         default=0,
         help="start no new digit after this long per attack (0: no limit); the tables give the digits done",
     )
-    p.add_argument("--out", default="bench/results/query_attacks.json")
+    p.add_argument("--out", default="reports/query_attacks.json", help="the figures as JSON")
     return p.parse_args()
 
 
