@@ -93,7 +93,7 @@ class QueryGuard:
                 if self.store is None:
                     try:
                         self.store = open_store(str(self._store_arg))
-                    except (OSError, ValueError) as exc:
+                    except (OSError, ValueError, ImportError) as exc:
                         raise StoreUnavailable(str(exc)) from exc
         return self.store
 
@@ -155,7 +155,11 @@ class QueryGuard:
                     self._recovered()
                     return Verdict(client, flagged=True, blocked=True, retry_after_s=until - now)
             x = np.asarray(images, dtype=np.float32)
-            rec = store.record(client, self.fingerprinter(x), digest(x), now, self.limits)
+            try:
+                fps = self.fingerprinter(x)
+            except ValueError:  # images smaller than one patch: nothing to compare
+                return Verdict(client)
+            rec = store.record(client, fps, digest(x), now, self.limits)
         except StoreUnavailable as exc:
             self._failed(exc, now)
             return Verdict(client, store_ok=False)
