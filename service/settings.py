@@ -201,6 +201,13 @@ class ServeSettings(BaseSettings):
 
     _split = field_validator("api_keys", "cors_origins", "trusted_proxies", mode="before")(_split_csv)
 
+    @field_validator("query_store")
+    @classmethod
+    def _store_scheme(cls, value: str) -> str:
+        if value and "://" in value and not value.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
+            raise ValueError("use sqlite:///PATH, redis://HOST:PORT/DB, rediss:// or unix://")
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies_parse(cls, value: list[str]) -> list[str]:
