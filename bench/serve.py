@@ -57,8 +57,14 @@ from training.data import load_dataset  # noqa: E402
 LUA = r"""
 local reqs, n = {}, 0
 function init(args)
+  local clients = tonumber(args[2]) or 0
   for line in io.lines(args[1]) do
-    reqs[#reqs + 1] = wrk.format("POST", nil, {["Content-Type"] = "application/json"}, line)
+    local headers = {["Content-Type"] = "application/json"}
+    if clients > 0 then  -- body i comes from client i mod clients, named the way a trusted proxy would
+      local c = #reqs % clients
+      headers["X-Forwarded-For"] = "10.77." .. math.floor(c / 250) .. "." .. (c % 250 + 1)
+    end
+    reqs[#reqs + 1] = wrk.format("POST", nil, headers, line)
   end
   n = math.random(#reqs)
 end
@@ -97,6 +103,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--soak", type=int, default=0, help="instead: one soak of this many seconds")
     p.add_argument("--soak-concurrency", type=int, default=64, help="connections during the soak")
     p.add_argument("--soak-layout", default="default", help="server layout for the soak")
+    p.add_argument(
+        "--clients",
+        type=int,
+        default=0,
+        help="simulated clients: body i is sent with X-Forwarded-For naming client i mod N (0: all from one)",
+    )
     p.add_argument(
         "--query-policies",
         default="",
@@ -250,7 +262,7 @@ def rss_mib(pid: int) -> float:
 
 
 # -- load --------------------------------------------------------------------------------------------------------
-def wrk(port: int, bodies_file: Path, conc: int, seconds: int) -> dict:
+def wrk(port: int, bodies_file: Path, conc: int, seconds: int, clients: int = 0) -> dict:
     """One wrk run; its JSON summary (from the Lua ``done`` hook) plus the CPU wrk itself used."""
     threads = max(1, min(conc, os.cpu_count() or 1))
     cmd = ["wrk", "-t", str(threads), "-c", str(conc), "-d", f"{seconds}s", "--timeout", "30s"]
@@ -260,6 +272,7 @@ def wrk(port: int, bodies_file: Path, conc: int, seconds: int) -> dict:
         f"http://127.0.0.1:{port}/v1/predict",
         "--",
         str(bodies_file),
+        str(clients),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out_chunks: list[str] = []
@@ -279,9 +292,9 @@ def wrk(port: int, bodies_file: Path, conc: int, seconds: int) -> dict:
 
 def run_cell(port: int, pid: int, bodies_file: Path, conc: int, args: argparse.Namespace) -> dict:
     if args.warmup > 0:
-        wrk(port, bodies_file, conc, args.warmup)
+        wrk(port, bodies_file, conc, args.warmup, args.clients)
     c0, t0 = cpu_seconds(pid), time.perf_counter()
-    r = wrk(port, bodies_file, conc, args.duration)
+    r = wrk(port, bodies_file, conc, args.duration, args.clients)
     wall = time.perf_counter() - t0
     secs = r["duration_us"] / 1e6
     errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
@@ -297,7 +310,9 @@ def run_cell(port: int, pid: int, bodies_file: Path, conc: int, args: argparse.N
 
 def soak(port: int, pid: int, bodies_file: Path, args: argparse.Namespace) -> None:
     """--soak seconds at --soak-concurrency, resident memory sampled every 5 s."""
-    wrk(port, bodies_file, args.soak_concurrency, 10)  # warm-up: allocator pools and batch sizes settle
+    wrk(
+        port, bodies_file, args.soak_concurrency, 10, args.clients
+    )  # warm-up: allocator pools and batch sizes settle
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
     t0 = time.perf_counter()
@@ -309,7 +324,7 @@ def soak(port: int, pid: int, bodies_file: Path, args: argparse.Namespace) -> No
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    r = wrk(port, bodies_file, args.soak_concurrency, args.soak)
+    r = wrk(port, bodies_file, args.soak_concurrency, args.soak, args.clients)
     stop.set()
     sampler.join()
     samples.append((time.perf_counter() - t0, rss_mib(pid)))

@@ -204,7 +204,11 @@ class ServeSettings(BaseSettings):
     @field_validator("query_store")
     @classmethod
     def _store_scheme(cls, value: str) -> str:
-        if value and "://" in value and not value.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
+        if (
+            value
+            and "://" in value
+            and not value.startswith(("sqlite:///", "redis://", "rediss://", "unix://"))
+        ):
             raise ValueError("use sqlite:///PATH, redis://HOST:PORT/DB, rediss:// or unix://")
         return value
 

@@ -23,6 +23,7 @@ _LUA = """
 local p = ARGV[1]
 local now, ttl, hist = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local T, M, fs, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local fw = tonumber(ARGV[9])
 local meta, dkey, dupkey = KEYS[1], p .. 'd', p .. 'dup'
 local nq = tonumber(redis.call('HGET', meta, 'next') or '1')
 local fu = tonumber(redis.call('HGET', meta, 'flagged_until') or '0')
@@ -32,7 +33,7 @@ local oldest = '(' .. (now - ttl)
 local life = math.ceil(ttl)
 redis.call('ZREMRANGEBYSCORE', dkey, '-inf', oldest)
 redis.call('ZREMRANGEBYSCORE', dupkey, '-inf', oldest)
-local out, i, newdup = {}, 9, false
+local out, i, newdup = {}, 10, false
 for _ = 1, n do
   local dg, k = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
@@ -40,6 +41,7 @@ for _ = 1, n do
     out[#out + 1] = -1
   else
     local minq, counts, best = nq - hist, {}, 0
+    if was == 1 and nq - 1 - fw > minq then minq = nq - 1 - fw end
     for j = i, i + k - 1 do
       local hk = p .. 'h:' .. ARGV[j]
       redis.call('ZREMRANGEBYSCORE', hk, '-inf', oldest)
@@ -125,6 +127,7 @@ class RedisStore:
             limits.flag_after,
             repr(float(limits.flag_s)),
             len(fingerprints),
+            limits.flagged_window,
         ]
         for fp, dg in zip(fingerprints, digests, strict=True):
             args += [dg.hex(), len(fp), *(str(int(h)) for h in fp)]

@@ -32,6 +32,9 @@ class Limits:
     history: int = 1000  # queries kept per client
     ttl_s: float = 3600.0  # seconds a query is kept
     flag_s: float = 600.0  # seconds a flag lasts after the latest near-duplicate
+    # a flagged client's queries are compared with its last few only: enough to extend the flag, and a flagged
+    # attacker's stream of near-duplicates cannot make each query cost a scan of its whole history
+    flagged_window: int = 32
 
 
 @dataclass
@@ -150,6 +153,8 @@ class SQLiteStore:
             matches, repeats = [], []
             for fp, dg in zip(fingerprints, digests, strict=True):
                 min_qid = max(next_qid - limits.history, first_live - 1)  # compare with qid > min_qid only
+                if was_flagged:
+                    min_qid = max(min_qid, next_qid - 1 - limits.flagged_window)
                 seen = db.execute(
                     "SELECT 1 FROM queries WHERE cid = ? AND digest = ? AND qid > ? LIMIT 1",
                     (cid, dg, min_qid),
