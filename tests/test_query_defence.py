@@ -403,3 +403,24 @@ def test_redis_outage_fails_open_then_recovers(redis_server, digits: np.ndarray,
         assert g.check("c", digits[2:3]).store_ok and g.health() is None
     msgs = [r.getMessage() for r in caplog.records]
     assert any("failing open" in m for m in msgs) and any("reachable again" in m for m in msgs)
+
+
+def test_a_flagged_client_is_compared_with_its_last_queries_only(tmp_path: Path, digits: np.ndarray) -> None:
+    store = SQLiteStore(tmp_path / "h.sqlite3")
+    lim = Limits(flag_after=1, flagged_window=3)
+    fp = Fingerprinter()
+    steps = square_steps(digits[0], 2)
+    store.record("c", fp(steps[:1]), [b"a"], 0.0, lim)
+    assert store.record("c", fp(steps[1:]), [b"b"], 1.0, lim).flagged  # flagged at its first near-duplicate
+    for i in range(4):  # four distinct digits push the first query out of the flagged client's window
+        store.record("c", fp(digits[10 + i : 11 + i]), [bytes([i])], 2.0 + i, lim)
+    late = square_steps(digits[0], 1)
+    assert store.record("c", fp(late), [b"z"], 9.0, lim).matches[0] < lim.match_hashes
+    fresh = SQLiteStore(
+        tmp_path / "other.sqlite3"
+    )  # the same stream, never flagged: compared with everything
+    lim2 = Limits(flag_after=100, flagged_window=3)
+    fresh.record("c", fp(steps[:1]), [b"a"], 0.0, lim2)
+    for i in range(5):
+        fresh.record("c", fp(digits[10 + i : 11 + i]), [bytes([i])], 2.0 + i, lim2)
+    assert fresh.record("c", fp(late), [b"z"], 9.0, lim2).matches[0] >= lim2.match_hashes
