@@ -390,9 +390,11 @@ def main() -> None:
         rows = []
         eps = args.eps
 
-        def square(mode: str, transform=None, n: int | None = None):
+        def square(mode: str, transform=None, n: int | None = None, round_digits: int | None = None):
             def make(i: int, clients: list[str]) -> Oracle:
-                o = Oracle(api, xs[i], int(ys[i]), clients, args.square_budget, mode, eps, transform)
+                o = Oracle(
+                    api, xs[i], int(ys[i]), clients, args.square_budget, mode, eps, transform, round_digits
+                )
                 run_square(o, xs[i], int(ys[i]), args.square_budget, eps)
                 return o
 
@@ -429,6 +431,11 @@ def main() -> None:
                 all_runs[name] = square("probs+det", blinding(b, arng), na)(name)
                 rows.append(summarise(name, all_runs[name], args.square_budget))
                 print(f"# {name}: {time.time() - t:.0f} s", flush=True)
+            name = "Square + detector, answers rounded to 2 decimals (query_reveal=rounded)"
+            t = time.time()
+            all_runs[name] = square("probs+det", None, na, round_digits=2)(name)
+            rows.append(summarise(name, all_runs[name], args.square_budget))
+            print(f"# {name}: {time.time() - t:.0f} s", flush=True)
             name = "Square + detector, simplified OARS"
             t = time.time()
             all_runs[name] = square("probs+det", oars(fp, settings, arng), na)(name)

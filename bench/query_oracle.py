@@ -109,9 +109,11 @@ class Oracle:
         mode: str = "probs",
         eps: float = 0.3,
         transform=None,
+        round_digits: int | None = None,
     ) -> None:
         self.api, self.x0, self.y, self.clients = api, x0, y, clients
         self.budget, self.mode, self.eps, self.transform = budget, mode, eps, transform
+        self.round_digits = round_digits  # answers as query_reveal=rounded gives them (the same rounding)
         self.queries = 0
         self.requests = 0
         self.first_success: int | None = None
@@ -146,10 +148,13 @@ class Oracle:
                 if pred != self.y and not adv and close and self.first_success is None:
                     self.first_success = q
                 probs = self.api.probs(p)
+                abn = float(p["abnormality_score"] or 0.0)
+                if self.round_digits is not None:
+                    probs, abn = np.round(probs, self.round_digits), round(abn, self.round_digits)
                 if self.mode == "probs":
                     out[start + i] = probs
                 elif self.mode == "probs+det":
-                    probs[self.y] += (1.0 if adv else 0.0) + 0.5 * float(p["abnormality_score"] or 0.0)
+                    probs[self.y] += (1.0 if adv else 0.0) + 0.5 * abn
                     out[start + i] = probs
                 else:
                     out[start + i, self.y if adv else pred] = 1.0
