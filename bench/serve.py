@@ -62,8 +62,14 @@ from training.data import load_dataset  # noqa: E402
 LUA = r"""
 local reqs, n = {}, 0
 function init(args)
+  local clients = tonumber(args[2]) or 0
   for line in io.lines(args[1]) do
-    reqs[#reqs + 1] = wrk.format("POST", nil, {["Content-Type"] = "application/json"}, line)
+    local headers = {["Content-Type"] = "application/json"}
+    if clients > 0 then  -- body i comes from client i mod clients, named the way a trusted proxy would
+      local c = #reqs % clients
+      headers["X-Forwarded-For"] = "10.77." .. math.floor(c / 250) .. "." .. (c % 250 + 1)
+    end
+    reqs[#reqs + 1] = wrk.format("POST", nil, headers, line)
   end
   n = math.random(#reqs)
 end
@@ -107,6 +113,26 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--peer-workers", type=int, default=2, help="with --protocols: LitServe's workers")
     p.add_argument("--soak-concurrency", type=int, default=64, help="connections during the soak")
     p.add_argument("--soak-layout", default="default", help="server layout for the soak")
+    p.add_argument(
+        "--clients",
+        type=int,
+        default=0,
+        help="simulated clients: body i is sent with X-Forwarded-For naming client i mod N (0: all from one)",
+    )
+    p.add_argument(
+        "--query-policies",
+        default="",
+        help="comma-separated LGM_QUERY_POLICY values (e.g. off,flag): one server each, up at once, their "
+        "cells interleaved so that the machine's drift hits them alike (default: the server's own setting)",
+    )
+    p.add_argument(
+        "--images",
+        type=int,
+        default=256,
+        help="request bodies wrk cycles through; beyond the test split's size the digits repeat, each copy "
+        "with a few pixels nudged by 1/255 so that every body is a distinct image (the query-attack "
+        "defence treats exact repeats apart, docs/query-attacks.md)",
+    )
     return p.parse_args()
 
 
@@ -125,10 +151,19 @@ def ensure_artifact(path: str | None) -> Path:
 
 
 def test_images(det: Detector, n: int = 256) -> tuple[torch.Tensor, list[str]]:
-    """Real test-split images: as a float batch (N, C, H, W), and as one-line /v1/predict JSON bodies."""
+    """Real test-split images: as a float batch (N, C, H, W), and as one-line /v1/predict JSON bodies (n of
+    them: past the split's size, copies with 4 random pixels nudged by 1/255, all distinct)."""
     ds = det.meta["dataset"]
     data = load_dataset(ds["name"], ds.get("root"), ds.get("split_seed", 0), ds.get("image_size"))
     x = data.test.x[:n]  # (N, C, H, W) uint8
+    if n > len(x):
+        g = torch.Generator().manual_seed(0)
+        reps = x.repeat((n + len(x) - 1) // len(x), 1, 1, 1)[:n].clone()
+        flat = reps.view(n, -1)
+        for i in range(len(x), n):
+            px = torch.randint(0, flat.shape[1], (4,), generator=g)
+            flat[i, px] = torch.where(flat[i, px] < 255, flat[i, px] + 1, flat[i, px] - 1)
+        x = reps
     bodies = [
         json.dumps({"instances": [{"b64": base64.b64encode(encode_png(img)).decode()}]}) for img in x.numpy()
     ]
@@ -163,14 +198,23 @@ def parse_layout(text: str) -> tuple[int, int] | None:
     return int(w), int(t)
 
 
-def start_server(art: Path, port: int, layout: tuple[int, int] | None, args: argparse.Namespace):
+def start_server(
+    art: Path, port: int, layout: tuple[int, int] | None, args: argparse.Namespace, policy: str | None = None
+):
+    """``lgm serve`` in a subprocess; ``policy``: its query-attack defence (``LGM_QUERY_POLICY``), with the query
+    history in a fresh SQLite file (``proc.query_store``)."""
     cmd = [sys.executable, "-m", "service", "serve", str(art), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--max-batch-size", str(args.max_batch_size), "--log-level", "warning", "--device", "cpu"]
     if args.max_wait_ms is not None:
         cmd += ["--max-wait-ms", str(args.max_wait_ms)]
     if layout is not None:
         cmd += ["--workers", str(layout[0]), "--threads", str(layout[1])]
-    proc = subprocess.Popen(cmd, cwd=ROOT)
+    store = Path(tempfile.mkdtemp(prefix="lgm-bench-queries-")) / "history.sqlite3"
+    env = {**os.environ, "LGM_QUERY_STORE": f"sqlite:///{store}"}
+    if policy:
+        env["LGM_QUERY_POLICY"] = policy
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    proc.query_store = store  # type: ignore[attr-defined]
     deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -228,7 +272,7 @@ def rss_mib(pid: int) -> float:
 
 
 # -- load --------------------------------------------------------------------------------------------------------
-def wrk(port: int, bodies_file: Path, conc: int, seconds: int) -> dict:
+def wrk(port: int, bodies_file: Path, conc: int, seconds: int, clients: int = 0) -> dict:
     """One wrk run; its JSON summary (from the Lua ``done`` hook) plus the CPU wrk itself used."""
     threads = max(1, min(conc, os.cpu_count() or 1))
     cmd = ["wrk", "-t", str(threads), "-c", str(conc), "-d", f"{seconds}s", "--timeout", "30s"]
@@ -238,6 +282,7 @@ def wrk(port: int, bodies_file: Path, conc: int, seconds: int) -> dict:
         f"http://127.0.0.1:{port}/v1/predict",
         "--",
         str(bodies_file),
+        str(clients),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out_chunks: list[str] = []
@@ -257,9 +302,9 @@ def wrk(port: int, bodies_file: Path, conc: int, seconds: int) -> dict:
 
 def run_cell(port: int, pid: int, bodies_file: Path, conc: int, args: argparse.Namespace) -> dict:
     if args.warmup > 0:
-        wrk(port, bodies_file, conc, args.warmup)
+        wrk(port, bodies_file, conc, args.warmup, args.clients)
     c0, t0 = cpu_seconds(pid), time.perf_counter()
-    r = wrk(port, bodies_file, conc, args.duration)
+    r = wrk(port, bodies_file, conc, args.duration, args.clients)
     wall = time.perf_counter() - t0
     secs = r["duration_us"] / 1e6
     errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
@@ -275,7 +320,9 @@ def run_cell(port: int, pid: int, bodies_file: Path, conc: int, args: argparse.N
 
 def soak(port: int, pid: int, bodies_file: Path, args: argparse.Namespace) -> None:
     """--soak seconds at --soak-concurrency, resident memory sampled every 5 s."""
-    wrk(port, bodies_file, args.soak_concurrency, 10)  # warm-up: allocator pools and batch sizes settle
+    wrk(
+        port, bodies_file, args.soak_concurrency, 10, args.clients
+    )  # warm-up: allocator pools and batch sizes settle
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
     t0 = time.perf_counter()
@@ -287,7 +334,7 @@ def soak(port: int, pid: int, bodies_file: Path, args: argparse.Namespace) -> No
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    r = wrk(port, bodies_file, args.soak_concurrency, args.soak)
+    r = wrk(port, bodies_file, args.soak_concurrency, args.soak, args.clients)
     stop.set()
     sampler.join()
     samples.append((time.perf_counter() - t0, rss_mib(pid)))
@@ -324,7 +371,7 @@ def main() -> None:
     art = ensure_artifact(args.artifact)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     det = Detector.load(art, "cpu")
-    x, bodies = test_images(det)
+    x, bodies = test_images(det, args.images)
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         f.write("\n".join(bodies) + "\n")
         bodies_file = Path(f.name)
@@ -339,6 +386,15 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=60)
+        if proc.query_store.exists():
+            from service.stateful.store import SQLiteStore
+
+            size = SQLiteStore(proc.query_store).size()
+            print(
+                f"Query history at the end (SQLite, the server's default store): {size['queries']} queries of "
+                f"{size['clients']} client(s), {size['hashes']} fingerprint hashes, "
+                f"{size['bytes'] / 2**20:.1f} MiB on disk (database + write-ahead log)."
+            )
         print(
             "Command: `" + " ".join(shlex.quote(a) for a in ["python", "bench/serve.py", *sys.argv[1:]]) + "`"
         )
@@ -349,29 +405,42 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = []
     layouts = [s.strip() for s in args.layouts.split(",") if s.strip()]
+    policies = [s.strip() for s in args.query_policies.split(",") if s.strip()] or [None]
     for name in layouts:
         layout = parse_layout(name)
-        port = free_port()
-        proc = start_server(art, port, layout, args)
+        procs = {}
         try:
+            for pol in policies:
+                port = free_port()
+                procs[pol] = (port, start_server(art, port, layout, args, pol))
             for conc in concs:
-                runs = []
+                runs: dict = {pol: [] for pol in policies}
                 for _ in range(max(1, args.repeats)):
-                    r = run_cell(port, proc.pid, bodies_file, conc, args)
-                    runs.append(r)
-                    print(
-                        f"# {name} concurrency {conc:3d}: {r['rps']:.0f} req/s, p50 {r['p50']:.2f} ms, "
-                        f"server {r['server_cpu']:.2f} / client {r['client_cpu']:.2f} cores",
-                        flush=True,
-                    )
-                runs.sort(key=lambda r: r["rps"])
-                med = dict(runs[len(runs) // 2])
-                med["range"] = (runs[0]["rps"], runs[-1]["rps"])
-                med["errors"] = sum(r["errors"] for r in runs)
-                rows.append((name, conc, med))
+                    for pol, (port, proc) in procs.items():
+                        r = run_cell(port, proc.pid, bodies_file, conc, args)
+                        runs[pol].append(r)
+                        print(
+                            f"# {name}{f' query_policy={pol}' if pol else ''} concurrency {conc:3d}: "
+                            f"{r['rps']:.0f} req/s, p50 {r['p50']:.2f} ms, "
+                            f"server {r['server_cpu']:.2f} / client {r['client_cpu']:.2f} cores",
+                            flush=True,
+                        )
+                for pol in policies:
+                    rs = sorted(runs[pol], key=lambda r: r["rps"])
+                    med = dict(rs[len(rs) // 2])
+                    med["range"] = (rs[0]["rps"], rs[-1]["rps"])
+                    med["errors"] = sum(r["errors"] for r in rs)
+                    med["policy"] = pol
+                    rows.append((name, conc, med))
         finally:
-            proc.terminate()  # SIGTERM: uvicorn's graceful shutdown
-            proc.wait(timeout=60)
+            for _, proc in procs.values():
+                proc.terminate()  # SIGTERM: uvicorn's graceful shutdown
+                proc.wait(timeout=60)
+                store = proc.query_store
+                if store.exists():
+                    from service.stateful.store import SQLiteStore
+
+                    print(f"# query history after the run ({store}): {SQLiteStore(store).size()}", flush=True)
         ceils_all.append(ceiling(det, x, args.max_batch_size, cores))
         torch.set_num_threads(1)
     ceil = statistics.median(ceils_all)
@@ -407,7 +476,7 @@ def main() -> None:
         lo, hi = r["range"]
         label = (
             name if name != "default" else f"{default.server_workers()}x{default.torch_threads()} (default)"
-        )
+        ) + (f", query_policy={r['policy']}" if r.get("policy") else "")
         print(
             f"| {label} | {conc} | {r['rps']:.0f} | {lo:.0f}-{hi:.0f} | {100 * r['rps'] / ceil:.0f}% "
             f"| {r['p50']:.2f} | {r['p99']:.2f} | {r['server_cpu']:.2f} | {r['client_cpu']:.2f} "

@@ -28,6 +28,7 @@ from service.state import (
     json_or_form,
     ready_engine,
 )
+from service.stateful.setup import reveal_predictions, screen
 
 TAGS = ["v1"]
 TopK = Annotated[int, Query(ge=1, le=1000, description="classes listed in top_k")]
@@ -39,13 +40,17 @@ async def _off_loop_if_large(fn: Any, size: int) -> Any:
 
 async def _predict(request: Request, st: ServiceState, x: torch.Tensor, top_k: int) -> JSONResponse:
     _, engine, batcher = ready_engine(request)
+    verdict = await screen(request, st.guard, st.settings, x)  # 429 when refused (query_policy=block)
     res = await batcher.submit(x)
     st.metrics.count_scored(res.is_adversarial)
+    s = st.settings
+    preds = prediction_dicts(res, engine.class_names, top_k)
     return JSONResponse(
         {
-            "model": st.settings.model_name,
+            "model": s.model_name,
             "model_version": st.model_version,
-            "predictions": prediction_dicts(res, engine.class_names, top_k),
+            "predictions": reveal_predictions(preds, s.query_reveal, s.query_round_digits),
+            "client_flagged": verdict.flagged,
         }
     )
 
@@ -108,7 +113,10 @@ def register(app: FastAPI) -> None:
         predict,
         tags=TAGS,
         response_model=None,
-        responses={200: {"model": schemas.PredictResponse}, **schemas.errors(400, 401, 413, 415, 422, 503)},
+        responses={
+            200: {"model": schemas.PredictResponse},
+            **schemas.errors(400, 401, 413, 415, 422, 429, 503),
+        },
         summary="Classify images and score how abnormal each is",
         route_class_override=json_or_form(
             predict_form,

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from service import oip, oip_binary, schemas
 from service.schemas import OIP_OUTPUTS
 from service.state import INLINE_DECODE_BYTES, ServiceState, add_route, get_state, get_state_of
+from service.stateful.setup import reveal_outputs, round_tensors, screen
 
 TAGS = ["v2 (Open Inference Protocol)"]
 # The inference response: JSON, or (binary tensor data extension) a JSON header followed by raw output bytes.
@@ -144,13 +145,17 @@ def register(app: FastAPI) -> None:
             x = await run_in_threadpool(oip.from_values, tensor.data, tensor.datatype, shape)
         else:
             x = oip.from_values(tensor.data, tensor.datatype, shape)
-        names = [o.name for o in body.outputs] if body.outputs is not None else list(OIP_OUTPUTS)
+        verdict = await screen(request, st.guard, st.settings, x)  # 429 when refused (query_policy=block)
+        reveal, digits = st.settings.query_reveal, st.settings.query_round_digits
+        asked = [o.name for o in body.outputs] if body.outputs is not None else list(OIP_OUTPUTS)
+        names = reveal_outputs(asked, reveal)
         binary = oip_binary.binary_flags(body, names)
         res = await oip.score(st, x)
         header: dict[str, Any] = {"model_name": name, "model_version": st.model_version}
         if body.id is not None:
             header["id"] = body.id
-        return oip_binary.response(header, oip.outputs(res, names), binary)
+        header["parameters"] = {"client_flagged": verdict.flagged}
+        return oip_binary.response(header, round_tensors(oip.outputs(res, names), reveal, digits), binary)
 
     async def infer(request: Request, name: str, body: InferRequest) -> Response:  # type: ignore[valid-type]
         """One tensor [N, C, H, W]: FP32 in [0, 1] or UINT8 in 0..255, ``data`` flat or nested; ``outputs``
@@ -175,7 +180,7 @@ def register(app: FastAPI) -> None:
         tags=TAGS,
         checks=known,
         response_model=None,
-        responses={200: BINARY_RESPONSE, **schemas.errors(400, 401, 404, 413, 422, 503)},
+        responses={200: BINARY_RESPONSE, **schemas.errors(400, 401, 404, 413, 422, 429, 503)},
         route_class_override=oip_binary.json_or_binary(infer_binary),
     )
     add_route(app, "post", "/v2/models/{name}/infer", infer, summary="Inference", **kw)

@@ -39,6 +39,7 @@ from service.metrics import MetricsMiddleware
 from service.schemas import APIModels
 from service.settings import ServeSettings
 from service.state import ServiceState, get_state
+from service.stateful.setup import build_guard
 from training.artifacts import load_meta
 
 STATIC = Path(__file__).parent / "static"
@@ -85,6 +86,7 @@ def create_app(settings: ServeSettings | None = None, detector: Detector | None 
     else:
         raise ValueError("no artifact: pass `lgm serve DIR` or set LGM_ARTIFACT")
     state = ServiceState(settings=settings, models=APIModels.build(shape, settings.max_images))  # type: ignore[arg-type]
+    state.guard = build_guard(settings, state.metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -124,6 +126,7 @@ def create_app(settings: ServeSettings | None = None, detector: Detector | None 
                 await grpc_server.stop(settings.graceful_timeout)
             await batcher.stop()
             engine.shutdown()
+            state.guard.close()
 
     app = FastAPI(
         title="L-GM adversarial-example detector",
@@ -148,14 +151,16 @@ def create_app(settings: ServeSettings | None = None, detector: Detector | None 
 
     @app.get(
         "/readyz",
-        response_model=schemas.Health,
+        response_model=schemas.Ready,
         tags=["health"],
         summary="Model loaded and warmed up",
         responses=schemas.errors(503),
     )
     async def readyz(request: Request) -> JSONResponse:
-        if get_state(request).ready:
-            return JSONResponse({"status": "ready"})
+        st = get_state(request)
+        if st.ready:
+            detail = st.guard.health() if st.guard is not None else None  # degraded, still serving
+            return JSONResponse({"status": "ready"} | ({"detail": detail} if detail else {}))
         return JSONResponse({"error": "model not loaded yet"}, status_code=503)
 
     @app.get(

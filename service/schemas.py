@@ -47,35 +47,43 @@ class Health(BaseModel):
     status: Literal["alive", "ready"]
 
 
+class Ready(Health):
+    detail: str | None = Field(
+        None, description="what is degraded while still serving (absent when nothing is)"
+    )
+
+
 class TopK(BaseModel):
     label: str
-    probability: float = Field(ge=0, le=1)
+    probability: float | None = Field(ge=0, le=1, description="null: not revealed (query_reveal)")
 
 
 class Prediction(BaseModel):
     class_index: int = Field(ge=0, description="predicted class")
     label: str = Field(description="its name")
-    confidence: float = Field(
-        ge=0, le=1, description="posterior probability of the predicted class (L-GM softmax)"
+    confidence: float | None = Field(
+        ge=0,
+        le=1,
+        description="posterior probability of the predicted class (L-GM softmax); null: not revealed",
     )
     top_k: list[TopK] = Field(description="the most probable classes, best first")
-    log_likelihood: float = Field(
+    log_likelihood: float | None = Field(
         description="log N(f(x); mu_k, Sigma_k) of the feature under the predicted class's Gaussian (nats): "
-        "one of the statistics the detector combines"
+        "one of the statistics the detector combines; null: not revealed (query_reveal=label)"
     )
-    abnormality_score: float = Field(
+    abnormality_score: float | None = Field(
         ge=0,
         le=1,
         description="share of clean calibration inputs of the predicted class whose combined detector score "
-        "is lower (0.99: more abnormal than 99% of them)",
+        "is lower (0.99: more abnormal than 99% of them); null: not revealed",
     )
     is_adversarial: bool = Field(
         description="the combined detector score is above the predicted class's threshold, which was set at "
         "the target false-positive rate on clean calibration inputs"
     )
-    threshold: float = Field(
+    threshold: float | None = Field(
         description="the log-likelihood (nats) below which this input is flagged on its likelihood alone; "
-        "above it, it is still flagged when another statistic is extreme enough"
+        "above it, it is still flagged when another statistic is extreme enough; null: not revealed"
     )
 
 
@@ -83,6 +91,9 @@ class PredictResponse(BaseModel):
     model: str
     model_version: str
     predictions: list[Prediction]
+    client_flagged: bool = Field(
+        False, description="this client's queries look like a query attack (near-duplicates of each other)"
+    )
 
 
 class PerturbResponse(BaseModel):
@@ -122,6 +133,9 @@ class OIPInferResponse(BaseModel):
     model_name: str
     model_version: str | None = None
     id: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description='{"client_flagged": bool}: this client\'s queries look like a query attack'
+    )
     outputs: list[OIPTensor]
 
 
@@ -165,6 +179,7 @@ _ERROR_TEXT: dict[int, str] = {
     413: "body larger than max_request_bytes",
     415: "a body neither application/json nor multipart/form-data",
     422: "input the model cannot take; the message names the problem",
+    429: "this client is refused for a while (query_policy=block); see Retry-After",
     503: "model not loaded yet",
 }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field as _Field
 from pydantic import field_validator
@@ -136,7 +136,98 @@ class ServeSettings(BaseSettings):
         description="gRPC port (OIP v2 + grpc.health.v1), on --host, shared by the workers; 0: no gRPC",
     )
 
-    _split = field_validator("api_keys", "cors_origins", mode="before")(_split_csv)
+    # -- stateful defence against query attacks (service/stateful/, docs/query-attacks.md) ----------------------
+    query_policy: Literal["off", "flag", "block"] = Field(
+        "flag",
+        group="query-attack defence",
+        description="what a client whose queries are near-duplicates gets: flag (answers carry "
+        "client_flagged: true, /metrics counts it) | block (429 for query_flag_s seconds) | off",
+    )
+    query_store: str = Field(
+        "",
+        group="query-attack defence",
+        description="query-history store: sqlite:///PATH (shared by the workers of one machine) or "
+        "redis://HOST:6379/0 (shared by replicas); empty: SQLite in the temp folder, one file per port",
+    )
+    query_match_hashes: int = Field(
+        15,
+        group="query-attack defence",
+        ge=1,
+        le=1000,
+        description="fingerprint hashes two images must share to be near-duplicates (Blacklight's threshold)",
+    )
+    query_flag_after: int = Field(
+        3, group="query-attack defence", ge=1, description="near-duplicate queries that flag a client"
+    )
+    query_history: int = Field(
+        1000, group="query-attack defence", ge=1, description="queries remembered per client (count bound)"
+    )
+    query_ttl_s: float = Field(
+        3600.0, group="query-attack defence", gt=0, description="seconds a query is remembered (time bound)"
+    )
+    query_flag_s: float = Field(
+        600.0,
+        group="query-attack defence",
+        gt=0,
+        description="seconds a flag (and a block) lasts after the client's latest near-duplicate",
+    )
+    query_fingerprint_hashes: int = Field(
+        50, group="query-attack defence", ge=1, le=1000, description="hashes kept per image (top-k)"
+    )
+    query_patch: int = Field(
+        4, group="query-attack defence", ge=1, le=64, description="side of the hashed square patches (pixels)"
+    )
+    query_levels: int = Field(
+        5,
+        group="query-attack defence",
+        ge=1,
+        le=255,
+        description="quantisation levels per pixel (round(L x))",
+    )
+    query_hash_key: int = Field(
+        0x5EED,
+        group="query-attack defence",
+        ge=0,
+        description="key mixed into the fingerprint hashes (the same on every replica; change it to keep "
+        "fingerprints unpredictable)",
+    )
+    query_reveal: Literal["full", "rounded", "label"] = Field(
+        "full",
+        group="query-attack defence",
+        description="what every answer reveals: full | rounded (probabilities and scores to "
+        "query_round_digits decimals) | label (class and is_adversarial only)",
+    )
+    query_round_digits: int = Field(
+        2, group="query-attack defence", ge=0, le=6, description="decimals kept by query_reveal=rounded"
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        group="query-attack defence",
+        flag="--trusted-proxy",
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="addresses or networks whose X-Forwarded-For names the client (without API keys)",
+    )
+    # -- end of the stateful defence's settings ----------------------------------------------------------------------
+
+    _split = field_validator("api_keys", "cors_origins", "trusted_proxies", mode="before")(_split_csv)
+
+    @field_validator("query_store")
+    @classmethod
+    def _store_scheme(cls, value: str) -> str:
+        if (
+            value
+            and "://" in value
+            and not value.startswith(("sqlite:///", "redis://", "rediss://", "unix://"))
+        ):
+            raise ValueError("use sqlite:///PATH, redis://HOST:PORT/DB, rediss:// or unix://")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_parse(cls, value: list[str]) -> list[str]:
+        from service.stateful.identity import networks
+
+        networks(value)  # a ValueError naming the bad entry
+        return value
 
     def server_workers(self) -> int:
         """Worker processes: the setting, or one per core (at most 8). Each process has one event loop, and the

@@ -19,6 +19,7 @@ from service.errors import APIError
 from service.metrics import Metrics
 from service.schemas import APIModels
 from service.settings import ServeSettings
+from service.stateful.guard import QueryGuard
 
 # Decode inline below this many bytes of images (a few small images decode in microseconds); above it, on a
 # thread, so a large JPEG never stalls the event loop.
@@ -34,6 +35,7 @@ class ServiceState:
     batcher: MicroBatcher[BatchResult] | None = None
     ready: bool = False
     model_version: str = "unknown"
+    guard: QueryGuard | None = None  # the stateful query-attack defence (service/stateful/)
 
 
 def get_state(request: Request) -> ServiceState:

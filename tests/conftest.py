@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,10 @@ def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_artifact")
     train(tiny_config(epochs=3), out)
     return out
+
+
+# The server's query-attack defence keeps its history in SQLite, by default in the temp folder under a name of its
+# port: keep the test session's apps on their own file, so tests never share state with a server on this machine.
+os.environ.setdefault(
+    "LGM_QUERY_STORE", "sqlite:///" + os.path.join(tempfile.mkdtemp(prefix="lgm-test-"), "queries.sqlite3")
+)

@@ -39,7 +39,7 @@ DEPLOY = ROOT / "deploy"
 KUBECTL = shutil.which("kubectl")
 # The apply targets the deployment page names, and the two folders they are built from.
 TARGETS = ("overlays/cpu", "overlays/gpu", "kserve")
-KUSTOMIZATIONS = ("model", "base", *TARGETS)
+KUSTOMIZATIONS = ("model", "redis", "base", *TARGETS)
 # The oldest Kubernetes these manifests claim (autoscaling/v2, policy/v1 and every field used exist there), or
 # the oldest whose schemas kubernetes-validate still ships, and the newest it ships.
 _SHIPPED = [".".join(v.split(".")[:2]) for v in kubernetes_validate.utils.all_versions()]
@@ -403,7 +403,7 @@ def claim_of(pod: dict, mount: dict) -> dict:
 
 def test_the_model_path_is_the_claim_the_job_writes(monkeypatch):
     objects = RENDERED["overlays/cpu"]
-    claim = find(objects, "PersistentVolumeClaim")["metadata"]["name"]
+    claim = find(objects, "PersistentVolumeClaim", "lgm-models")["metadata"]["name"]
     job_pod = pod_spec(find(objects, "Job", "lgm-train"))
     train = job_pod["containers"][0]
     job_mount, job_sub = mount_of(train, env(train)["LGM_ARTIFACT"])
@@ -475,7 +475,7 @@ def test_service_hpa_and_pdb_select_the_api_pods():
 def test_overlays_pick_the_image_and_the_gpu(overlay, tag, gpus):
     objects = RENDERED[overlay]
     for c in _containers(objects):
-        assert c["image"] == f"lgm-detect:{tag}"
+        assert c["image"] == (f"lgm-detect:{tag}" if c["name"] != "redis" else "lgm-detect-redis:7")
     for kind, name in (("Deployment", "lgm-api"), ("Job", "lgm-train")):
         pod = pod_spec(find(objects, kind, name))
         main = pod["containers"][0]

@@ -61,7 +61,8 @@ def test_predict_multipart_matches_detector(client: TestClient, detector) -> Non
     assert r.status_code == 200, r.text
     body = r.json()
     PredictResponse.model_validate(body)
-    assert set(body) == {"model", "model_version", "predictions"}
+    assert set(body) == {"model", "model_version", "predictions", "client_flagged"}
+    assert body["client_flagged"] is False
     assert body["model"] == "lgm" and body["model_version"] == detector.meta["weights_sha256"][:12]
     preds = body["predictions"]
     assert len(preds) == 3 and all(set(p) == FIELDS for p in preds)

@@ -1,0 +1,228 @@
+"""Tables of bench/query_attacks.py: per-attack summaries (success and flags against queries, Wilson intervals),
+the K-keys replay, and the offline sweep of fingerprints and thresholds over recorded queries."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+
+from bench.query_oracle import HistorySim
+from service.settings import ServeSettings
+from service.stateful.fingerprint import FingerprintConfig, Fingerprinter
+
+CHECKPOINTS = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+def pct(k: int, n: int) -> str:
+    lo, hi = wilson(k, n)
+    return f"{100 * k / max(1, n):.0f}% ({100 * lo:.0f}-{100 * hi:.0f})"
+
+
+def med(v: list[int]) -> str:
+    return f"{statistics.median(v):.0f}" if v else "-"
+
+
+def summarise(name: str, runs: list[dict], budget: int) -> dict:
+    n = len(runs)
+    succ = [r["success"] for r in runs if r["success"] is not None]
+    flags = [r["flag"] for r in runs if r["flag"] is not None]
+    before = sum(
+        1 for r in runs if r["flag"] is not None and (r["success"] is None or r["flag"] <= r["success"])
+    )
+    block_succ = sum(
+        1 for r in runs if r["success"] is not None and (r["flag"] is None or r["success"] < r["flag"])
+    )
+    curve = {q: sum(1 for s in succ if s <= q) / n for q in CHECKPOINTS if q <= budget}
+    return {
+        "attack": name,
+        "n": n,
+        "budget": budget,
+        "success": len(succ),
+        "median_queries_to_success": statistics.median(succ) if succ else None,
+        "flagged": len(flags),
+        "flagged_before_success": before,
+        "median_queries_to_flag": statistics.median(flags) if flags else None,
+        "success_under_block": block_succ,
+        "curve": curve,
+        "queries_mean": statistics.mean(r["queries"] for r in runs),
+    }
+
+
+def print_attack_table(rows: list[dict]) -> None:
+    print(
+        "| attack | digits | budget | success, no defence | median queries to success | flagged before success "
+        "| median queries to flag | success under `block` |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['attack']} | {r['n']} | {r['budget']} | {pct(r['success'], r['n'])} | "
+            f"{r['median_queries_to_success'] if r['median_queries_to_success'] is not None else '-'} | "
+            f"{pct(r['flagged_before_success'], r['n'])} | "
+            f"{r['median_queries_to_flag'] if r['median_queries_to_flag'] is not None else '-'} | "
+            f"{pct(r['success_under_block'], r['n'])} |"
+        )
+    print()
+    qs = sorted({q for r in rows for q in r["curve"]})
+    print("Success rate (no defence) against queries:")
+    print()
+    print("| attack | " + " | ".join(f"<= {q}" for q in qs) + " |")
+    print("|---|" + "---:|" * len(qs))
+    for r in rows:
+        print(
+            f"| {r['attack']} | "
+            + " | ".join(f"{100 * r['curve'].get(q, float('nan')):.0f}%" for q in qs)
+            + " |"
+        )
+    print()
+
+
+def sybil_rows(name: str, runs: list[dict], sim_args: tuple, ks=(1, 10, 100)) -> list[dict]:
+    """Queries spread round robin over K keys, replayed with the defence's rule: success under ``block`` when
+    the successful query's key was not yet flagged."""
+    out = []
+    for k in ks:
+        won, flagged_all = 0, []
+        for r in runs:
+            sim = HistorySim(*sim_args)
+            blocked: set[int] = set()
+            ok = False
+            for q, x in enumerate(r["sent"], start=1):
+                key = q % k
+                if key in blocked:
+                    continue
+                if sim.add(f"k{key}", x):
+                    blocked.add(key)
+                    if len(blocked) == k:
+                        flagged_all.append(q)
+                    continue
+                if r["success"] == q:
+                    ok = True
+                    break
+            won += ok
+        out.append(
+            {
+                "attack": name,
+                "keys": k,
+                "n": len(runs),
+                "success_under_block": won,
+                "all_keys_flagged_at": flagged_all,
+            }
+        )
+    return out
+
+
+def HistorySimFirstFlag(sim_args: tuple, sent: list[np.ndarray]) -> int | None:  # noqa: N802
+    sim = HistorySim(*sim_args)
+    for q, x in enumerate(sent, start=1):
+        if sim.add("c", x):
+            return q
+    return None
+
+
+def max_shared(fp: Fingerprinter, sent: list[np.ndarray]) -> np.ndarray:
+    """Per query: the most hashes it shares with one earlier query of the stream (-1 for an exact repeat)."""
+    if not sent:
+        return np.zeros(0, dtype=int)
+    hashes = fp(np.stack(sent))
+    index: dict[int, list[int]] = {}
+    seen: set[bytes] = set()
+    out = np.zeros(len(sent), dtype=int)
+    n = 0
+    for q, (x, hs) in enumerate(zip(sent, hashes, strict=True)):
+        key = x.tobytes()
+        if key in seen:
+            out[q] = -1
+            continue
+        seen.add(key)
+        hits = [k for h in hs.tolist() for k in index.get(h, ())]
+        out[q] = int(np.bincount(hits).max()) if hits else 0
+        for h in hs.tolist():
+            index.setdefault(h, []).append(n)
+        n += 1
+    return out
+
+
+def first_flag(ms: np.ndarray, t: int, m: int) -> int | None:
+    """1-based query at which the m-th near-duplicate (>= t shared hashes) arrives."""
+    dup = np.flatnonzero(ms >= t)
+    return int(dup[m - 1]) + 1 if len(dup) >= m else None
+
+
+SWEEP_CONFIGS = ((5, 4), (3, 4), (4, 4), (5, 3), (3, 5))  # (levels, patch)
+
+
+def sweep(settings: ServeSettings, all_runs: dict[str, list[dict]], ben: list[dict]) -> list[dict]:
+    """Offline replay of other fingerprints and thresholds on the recorded queries: attacked digits flagged
+    before success (non-adaptive attacks; blinded ones apart) and benign digit-stream clients flagged. The
+    attackers ignore the flags (the server ran the ``flag`` policy), so the replay is exact for them; OARS
+    adapted to the deployed fingerprint and is left out."""
+    plain = [
+        r for name, runs in all_runs.items() if "blinded" not in name and "OARS" not in name for r in runs
+    ]
+    blinded = [r for name, runs in all_runs.items() if "blinded" in name for r in runs]
+    benign_streams = [b for b in ben if b["scenario"].startswith("digits")]
+    rows = []
+    print(
+        "Fingerprint and threshold sweep (offline replay of the recorded queries; "
+        f"{len(plain)} attack runs, {len(blinded)} blinded runs, {len(benign_streams)} benign clients):"
+    )
+    print()
+    print(
+        "| levels | patch | shared hashes T | near-duplicates M | attacks flagged before success | median queries "
+        "to flag | blinded attacks flagged before success | benign clients flagged |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for levels, patch in SWEEP_CONFIGS:
+        fp = Fingerprinter(
+            FingerprintConfig(levels, patch, settings.query_fingerprint_hashes, settings.query_hash_key)
+        )
+        ms_plain = [max_shared(fp, r["sent"]) for r in plain]
+        ms_blind = [max_shared(fp, r["sent"]) for r in blinded]
+        ms_ben = [max_shared(fp, b["sent"]) for b in benign_streams]
+        for t in (10, 15, 20, 25):
+            for m in (1, 3, 5):
+
+                def before(runs, seqs, t=t, m=m):
+                    k = 0
+                    for r, ms in zip(runs, seqs, strict=True):
+                        f = first_flag(ms, t, m)
+                        k += f is not None and (r["success"] is None or f <= r["success"])
+                    return k
+
+                flags = [f for ms in ms_plain if (f := first_flag(ms, t, m)) is not None]
+                nb = sum(first_flag(ms, t, m) is not None for ms in ms_ben)
+                bp, bb = before(plain, ms_plain), before(blinded, ms_blind)
+                rows.append(
+                    {
+                        "levels": levels,
+                        "patch": patch,
+                        "T": t,
+                        "M": m,
+                        "attacks": len(plain),
+                        "flagged_before": bp,
+                        "median_flag": statistics.median(flags) if flags else None,
+                        "blinded": len(blinded),
+                        "blinded_before": bb,
+                        "benign": len(ms_ben),
+                        "benign_flagged": nb,
+                    }
+                )
+                print(
+                    f"| {levels} | {patch} | {t} | {m} | {pct(bp, len(plain))} | {med(flags)} | "
+                    f"{pct(bb, len(blinded)) if blinded else '-'} | {nb} |"
+                )
+    print()
+    return rows

@@ -1,0 +1,279 @@
+"""Where each client's query history lives: what every worker and replica serving the same clients must share.
+
+``HistoryStore.record(client, fingerprints, digests, now, limits)`` does one request's bookkeeping atomically:
+for each image in turn, an exact repeat of an earlier query (same digest) is noted and not stored again;
+any other image is compared with the client's retained queries (those within ``limits.ttl_s`` seconds and the
+last ``limits.history`` queries), and is a *near-duplicate* when it shares at least ``limits.match_hashes``
+fingerprint hashes with one of them (Blacklight's rule, Li et al. 2022); then it joins the history. When the
+client's near-duplicates within the history reach ``limits.flag_after``, the client is flagged until
+``now + limits.flag_s`` (every further near-duplicate extends that).
+
+Two implementations: ``SQLiteStore`` (embedded, one file shared by the worker processes of a machine, WAL mode so
+readers never wait for the writer) and ``service.stateful.redis_store.RedisStore`` (replicas). ``open_store(url)``
+picks one from a URL: ``sqlite:///path/file.sqlite3`` or ``redis://host:6379/0``. Memory is bounded by time
+(``ttl_s``) and by count (``history`` per client); expired rows go in a periodic sweep.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Limits:
+    match_hashes: int = 15  # shared hashes that make two queries near-duplicates (Blacklight's threshold)
+    flag_after: int = 3  # near-duplicate queries in the history that flag the client
+    history: int = 1000  # queries kept per client
+    ttl_s: float = 3600.0  # seconds a query is kept
+    flag_s: float = 600.0  # seconds a flag lasts after the latest near-duplicate
+    # a flagged client's queries are compared with its last few only: enough to extend the flag, and a flagged
+    # attacker's stream of near-duplicates cannot make each query cost a scan of its whole history
+    flagged_window: int = 32
+
+
+@dataclass
+class Record:
+    """What one request's images did to the client's state."""
+
+    matches: list[int]  # per image: most hashes shared with one earlier query (0 for an exact repeat)
+    repeats: list[bool]  # per image: an exact repeat of an earlier query
+    near_duplicates: int  # the client's near-duplicate queries in its history, after this request
+    flagged_until: float  # epoch seconds (0: never flagged)
+    flagged: bool  # the flag is up after this request
+    was_flagged: bool  # the flag was already up before it
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or written; the guard fails open."""
+
+
+class HistoryStore(Protocol):
+    url: str
+
+    def record(
+        self, client: str, fingerprints: list[np.ndarray], digests: list[bytes], now: float, limits: Limits
+    ) -> Record: ...
+
+    def flagged_until(self, client: str) -> float: ...
+
+    def size(self) -> dict[str, int]: ...
+
+    def ping(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS clients (
+    cid INTEGER PRIMARY KEY, client TEXT NOT NULL UNIQUE, next_qid INTEGER NOT NULL, flagged_until REAL NOT NULL,
+    last_seen REAL NOT NULL, trimmed_to INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS queries (
+    cid INTEGER NOT NULL, qid INTEGER NOT NULL, ts REAL NOT NULL, digest BLOB NOT NULL, dup INTEGER NOT NULL,
+    PRIMARY KEY (cid, qid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS queries_digest ON queries (cid, digest);
+CREATE INDEX IF NOT EXISTS queries_ts ON queries (ts);
+CREATE TABLE IF NOT EXISTS hashes (
+    cid INTEGER NOT NULL, h INTEGER NOT NULL, qid INTEGER NOT NULL, PRIMARY KEY (cid, h, qid)
+) WITHOUT ROWID;
+"""
+
+
+class SQLiteStore:
+    """The embedded store: one SQLite file in WAL mode, shared by every process that opens the same path.
+
+    One connection per thread (sqlite3 connections must not cross threads); each ``record`` is one
+    ``BEGIN IMMEDIATE`` transaction, so two workers recording the same client serialise on SQLite's write lock
+    (``busy_timeout`` waits for it). ``synchronous=NORMAL``: in WAL mode a crash may lose the last transactions,
+    never corrupt the file; the history is a defence's memory, not a ledger."""
+
+    SWEEP_EVERY_S = 5.0
+
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 2000) -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._last_sweep = 0.0
+        self._sweep_lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn().executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
+            self._local.conn = conn
+        return conn
+
+    def record(
+        self, client: str, fingerprints: list[np.ndarray], digests: list[bytes], now: float, limits: Limits
+    ) -> Record:
+        try:
+            return self._record(client, fingerprints, digests, now, limits)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"{self.path}: {exc}") from exc
+
+    def _record(
+        self, client: str, fingerprints: list[np.ndarray], digests: list[bytes], now: float, limits: Limits
+    ) -> Record:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT cid, next_qid, flagged_until, trimmed_to FROM clients WHERE client = ?", (client,)
+            ).fetchone()
+            if row is None:
+                cur = db.execute(
+                    "INSERT INTO clients (client, next_qid, flagged_until, last_seen) VALUES (?, 1, 0, ?)",
+                    (client, now),
+                )
+                row = (cur.lastrowid, 1, 0.0, 0)
+            cid, next_qid, flagged_until, trimmed_to = row
+            was_flagged = flagged_until > now
+            # the oldest query still within the time bound (queries are numbered in time order per client)
+            first = db.execute(
+                "SELECT qid FROM queries WHERE cid = ? AND ts >= ? ORDER BY qid LIMIT 1",
+                (cid, now - limits.ttl_s),
+            ).fetchone()
+            first_live = first[0] if first else next_qid
+            matches, repeats = [], []
+            for fp, dg in zip(fingerprints, digests, strict=True):
+                min_qid = max(next_qid - limits.history, first_live - 1)  # compare with qid > min_qid only
+                if was_flagged:
+                    min_qid = max(min_qid, next_qid - 1 - limits.flagged_window)
+                seen = db.execute(
+                    "SELECT 1 FROM queries WHERE cid = ? AND digest = ? AND qid > ? LIMIT 1",
+                    (cid, dg, min_qid),
+                ).fetchone()
+                if seen:
+                    matches.append(0)
+                    repeats.append(True)
+                    continue
+                hs = [int(h) for h in fp]
+                marks = ",".join("?" * len(hs))
+                best = db.execute(
+                    f"SELECT COUNT(*) AS c FROM hashes WHERE cid = ? AND h IN ({marks}) AND qid > ? "
+                    "GROUP BY qid ORDER BY c DESC LIMIT 1",
+                    (cid, *hs, min_qid),
+                ).fetchone()
+                m = int(best[0]) if best else 0
+                db.execute(
+                    "INSERT INTO queries (cid, qid, ts, digest, dup) VALUES (?, ?, ?, ?, ?)",
+                    (cid, next_qid, now, dg, int(m >= limits.match_hashes)),
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO hashes (cid, h, qid) VALUES (?, ?, ?)",
+                    [(cid, h, next_qid) for h in hs],
+                )
+                matches.append(m)
+                repeats.append(False)
+                next_qid += 1
+            min_qid = max(next_qid - 1 - limits.history, first_live - 1)
+            (dups,) = db.execute(
+                "SELECT COUNT(*) FROM queries WHERE cid = ? AND dup = 1 AND qid > ?", (cid, min_qid)
+            ).fetchone()
+            if any(m >= limits.match_hashes for m in matches) and dups >= limits.flag_after:
+                flagged_until = max(flagged_until, now + limits.flag_s)
+            if min_qid > trimmed_to + max(1, limits.history // 4):  # the bounds, applied in occasional steps
+                db.execute("DELETE FROM hashes WHERE cid = ? AND qid <= ?", (cid, min_qid))
+                db.execute("DELETE FROM queries WHERE cid = ? AND qid <= ?", (cid, min_qid))
+                trimmed_to = min_qid
+            db.execute(
+                "UPDATE clients SET next_qid = ?, flagged_until = ?, last_seen = ?, trimmed_to = ? WHERE cid = ?",
+                (next_qid, flagged_until, now, trimmed_to, cid),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._maybe_sweep(now, limits)
+        return Record(matches, repeats, int(dups), float(flagged_until), flagged_until > now, was_flagged)
+
+    def _maybe_sweep(self, now: float, limits: Limits) -> None:
+        """Delete what the time bound has expired (at most every few seconds per process)."""
+        if now - self._last_sweep < self.SWEEP_EVERY_S or not self._sweep_lock.acquire(blocking=False):
+            return
+        try:
+            self._last_sweep = now
+            db = self._conn()
+            cutoff = now - limits.ttl_s
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                expired = db.execute(
+                    "SELECT cid, MAX(qid) FROM queries WHERE ts < ? GROUP BY cid", (cutoff,)
+                ).fetchall()
+                for cid, qid in expired:
+                    db.execute("DELETE FROM hashes WHERE cid = ? AND qid <= ?", (cid, qid))
+                    db.execute("DELETE FROM queries WHERE cid = ? AND qid <= ?", (cid, qid))
+                db.execute("DELETE FROM clients WHERE last_seen < ? AND flagged_until < ?", (cutoff, now))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error:
+            pass  # a busy database: the next sweep will do it
+        finally:
+            self._sweep_lock.release()
+
+    def flagged_until(self, client: str) -> float:
+        try:
+            row = (
+                self._conn()
+                .execute("SELECT flagged_until FROM clients WHERE client = ?", (client,))
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"{self.path}: {exc}") from exc
+        return float(row[0]) if row else 0.0
+
+    def size(self) -> dict[str, int]:
+        """Rows per table and the file's bytes (database + write-ahead log)."""
+        db = self._conn()
+        out = {
+            t: int(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
+            for t in ("clients", "queries", "hashes")
+        }
+        out["bytes"] = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+        return out
+
+    def ping(self) -> None:
+        try:
+            self._conn().execute("SELECT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"{self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def open_store(url: str, timeout_s: float = 0.25) -> HistoryStore:
+    """``sqlite:///path`` (or a bare path) -> SQLiteStore; ``redis://`` / ``rediss://`` / ``unix://`` ->
+    RedisStore (``timeout_s``: its socket timeouts, short so that a dead Redis costs little before failing open)."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from service.stateful.redis_store import RedisStore
+
+        return RedisStore(url, timeout_s=timeout_s)
+    if url.startswith(
+        "sqlite:///"
+    ):  # SQLAlchemy's spelling: sqlite:///relative/path, sqlite:////absolute/path
+        return SQLiteStore(url[len("sqlite:///") :])
+    if "://" in url:
+        raise ValueError(f"query store URL {url!r}: use sqlite:///path or redis://host:port/db")
+    return SQLiteStore(url)
