@@ -31,6 +31,7 @@ from service import oip
 from service.errors import APIError
 from service.schemas import OIP_OUTPUTS
 from service.state import ServiceState, valid_key
+from service.stateful.setup import grpc_client, reveal_outputs, round_tensors, screen_client
 
 log = logging.getLogger("uvicorn.error")
 SERVICE = "inference.GRPCInferenceService"
@@ -40,6 +41,7 @@ STATUS = {
     401: grpc.StatusCode.UNAUTHENTICATED,
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,  # query_policy=block: a flagged client
     422: grpc.StatusCode.INVALID_ARGUMENT,
     503: grpc.StatusCode.UNAVAILABLE,
 }
@@ -126,11 +128,20 @@ class InferenceServicer:
         for nm in names:
             if nm not in OIP_OUTPUTS:
                 raise APIError(422, f"unknown output {nm!r}; outputs are {', '.join(OIP_OUTPUTS)}")
+        verdict = await screen_client(  # the query-attack defence, as on HTTP (429 -> RESOURCE_EXHAUSTED)
+            st.guard,
+            grpc_client(
+                dict(context.invocation_metadata() or ()), context.peer(), st.settings, st.guard.trusted_proxies
+            ),
+            x,
+        )
+        reveal, digits = st.settings.query_reveal, st.settings.query_round_digits
         res = await oip.score(st, x)
-        tensors = oip.outputs(res, names)
+        tensors = round_tensors(oip.outputs(res, reveal_outputs(names, reveal)), reveal, digits)
         out = M["ModelInferResponse"](
             model_name=request.model_name, model_version=st.model_version, id=request.id
         )
+        out.parameters["client_flagged"].bool_param = verdict.flagged
         for o in tensors:
             out.outputs.add(name=o.name, datatype=o.datatype, shape=o.shape)
         out.raw_output_contents.extend(o.raw() for o in tensors)

@@ -380,3 +380,29 @@ def test_lgm_serve_refuses_a_grpc_port_in_use(served_artifact: Path) -> None:
         )
     assert out.returncode != 0
     assert f"gRPC port 127.0.0.1:{port} is in use" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+# -- the query-attack defence on the gRPC path -------------------------------------------------------------------
+def test_grpc_queries_go_through_the_query_attack_defence(served_artifact: Path, detector, reference, tmp_path):
+    """gRPC calls are screened like HTTP ones: near-duplicates from one client (the peer address here) set
+    ``client_flagged`` in the response's parameters, and under ``query_policy=block`` the client is then refused (RESOURCE_EXHAUSTED)."""
+    base = _tensor(reference[0][:1], "UINT8")
+    for policy in ("flag", "block"):
+        store = f"sqlite:///{tmp_path / policy}.sqlite3"
+        overrides = dict(query_policy=policy, query_store=store, query_flag_after=2)
+        for served in _serve(served_artifact, detector, **overrides):
+            c = tgrpc.InferenceServerClient(served.grpc)
+            flags = []
+            for i in range(4):  # an attack's steps: one pixel changed each time (exact repeats are not counted)
+                arr = base.copy()
+                arr.reshape(-1)[i] ^= 1
+                inp = tgrpc.InferInput("input", list(arr.shape), "UINT8")
+                inp.set_data_from_numpy(arr)
+                try:
+                    r = c.infer("lgm", [inp])
+                except InferenceServerException as exc:
+                    assert exc.status() == "StatusCode.RESOURCE_EXHAUSTED" and "near-duplicate" in exc.message()
+                    flags.append("refused")
+                    continue
+                flags.append(r.get_response().parameters["client_flagged"].bool_param)
+            assert flags[0] is False and ("refused" if policy == "block" else True) in flags[1:], flags

@@ -128,10 +128,11 @@ def _is_settings(cls: type) -> bool:
 def _settings_field(name: str, info: Any) -> dataclasses.Field:
     """A pydantic field seen as a described dataclass field, so that one code path builds every flag."""
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    literal = typing.get_origin(info.annotation) is typing.Literal
     meta = {
         "help": info.description or "",
         "group": extra["group"],
-        "choices": None,
+        "choices": tuple(typing.get_args(info.annotation)) if literal else None,  # Literal["a", "b"]: a | b
         "bounds": {},  # pydantic checks its own bounds
         "flag": extra.get("flag"),
         "default_help": None,
@@ -167,6 +168,8 @@ def field_kind(cls: type, name: str) -> type:
         hint = args[0] if len(args) == 1 else hint
     if typing.get_origin(hint) is list and typing.get_args(hint) == (str,):
         return list
+    if typing.get_origin(hint) is typing.Literal and all(isinstance(a, str) for a in typing.get_args(hint)):
+        return str  # its values are the field's choices
     if hint not in _KINDS:
         raise TypeError(
             f"{cls.__name__}.{name}: annotation {hint!r} is not one of bool, int, float, str, list[str]"

@@ -69,15 +69,36 @@ def request_client(request: Request, settings: ServeSettings, trusted: list[Netw
     )
 
 
-async def screen(request: Request, guard: QueryGuard, settings: ServeSettings, x: Any) -> Verdict:
-    """Record a request's images (a (N, C, H, W) tensor or array) for its client; raises ``Blocked`` (429)."""
+def grpc_client(metadata: dict[str, Any], peer: str, settings: ServeSettings, trusted: list[Network]) -> str:
+    """A gRPC call's client: its ``x-api-key`` metadata where keys are configured, else the peer address
+    (``ipv4:HOST:PORT`` / ``ipv6:[HOST]:PORT``) or the ``x-forwarded-for`` metadata a trusted proxy adds."""
+    host = peer.split(":", 1)[1] if ":" in peer else peer
+    host = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+
+    def text(key: str) -> str | None:
+        v = metadata.get(key)
+        return v.decode(errors="replace") if isinstance(v, bytes) else v
+
+    return client_id(text("x-api-key"), bool(settings.api_keys), host or None, text("x-forwarded-for"), trusted)
+
+
+async def screen_client(guard: QueryGuard, client: str, x: Any) -> Verdict:
+    """Record a request's images (a (N, C, H, W) tensor or array) for ``client``; raises ``Blocked`` (429). The
+    one entry point of every protocol (HTTP /v1 and /v2, gRPC)."""
     if guard.policy == "off":
         return Verdict("")
     arr = x.numpy() if hasattr(x, "numpy") else np.asarray(x)
-    verdict = await guard.acheck(request_client(request, settings, guard.trusted_proxies), arr)
+    verdict = await guard.acheck(client, arr)
     if verdict.blocked:
         raise Blocked(verdict.retry_after_s)
     return verdict
+
+
+async def screen(request: Request, guard: QueryGuard, settings: ServeSettings, x: Any) -> Verdict:
+    """``screen_client`` for an HTTP request's client."""
+    if guard.policy == "off":
+        return Verdict("")
+    return await screen_client(guard, request_client(request, settings, guard.trusted_proxies), x)
 
 
 # -- query_reveal ------------------------------------------------------------------------------------------------
@@ -111,5 +132,5 @@ def round_tensors(tensors: list[Any], mode: str, digits: int) -> list[Any]:
     if mode == "rounded":
         for t in tensors:
             if t.datatype == "FP32":
-                t.array = np.round(t.array, digits)
+                t.array = np.round(t.array.astype(np.float64), digits)  # JSON shows the rounded value
     return tensors
