@@ -131,7 +131,10 @@ class InferenceServicer:
         verdict = await screen_client(  # the query-attack defence, as on HTTP (429 -> RESOURCE_EXHAUSTED)
             st.guard,
             grpc_client(
-                dict(context.invocation_metadata() or ()), context.peer(), st.settings, st.guard.trusted_proxies
+                dict(context.invocation_metadata() or ()),
+                context.peer(),
+                st.settings,
+                st.guard.trusted_proxies,
             ),
             x,
         )

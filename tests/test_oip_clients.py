@@ -383,7 +383,9 @@ def test_lgm_serve_refuses_a_grpc_port_in_use(served_artifact: Path) -> None:
 
 
 # -- the query-attack defence on the gRPC path -------------------------------------------------------------------
-def test_grpc_queries_go_through_the_query_attack_defence(served_artifact: Path, detector, reference, tmp_path):
+def test_grpc_queries_go_through_the_query_attack_defence(
+    served_artifact: Path, detector, reference, tmp_path
+):
     """gRPC calls are screened like HTTP ones: near-duplicates from one client (the peer address here) set
     ``client_flagged`` in the response's parameters, and under ``query_policy=block`` the client is then refused (RESOURCE_EXHAUSTED)."""
     base = _tensor(reference[0][:1], "UINT8")
@@ -393,7 +395,9 @@ def test_grpc_queries_go_through_the_query_attack_defence(served_artifact: Path,
         for served in _serve(served_artifact, detector, **overrides):
             c = tgrpc.InferenceServerClient(served.grpc)
             flags = []
-            for i in range(4):  # an attack's steps: one pixel changed each time (exact repeats are not counted)
+            for i in range(
+                4
+            ):  # an attack's steps: one pixel changed each time (exact repeats are not counted)
                 arr = base.copy()
                 arr.reshape(-1)[i] ^= 1
                 inp = tgrpc.InferInput("input", list(arr.shape), "UINT8")
@@ -401,7 +405,9 @@ def test_grpc_queries_go_through_the_query_attack_defence(served_artifact: Path,
                 try:
                     r = c.infer("lgm", [inp])
                 except InferenceServerException as exc:
-                    assert exc.status() == "StatusCode.RESOURCE_EXHAUSTED" and "near-duplicate" in exc.message()
+                    assert (
+                        exc.status() == "StatusCode.RESOURCE_EXHAUSTED" and "near-duplicate" in exc.message()
+                    )
                     flags.append("refused")
                     continue
                 flags.append(r.get_response().parameters["client_flagged"].bool_param)

@@ -79,7 +79,9 @@ def grpc_client(metadata: dict[str, Any], peer: str, settings: ServeSettings, tr
         v = metadata.get(key)
         return v.decode(errors="replace") if isinstance(v, bytes) else v
 
-    return client_id(text("x-api-key"), bool(settings.api_keys), host or None, text("x-forwarded-for"), trusted)
+    return client_id(
+        text("x-api-key"), bool(settings.api_keys), host or None, text("x-forwarded-for"), trusted
+    )
 
 
 async def screen_client(guard: QueryGuard, client: str, x: Any) -> Verdict:
