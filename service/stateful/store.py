@@ -153,12 +153,12 @@ class SQLiteStore:
             matches, repeats = [], []
             for fp, dg in zip(fingerprints, digests, strict=True):
                 min_qid = max(next_qid - limits.history, first_live - 1)  # compare with qid > min_qid only
-                if was_flagged:
-                    min_qid = max(min_qid, next_qid - 1 - limits.flagged_window)
                 seen = db.execute(
                     "SELECT 1 FROM queries WHERE cid = ? AND digest = ? AND qid > ? LIMIT 1",
                     (cid, dg, min_qid),
                 ).fetchone()
+                if was_flagged:  # exact repeats over the whole history, near-duplicates over the last few
+                    min_qid = max(min_qid, next_qid - 1 - limits.flagged_window)
                 if seen:
                     matches.append(0)
                     repeats.append(True)
