@@ -31,7 +31,8 @@ FROM_FILES = ("mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
 DATASETS = EMBEDDED + FROM_FILES
 
 DIGIT_NAMES = [str(i) for i in range(10)]
-IDX_CALIB_FRACTION = 1 / 12  # 5,000 of MNIST's 60,000 training digits (the usual 55,000 / 5,000 validation split)
+# 5,000 of MNIST's 60,000 training digits: the usual 55,000 / 5,000 validation split
+IDX_CALIB_FRACTION = 1 / 12
 
 
 class DataError(ValueError):
