@@ -64,7 +64,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     d = 1 + z * z / n
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (c - h, c + h)
+    return (max(0.0, c - h), min(1.0, c + h))
 
 
 def make_attacks(net: torch.nn.Module, eps: float, num_classes: int, seed: int, steps: int, queries: int):
@@ -224,6 +224,8 @@ def report(args: argparse.Namespace) -> dict:
     n_rob = sum(got["robust"][k] for k in keys)
     contiguous = keys == list(range(n))
     model_json = json.loads((Path(args.artifact) / "model.json").read_text())
+    name = model_json["dataset"]["name"]
+    split = "MNIST official test set" if name == "mnist" else f"{name} test split"
     steps_after: list[tuple[str, int]] = []
     left = n_clean
     for a in ATTACKS:
@@ -231,9 +233,9 @@ def report(args: argparse.Namespace) -> dict:
         steps_after.append((a, left))
     print(
         f"AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square 5,000 queries; torchattacks 3.5.1's attacks with "
-        f"the authors' settings), L-inf {args.eps:g}, MNIST official test set: {n} digits "
+        f"the authors' settings), L-inf {args.eps:g}, {split}: {n} digits "
         f"({'the first ' + str(n) if contiguous else str(n) + ' of the first ' + str(args.n)} of "
-        f"numpy default_rng({args.seed}).permutation(10000)), model {args.artifact}, CPU, {got['wall']:.0f} s\n"
+        f"numpy default_rng({args.seed}).permutation({model_json['dataset']['sizes']['test']})), model {args.artifact}, CPU, {got['wall']:.0f} s\n"
     )
     print("| model | clean accuracy | AutoAttack robust accuracy | inputs |")
     print("|---|---|---|---|")
@@ -261,7 +263,7 @@ def report(args: argparse.Namespace) -> dict:
         "norm": "Linf",
         "version": "standard",
         "implementation": "torchattacks 3.5.1 APGD / APGDT / FAB / Square, authors' standard settings",
-        "order": f"numpy.random.default_rng({args.seed}).permutation(10000)",
+        "order": f"numpy.random.default_rng({args.seed}).permutation({model_json['dataset']['sizes']['test']})",
         "n": n,
         "first_n_contiguous": contiguous,
         "clean_accuracy": n_clean / n,

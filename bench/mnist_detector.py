@@ -177,7 +177,9 @@ def report(args: argparse.Namespace) -> None:
         "order": f"default_rng({args.seed})",
     }
     c_path = cache(args) / "clean.json"
-    print(f"Deployed detector of {args.artifact} on the official MNIST test set (CPU)\n")
+    name = json.loads((Path(args.artifact) / "model.json").read_text())["dataset"]["name"]
+    split = "the official MNIST test set" if name == "mnist" else f"the {name} test split"
+    print(f"Deployed detector of {args.artifact} on {split} (CPU, {args.threads} threads)\n")
     if c_path.is_file():
         c = json.loads(c_path.read_text())
         out["clean"] = c
