@@ -67,10 +67,14 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, c - h), min(1.0, c + h))
 
 
-def make_attacks(net: torch.nn.Module, eps: float, num_classes: int, seed: int, steps: int, queries: int):
-    """The standard AutoAttack ensemble from torchattacks' attacks with the authors' settings."""
+def make_attacks(model: torch.nn.Module, eps: float, num_classes: int, seed: int, steps: int, queries: int):
+    """The standard AutoAttack ensemble from torchattacks' attacks with the authors' settings. APGD-CE, APGD-T
+    and Square see float64 logits; FAB-T sees the network's own float32 logits (torchattacks' FAB mixes its
+    float32 buffers with the logits' dtype and fails on float64; it linearises logit differences, which do not
+    saturate as a softmax does)."""
     import torchattacks as ta
 
+    net = Float64Logits(model)
     return {
         "apgd-ce": ta.APGD(
             net, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, loss="ce", rho=0.75
@@ -79,7 +83,7 @@ def make_attacks(net: torch.nn.Module, eps: float, num_classes: int, seed: int, 
             net, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, n_classes=num_classes
         ),
         "fab-t": ta.FAB(
-            net,
+            model,
             norm="Linf",
             eps=eps,
             steps=steps,
@@ -119,8 +123,7 @@ def run_autoattack(
     """x (N, C, H, W) in [0, 1], y (N,) -> {"clean": [bool]*N, "robust": [bool]*N, "broken_by": [name|None]*N,
     "robust_after": {attack: count robust after it}, "seconds": {attack: s}}. Checks every adversarial."""
     model.eval()
-    net = Float64Logits(model)
-    attacks = make_attacks(net, eps, int(model.spec.num_classes), seed, steps, queries)
+    attacks = make_attacks(model, eps, int(model.spec.num_classes), seed, steps, queries)
     clean = predict(model, x) == y
     robust = clean.clone()
     broken_by: list[str | None] = [None] * len(y)

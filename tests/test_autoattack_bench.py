@@ -21,6 +21,19 @@ def load_bench():
     return mod
 
 
+def test_fab_runs_on_the_l_gm_network(tiny_artifact: Path) -> None:
+    """FAB-T gets the float32 network (torchattacks' FAB fails on float64 logits) and returns valid images."""
+    from training.artifacts import load_artifact
+    from training.data import load_dataset
+
+    aa = load_bench()
+    model, _ = load_artifact(tiny_artifact)
+    test = load_dataset("digits", seed=0).test
+    x, y = test.float()[:8], test.y[:8]
+    x_adv = aa.make_attacks(model, 0.3, 10, 0, 3, 10)["fab-t"](x, y)
+    assert x_adv.shape == x.shape and float((x_adv - x).abs().amax()) <= 0.3 + 1e-5
+
+
 def test_autoattack_lowers_a_tiny_models_accuracy(tiny_artifact: Path) -> None:
     from training.artifacts import load_artifact
     from training.data import load_dataset
