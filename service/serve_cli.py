@@ -55,11 +55,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings.artifact is None:
         raise ValueError("no artifact: run `lgm serve DIR` (or set LGM_ARTIFACT)")
-    detector = Detector.load(settings.artifact, settings.device)  # ValueError with one line when unusable
-    if settings.grpc_port:
+    if settings.grpc_port:  # before the model loads: a taken port fails fast
         from service.grpc_server import check_port_free
 
         check_port_free(settings.host, settings.grpc_port)
+    detector = Detector.load(settings.artifact, settings.device)  # ValueError with one line when unusable
     workers = settings.server_workers()
     common: dict[str, Any] = dict(
         host=settings.host,
