@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.attacks.base import Float64Logits  # noqa: E402
+from detector.gradient import Float64Logits  # noqa: E402
 from training.artifacts import load_artifact  # noqa: E402
 from training.data import load_dataset  # noqa: E402
 

@@ -86,10 +86,10 @@ def cache(args: argparse.Namespace) -> Path:
 
 
 def run_adaptive(args: argparse.Namespace) -> None:
-    from detector.attacks import run_attack
-    from detector.attacks.adaptive import DetectorObjective
-    from detector.attacks.base import AttackTarget
-    from detector.budgets import resolve_budgets
+    from detector.harness.attacks import run_attack
+    from detector.harness.attacks.adaptive import DetectorObjective
+    from detector.harness.attacks.base import AttackTarget
+    from detector.harness.budgets import resolve_budgets
 
     det, ds = load(args.artifact)
     over = {"eps": args.eps}
@@ -125,9 +125,9 @@ def run_adaptive(args: argparse.Namespace) -> None:
 
 
 def run_sanity(args: argparse.Namespace) -> None:
-    from detector.attacks import run_attack
-    from detector.attacks.base import AttackTarget
-    from detector.budgets import resolve_budgets
+    from detector.harness.attacks import run_attack
+    from detector.harness.attacks.base import AttackTarget
+    from detector.harness.budgets import resolve_budgets
 
     det, ds = load(args.artifact)
     idx = order(args.seed, len(ds.test))[: args.limit]

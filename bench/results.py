@@ -92,8 +92,25 @@ def load_records(data_dir: Path = DATA) -> dict[str, Record]:
             raise ResultsError(
                 f"{p}: record_version {rec.get('record_version')!r}, expected {RECORD_VERSION}"
             )
-        records[p.stem] = rec
+        records[p.stem] = _fill_attack_facts(rec)
     return records
+
+
+def _fill_attack_facts(rec: Record) -> Record:
+    """Reports written before each attack entry carried its own ``adaptive`` flag and ``literature`` figure get
+    them from the attack registry (``detector.harness.attacks.SPECS``: one source for both), so an old record
+    renders as it did when it was measured."""
+    from detector.harness.attacks import SPECS, literature_of
+
+    reports = rec["report"].values() if "report" not in rec or "attacks" not in rec["report"] else [rec["report"]]
+    for report in reports:
+        if not isinstance(report, dict) or "attacks" not in report:
+            continue
+        for name, a in report["attacks"].items():
+            if name in SPECS:
+                a.setdefault("adaptive", SPECS[name].adaptive)
+                a.setdefault("literature", literature_of(name, report.get("dataset", "")))
+    return rec
 
 
 # ---- rendering ----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from PIL import Image
 
 from detector import Detector
 
-det = Detector.load("artifacts/mnist5k", device="cpu")  # checks the weights' and the detector files' sha256
+det = Detector.load("models/mnist-robust", device="cpu")  # checks the weights' and the detector files' sha256
 paths = ["examples/digit_7.png", "examples/adversarial_7.png"]  # 28x28 grey, like the model's inputs
 
 

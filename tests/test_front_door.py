@@ -1,7 +1,7 @@
 """The README works verbatim on a fresh clone: its commands, its request files, its Python example.
 
-One model is trained here exactly as ``make run`` trains it (``lgm train --dataset mnist5k``, every default, then
-``lgm calibrate``); a real ``lgm serve`` serves it on a free loopback port, and the README's ``curl`` lines run
+The model ``make run`` serves (shipped calibrated in ``models/mnist-robust``: nothing is trained here); a real
+``lgm serve`` serves it on a free loopback port, and the README's ``curl`` lines run
 against it (with ``curl`` when it is installed, else the same form posted by httpx) and their answers are
 checked: the shipped genuine digits get their labels and are not flagged, the shipped adversarial digit is read
 as another class and is flagged. The examples under ``examples/`` run as files, as a user runs them.
@@ -57,20 +57,10 @@ def _python_blocks(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def default_model(tmp_path_factory) -> Path:
-    """The model ``make run`` trains and calibrates, in a temporary folder (about 30 s on 2 idle cores).
-    ``LGM_TEST_DEFAULT_MODEL=artifacts/mnist5k`` reuses one that ``make run`` made instead."""
-    from detector.calibration import calibrate
-    from training.config import TrainConfig
-    from training.trainer import train
-
-    given = os.environ.get("LGM_TEST_DEFAULT_MODEL")
-    if given:
-        return Path(given).resolve()
-    out = tmp_path_factory.mktemp("front_door") / "mnist5k"
-    train(TrainConfig(dataset="mnist5k", device="cpu", quiet=True), out)
-    calibrate(out, device="cpu", progress=False)
-    return out
+def default_model() -> Path:
+    """The model ``make run`` serves: the one shipped in the repository (``LGM_TEST_DEFAULT_MODEL=DIR`` names
+    another)."""
+    return Path(os.environ.get("LGM_TEST_DEFAULT_MODEL") or ROOT / "models" / "mnist-robust").resolve()
 
 
 @pytest.fixture(scope="module")
@@ -230,9 +220,9 @@ def test_score_images_example_runs_verbatim(default_model, tmp_path):
 
 
 def _repo_layout(default_model: Path, tmp_path: Path) -> Path:
-    """A folder laid out like the repository after ``make run``: artifacts/mnist5k and examples/."""
-    (tmp_path / "artifacts").mkdir()
-    (tmp_path / "artifacts" / "mnist5k").symlink_to(default_model)
+    """A folder laid out like the repository: models/mnist-robust (the model named) and examples/."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "mnist-robust").symlink_to(default_model)
     (tmp_path / "examples").symlink_to(EXAMPLES)
     return tmp_path
 
@@ -240,7 +230,7 @@ def _repo_layout(default_model: Path, tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_lgm_score_on_the_examples_as_documented(default_model, tmp_path):
     page = (ROOT / "docs" / "getting-started.md").read_text()
-    cmd = "lgm score artifacts/mnist5k examples/*.png"
+    cmd = "lgm score models/mnist-robust examples/*.png"
     assert f"`{cmd}`" in page
     done = subprocess.run(
         ["bash", "-c", f"{BIN}/{cmd}"],
