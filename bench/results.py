@@ -102,9 +102,7 @@ def _fill_attack_facts(rec: Record) -> Record:
     renders as it did when it was measured."""
     from detector.harness.attacks import SPECS, literature_of
 
-    reports = (
-        rec["report"].values() if "report" not in rec or "attacks" not in rec["report"] else [rec["report"]]
-    )
+    reports = [rec["report"]] if "report" in rec else list(rec.get("reports", {}).values())
     for report in reports:
         if not isinstance(report, dict) or "attacks" not in report:
             continue
