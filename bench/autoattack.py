@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -44,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector.gradient import Float64Logits  # noqa: E402
+from detector.harness.metrics import wilson as harness_wilson  # noqa: E402
 from training.artifacts import load_artifact  # noqa: E402
 from training.data import load_dataset  # noqa: E402
 
@@ -56,15 +56,9 @@ PUBLISHED = (
 )
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a binomial proportion k / n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of k / n (detector/harness/metrics.py; (0, 1) when n is 0)."""
+    return tuple(harness_wilson(k, n) or (0.0, 1.0))  # type: ignore[return-value]
 
 
 def make_attacks(model: torch.nn.Module, eps: float, num_classes: int, seed: int, steps: int, queries: int):

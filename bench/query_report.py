@@ -3,26 +3,21 @@ the K-keys replay, and the offline sweep of fingerprints and thresholds over rec
 
 from __future__ import annotations
 
-import math
 import statistics
 
 import numpy as np
 
 from bench.query_oracle import HistorySim
+from detector.harness.metrics import wilson as harness_wilson
 from service.settings import ServeSettings
 from service.stateful.fingerprint import FingerprintConfig, Fingerprinter
 
 CHECKPOINTS = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of k / n (detector/harness/metrics.py; (0, 1) when n is 0)."""
+    return tuple(harness_wilson(k, n) or (0.0, 1.0))  # type: ignore[return-value]
 
 
 def pct(k: int, n: int) -> str:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from detector.harness.metrics import wilson as harness_wilson  # noqa: E402
 from training.adversarial import pgd_linf  # noqa: E402
 from training.artifacts import load_artifact  # noqa: E402
 from training.data import load_dataset  # noqa: E402
@@ -41,14 +42,9 @@ from training.lgm import LGMHead  # noqa: E402
 from training.model import Classifier  # noqa: E402
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (c - h, c + h)
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of k / n (detector/harness/metrics.py; (0, 1) when n is 0)."""
+    return tuple(harness_wilson(k, n) or (0.0, 1.0))  # type: ignore[return-value]
 
 
 def cell(ok: torch.Tensor) -> str:
