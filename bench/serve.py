@@ -73,7 +73,9 @@ function init(args)
   end
   n = math.random(#reqs)
 end
-function request()
+"""
+# The rest of every wrk script: round robin over the prepared requests, and one JSON line of results at the end.
+WRK_TAIL = r"""function request()
   n = n % #reqs + 1
   return reqs[n]
 end
@@ -86,6 +88,7 @@ function done(s, latency, requests)
     latency:percentile(50), latency:percentile(99)))
 end
 """
+LUA += WRK_TAIL
 TICK = os.sysconf("SC_CLK_TCK")
 
 

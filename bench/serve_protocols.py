@@ -54,19 +54,8 @@ function init(args)
   end
   n = math.random(#reqs)
 end
-function request()
-  n = n % #reqs + 1
-  return reqs[n]
-end
-function done(s, latency, requests)
-  local e = s.errors
-  io.write(string.format(
-    '{"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, "status": %d, '
-    .. '"timeout": %d, "p50_us": %d, "p99_us": %d}\n',
-    s.requests, s.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
 """
+LUA += common.WRK_TAIL
 
 
 # -- request bodies -------------------------------------------------------------------------------------------------
