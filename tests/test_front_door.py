@@ -203,20 +203,25 @@ def test_head_and_loss_example_runs():
 @pytest.mark.slow
 def test_score_images_example_runs_verbatim(default_model, tmp_path):
     """From a folder laid out like the repository after ``make run``."""
-    done = subprocess.run(
-        [sys.executable, "examples/score_images.py"],
-        cwd=_repo_layout(default_model, tmp_path),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _run_in_layout([sys.executable, "examples/score_images.py"], default_model, tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("examples/digit_7.png 7 log-likelihood ") and "FLAGGED" not in lines[0]
     assert lines[1].startswith("examples/adversarial_7.png ") and lines[1].endswith("FLAGGED")
     assert not lines[1].startswith("examples/adversarial_7.png 7 ")
+
+
+def _run_in_layout(args: list[str], default_model: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``args`` run as a user runs them, from a folder laid out like the repository (``_repo_layout``)."""
+    return subprocess.run(
+        args,
+        cwd=_repo_layout(default_model, tmp_path),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _repo_layout(default_model: Path, tmp_path: Path) -> Path:
@@ -232,14 +237,7 @@ def test_lgm_score_on_the_examples_as_documented(default_model, tmp_path):
     page = (ROOT / "docs" / "getting-started.md").read_text()
     cmd = "lgm score models/mnist-robust examples/*.png"
     assert f"`{cmd}`" in page
-    done = subprocess.run(
-        ["bash", "-c", f"{BIN}/{cmd}"],
-        cwd=_repo_layout(default_model, tmp_path),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _run_in_layout(["bash", "-c", f"{BIN}/{cmd}"], default_model, tmp_path)
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert sorted(r["file"] for r in rows) == sorted(f"examples/{p.name}" for p in EXAMPLES.glob("*.png"))
