@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -82,14 +81,21 @@ class Fingerprinter:
         if h < c.patch or w < c.patch:
             raise ValueError(f"images of {h}x{w} pixels are smaller than the {c.patch}x{c.patch} patch")
         q = self.quantise(x)  # (N, C, H, W)
-        win = sliding_window_view(q, (ch, c.patch, c.patch), axis=(1, 2, 3))  # (N, 1, H-p+1, W-p+1, C, p, p)
-        win = win.reshape(n, -1, ch * c.patch * c.patch)  # (N, windows, values)
+        p, oh, ow = c.patch, h - c.patch + 1, w - c.patch + 1
+        coef = self._coefficients(ch * p * p).reshape(ch, p, p)
+        # sum of coef[k, i, j] * q[k, y + i, x + j] over each window: one shifted multiply-add per window
+        # position (p * p of them, vectorised over the batch and the channels) instead of a copy of every window
+        acc = np.zeros((n, oh, ow), np.uint64)
         with np.errstate(over="ignore"):
-            hashes = _splitmix64(
-                (win * self._coefficients(win.shape[2])).sum(axis=2, dtype=np.uint64) + self._salt
-            )
+            for k in range(ch):
+                for i in range(p):
+                    for j in range(p):
+                        acc += q[:, k, i : i + oh, j : j + ow] * coef[k, i, j]
+            hashes = np.sort(_splitmix64(acc.reshape(n, -1) + self._salt), axis=1)  # (N, windows), ascending
         # the largest distinct hashes, as signed 64-bit integers (what SQLite and Redis store)
-        return [np.unique(row)[-c.top_k :].view(np.int64) for row in hashes]
+        distinct = np.ones(hashes.shape, bool)
+        distinct[:, 1:] = hashes[:, 1:] != hashes[:, :-1]
+        return [row[keep][-c.top_k :].view(np.int64) for row, keep in zip(hashes, distinct, strict=True)]
 
 
 def digest(x: np.ndarray) -> list[bytes]:
