@@ -28,7 +28,7 @@ from service.state import (
     json_or_form,
     ready_engine,
 )
-from service.stateful.setup import reveal_predictions, screen
+from service.stateful.setup import request_client, reveal_predictions, screened
 
 TAGS = ["v1"]
 TopK = Annotated[int, Query(ge=1, le=1000, description="classes listed in top_k")]
@@ -40,8 +40,9 @@ async def _off_loop_if_large(fn: Any, size: int) -> Any:
 
 async def _predict(request: Request, st: ServiceState, x: torch.Tensor, top_k: int) -> JSONResponse:
     _, engine, batcher = ready_engine(request)
-    verdict = await screen(request, st.guard, st.settings, x)  # 429 when refused (query_policy=block)
-    res = await batcher.submit(x)
+    verdict, res = await screened(  # 429 when refused (query_policy=block)
+        st.guard, lambda: request_client(request, st.settings, st.guard.trusted_proxies), x, batcher.submit(x)
+    )
     st.metrics.count_scored(res.is_adversarial)
     s = st.settings
     preds = prediction_dicts(res, engine.class_names, top_k)

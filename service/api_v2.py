@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from service import oip, oip_binary, schemas
 from service.schemas import OIP_OUTPUTS
 from service.state import INLINE_DECODE_BYTES, ServiceState, add_route, get_state, get_state_of
-from service.stateful.setup import reveal_outputs, round_tensors, screen
+from service.stateful.setup import request_client, reveal_outputs, round_tensors, screened
 
 TAGS = ["v2 (Open Inference Protocol)"]
 # The inference response: JSON, or (binary tensor data extension) a JSON header followed by raw output bytes.
@@ -145,12 +145,16 @@ def register(app: FastAPI) -> None:
             x = await run_in_threadpool(oip.from_values, tensor.data, tensor.datatype, shape)
         else:
             x = oip.from_values(tensor.data, tensor.datatype, shape)
-        verdict = await screen(request, st.guard, st.settings, x)  # 429 when refused (query_policy=block)
         reveal, digits = st.settings.query_reveal, st.settings.query_round_digits
         asked = [o.name for o in body.outputs] if body.outputs is not None else list(OIP_OUTPUTS)
         names = reveal_outputs(asked, reveal)
         binary = oip_binary.binary_flags(body, names)
-        res = await oip.score(st, x)
+        verdict, res = await screened(  # 429 when refused (query_policy=block)
+            st.guard,
+            lambda: request_client(request, st.settings, st.guard.trusted_proxies),
+            x,
+            oip.score(st, x),
+        )
         header: dict[str, Any] = {"model_name": name, "model_version": st.model_version}
         if body.id is not None:
             header["id"] = body.id

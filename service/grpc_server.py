@@ -31,7 +31,7 @@ from service import oip
 from service.errors import APIError
 from service.schemas import OIP_OUTPUTS
 from service.state import ServiceState, valid_key
-from service.stateful.setup import grpc_client, reveal_outputs, round_tensors, screen_client
+from service.stateful.setup import grpc_client, reveal_outputs, round_tensors, screened
 
 log = logging.getLogger("uvicorn.error")
 SERVICE = "inference.GRPCInferenceService"
@@ -128,18 +128,18 @@ class InferenceServicer:
         for nm in names:
             if nm not in OIP_OUTPUTS:
                 raise APIError(422, f"unknown output {nm!r}; outputs are {', '.join(OIP_OUTPUTS)}")
-        verdict = await screen_client(  # the query-attack defence, as on HTTP (429 -> RESOURCE_EXHAUSTED)
+        verdict, res = await screened(  # the query-attack defence, as on HTTP (429 -> RESOURCE_EXHAUSTED)
             st.guard,
-            grpc_client(
+            lambda: grpc_client(
                 dict(context.invocation_metadata() or ()),
                 context.peer(),
                 st.settings,
                 st.guard.trusted_proxies,
             ),
             x,
+            oip.score(st, x),
         )
         reveal, digits = st.settings.query_reveal, st.settings.query_round_digits
-        res = await oip.score(st, x)
         tensors = round_tensors(oip.outputs(res, reveal_outputs(names, reveal)), reveal, digits)
         out = M["ModelInferResponse"](
             model_name=request.model_name, model_version=st.model_version, id=request.id

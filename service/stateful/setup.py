@@ -3,10 +3,12 @@ request's images, and trim answers to what ``query_reveal`` allows."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import Request
@@ -17,6 +19,8 @@ from service.stateful.fingerprint import FingerprintConfig
 from service.stateful.guard import QueryGuard, Verdict
 from service.stateful.identity import Network, client_id, networks
 from service.stateful.store import Limits
+
+T = TypeVar("T")
 
 
 def store_url(settings: ServeSettings) -> str:
@@ -96,11 +100,33 @@ async def screen_client(guard: QueryGuard, client: str, x: Any) -> Verdict:
     return verdict
 
 
-async def screen(request: Request, guard: QueryGuard, settings: ServeSettings, x: Any) -> Verdict:
-    """``screen_client`` for an HTTP request's client."""
-    if guard.policy == "off":
-        return Verdict("")
-    return await screen_client(guard, request_client(request, settings, guard.trusted_proxies), x)
+async def screened(
+    guard: QueryGuard, client: Callable[[], str], x: Any, work: Awaitable[T]
+) -> tuple[Verdict, T]:
+    """Screen a request's images and run ``work`` (its scoring). Under ``block`` the verdict comes first, so a
+    refused query costs no forward pass (``Blocked`` propagates and ``work`` never starts); under ``flag`` the two
+    run at once, so the guard's bookkeeping, on its own thread, adds nothing to the answer's latency."""
+    if guard.policy != "flag":
+        try:
+            verdict = await screen_client(guard, client() if guard.policy != "off" else "", x)
+        except BaseException:
+            _close(work)
+            raise
+        return verdict, await work
+    task = asyncio.ensure_future(screen_client(guard, client(), x))
+    try:
+        res = await work
+    except BaseException:
+        task.cancel()
+        raise
+    return await task, res
+
+
+def _close(work: Awaitable[Any]) -> None:
+    """Close a coroutine that will not be awaited (no 'never awaited' warning)."""
+    close = getattr(work, "close", None)
+    if close is not None:
+        close()
 
 
 # -- query_reveal ------------------------------------------------------------------------------------------------
