@@ -208,6 +208,10 @@ def start_server(
     history in a fresh SQLite file (``proc.query_store``)."""
     cmd = [sys.executable, "-m", "service", "serve", str(art), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--max-batch-size", str(args.max_batch_size), "--log-level", "warning", "--device", "cpu"]
+    cmd += [
+        "--grpc-port",
+        "0",
+    ]  # HTTP cells only (gRPC is --protocols' part); servers up at once need no port
     if args.max_wait_ms is not None:
         cmd += ["--max-wait-ms", str(args.max_wait_ms)]
     if layout is not None:
@@ -434,6 +438,11 @@ def main() -> None:
                     med["range"] = (rs[0]["rps"], rs[-1]["rps"])
                     med["errors"] = sum(r["errors"] for r in rs)
                     med["policy"] = pol
+                    if pol != policies[0]:  # throughput against the first policy's run just before it
+                        pairs = sorted(
+                            a["rps"] / b["rps"] for a, b in zip(runs[pol], runs[policies[0]], strict=True)
+                        )
+                        med["pair_ratio"] = (statistics.median(pairs), pairs[0], pairs[-1], policies[0])
                     rows.append((name, conc, med))
         finally:
             for _, proc in procs.values():
@@ -485,6 +494,19 @@ def main() -> None:
             f"| {r['p50']:.2f} | {r['p99']:.2f} | {r['server_cpu']:.2f} | {r['client_cpu']:.2f} "
             f"| {r['errors']} |"
         )
+    paired = [(name, conc, r) for name, conc, r in rows if r.get("pair_ratio")]
+    if paired:
+        print()
+        print(
+            "Throughput as a ratio to the other server's run just before it (the two are up at once and their runs "
+            "alternate, so the machine's drift hits both alike): median over the pairs and range."
+        )
+        print()
+        print("| workers x threads | concurrency | query_policy | ratio (median) | range |")
+        print("|---|---:|---|---:|---:|")
+        for name, conc, r in paired:
+            m, lo, hi, base = r["pair_ratio"]
+            print(f"| {name} | {conc} | {r['policy']} / {base} | {m:.3f} | {lo:.3f}-{hi:.3f} |")
     print()
     print("Command: `" + " ".join(shlex.quote(a) for a in ["python", "bench/serve.py", *sys.argv[1:]]) + "`")
 

@@ -122,7 +122,7 @@ def test_screened_under_flag_scores_while_the_guard_records(tmp_path: Path) -> N
 
     g = _guard(tmp_path, "flag")
     order: list[str] = []
-    real = g.check
+    real = g.check_many
 
     def slow_check(*a, **k):
         import time
@@ -131,7 +131,7 @@ def test_screened_under_flag_scores_while_the_guard_records(tmp_path: Path) -> N
         order.append("guard")
         return real(*a, **k)
 
-    g.check = slow_check  # type: ignore[method-assign]
+    g.check_many = slow_check  # type: ignore[method-assign]
 
     async def work() -> str:
         order.append("model")
@@ -140,4 +140,34 @@ def test_screened_under_flag_scores_while_the_guard_records(tmp_path: Path) -> N
     x = _stream(1)[0][None]
     verdict, res = asyncio.run(screened(g, lambda: "k", x, work()))
     assert res == "scored" and order == ["model", "guard"] and verdict.client == "k"
+    g.close()
+
+
+def test_concurrent_checks_go_as_one_batch_with_the_verdicts_of_one_by_one(tmp_path: Path) -> None:
+    import asyncio
+
+    from service.stateful.guard import QueryGuard
+
+    xs = [x[None] for x in _stream(12, seed=2)]
+    one = QueryGuard(f"sqlite:///{tmp_path / 'one.sqlite3'}", limits=Limits(flag_after=2))
+    want = [one.check(f"c{i % 3}", x, now=50.0) for i, x in enumerate(xs)]
+    g = QueryGuard(f"sqlite:///{tmp_path / 'many.sqlite3'}", limits=Limits(flag_after=2))
+    store = g._get_store()
+    calls = []
+    real = store.record_many
+
+    def counting(requests, now, limits):
+        calls.append(len(requests))
+        return real(requests, 50.0, limits)
+
+    store.record_many = counting  # type: ignore[method-assign]
+
+    async def go():
+        return await asyncio.gather(*(g.acheck(f"c{i % 3}", x) for i, x in enumerate(xs)))
+
+    got = asyncio.run(go())
+    assert [v.flagged for v in got] == [v.flagged for v in want] and any(v.flagged for v in want)
+    assert [v.matches for v in got] == [v.matches for v in want]
+    assert sum(calls) == len(xs) and len(calls) < len(xs)  # coalesced
+    one.close()
     g.close()

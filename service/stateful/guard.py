@@ -17,6 +17,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -24,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from service.stateful.fingerprint import FingerprintConfig, Fingerprinter, digest
-from service.stateful.store import HistoryStore, Limits, StoreUnavailable, open_store
+from service.stateful.store import HistoryStore, Limits, Record, StoreUnavailable, open_store
 
 log = logging.getLogger("lgm.query_guard")
 Policy = Literal["off", "flag", "block"]
@@ -39,6 +40,14 @@ class Verdict:
     near_duplicates: int = 0  # the client's near-duplicate queries in its history
     matches: list[int] = field(default_factory=list)  # per image: most hashes shared with one earlier query
     store_ok: bool = True  # False: the store was unavailable and the guard failed open
+
+
+@dataclass
+class _LoopBatch:
+    """Requests of one event loop waiting for the guard's thread, and whether a batch is being recorded."""
+
+    pending: list[tuple[str, np.ndarray, asyncio.Future[Verdict]]] = field(default_factory=list)
+    running: bool = False
 
 
 class QueryGuard:
@@ -61,11 +70,19 @@ class QueryGuard:
         self._store_arg = store
         self.store: HistoryStore | None = store if not isinstance(store, str) else None
         self.store_url = store if isinstance(store, str) else store.url
+        # The embedded store's calls are local and short (one transaction of ~0.1 ms per request): they run on the
+        # event loop, a batch per loop turn, because handing each batch to a thread and back cost the server
+        # more CPU than the bookkeeping itself (measured with bench/serve.py, docs/query-attacks.md). Redis's
+        # calls wait on the network (and on a timeout when it is down): those go to the guard's thread.
+        self.inline = not self.store_url.startswith(("redis://", "rediss://", "unix://"))
         self._down_since: float | None = None
         self._retry_at = 0.0
         self._last_error = ""
         self._lock = threading.Lock()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lgm-query-guard")
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBatch] = (
+            weakref.WeakKeyDictionary()
+        )
         self._metrics(registry)
 
     def _metrics(self, registry: Any) -> None:
@@ -139,31 +156,69 @@ class QueryGuard:
     # -- the hook ---------------------------------------------------------------------------------------------------
     def check(self, client: str, images: np.ndarray, now: float | None = None) -> Verdict:
         """Record a request's images (N, C, H, W) for ``client`` and judge the client. Thread-safe."""
+        return self.check_many([(client, images)], now)[0]
+
+    def check_many(self, requests: list[tuple[str, np.ndarray]], now: float | None = None) -> list[Verdict]:
+        """``check`` for several requests, in order: their images fingerprinted together and recorded in one
+        store transaction (``HistoryStore.record_many``), the per-request costs paid once per batch."""
         if self.policy == "off":
-            return Verdict(client)
+            return [Verdict(c) for c, _ in requests]
         now = time.time() if now is None else now
         if now < self._retry_at:  # the store failed a moment ago: fail open at no cost
-            self.m_store_errors.inc()
-            return Verdict(client, store_ok=False)
+            self.m_store_errors.inc(len(requests))
+            return [Verdict(c, store_ok=False) for c, _ in requests]
+        out: list[Verdict | None] = [None] * len(requests)
         try:
             store = self._get_store()
-            if self.policy == "block":
-                until = store.flagged_until(client)
-                if until > now:  # refused without being recorded: a blocked client's queries change nothing
-                    self.m_flagged_requests.inc()
-                    self.m_blocked.inc()
-                    self._recovered()
-                    return Verdict(client, flagged=True, blocked=True, retry_after_s=until - now)
-            x = np.asarray(images, dtype=np.float32)
-            try:
-                fps = self.fingerprinter(x)
-            except ValueError:  # images smaller than one patch: nothing to compare
-                return Verdict(client)
-            rec = store.record(client, fps, digest(x), now, self.limits)
+            todo = []
+            for i, (client, images) in enumerate(requests):
+                if self.policy == "block":
+                    until = store.flagged_until(client)
+                    if (
+                        until > now
+                    ):  # refused without being recorded: a blocked client's queries change nothing
+                        self.m_flagged_requests.inc()
+                        self.m_blocked.inc()
+                        out[i] = Verdict(client, flagged=True, blocked=True, retry_after_s=until - now)
+                        continue
+                todo.append((i, client, np.asarray(images, dtype=np.float32)))
+            batch, where = [], []
+            for (i, client, x), fps in zip(todo, self._fingerprints([x for _, _, x in todo]), strict=True):
+                if fps is None:  # images smaller than one patch: nothing to compare
+                    out[i] = Verdict(client)
+                    continue
+                batch.append((client, fps, digest(x)))
+                where.append(i)
+            records = store.record_many(batch, now, self.limits) if batch else []
         except StoreUnavailable as exc:
             self._failed(exc, now)
-            return Verdict(client, store_ok=False)
+            return [
+                v if v is not None else Verdict(c, store_ok=False)
+                for v, (c, _) in zip(out, requests, strict=True)
+            ]
         self._recovered()
+        for i, rec in zip(where, records, strict=True):
+            out[i] = self._verdict(requests[i][0], rec, now)
+        return out  # type: ignore[return-value]
+
+    def _fingerprints(self, xs: list[np.ndarray]) -> list[list[np.ndarray] | None]:
+        """Per request, its images' fingerprints (None when they are smaller than one patch); images of one shape
+        go through the fingerprinter in one call."""
+        out: list[list[np.ndarray] | None] = [None] * len(xs)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(xs):
+            by_shape.setdefault(x.shape[1:], []).append(i)
+        for idx in by_shape.values():
+            try:
+                prints = self.fingerprinter(np.concatenate([xs[i] for i in idx]))
+            except ValueError:
+                continue
+            at = 0
+            for i in idx:
+                out[i], at = prints[at : at + len(xs[i])], at + len(xs[i])
+        return out
+
+    def _verdict(self, client: str, rec: Record, now: float) -> Verdict:
         n_dups = sum(m >= self.limits.match_hashes for m in rec.matches)
         if n_dups:
             self.m_near_dups.inc(n_dups)
@@ -185,10 +240,56 @@ class QueryGuard:
         )
 
     async def acheck(self, client: str, images: np.ndarray) -> Verdict:
-        """``check`` on the guard's own thread (SQLite and Redis calls block; the event loop must not)."""
+        """``check`` for a request on an event loop, batched: the requests that reach the guard in one loop turn,
+        or while the previous batch is being recorded, go together (as the model's micro-batcher coalesces
+        forward passes): no added wait when the service is idle, one store transaction per batch under load.
+        With Redis the batch runs on the guard's own thread (its calls wait on the network); with the embedded
+        store, on the loop (``inline``)."""
         if self.policy == "off":
             return Verdict(client)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.check, client, images)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Verdict] = loop.create_future()
+        state = self._loops.setdefault(loop, _LoopBatch())
+        state.pending.append((client, images, fut))
+        if not state.running:
+            state.running = True
+            loop.call_soon(self._next_batch, loop, state)  # the same loop turn's arrivals join this batch
+        return await fut
+
+    def _next_batch(self, loop: asyncio.AbstractEventLoop, state: _LoopBatch) -> None:
+        batch, state.pending = state.pending, []
+        if not batch:
+            state.running = False
+            return
+        if self.inline:
+            try:
+                verdicts = self.check_many([(c, x) for c, x, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for (_, _, fut), v in zip(batch, verdicts, strict=True):
+                    if not fut.done():
+                        fut.set_result(v)
+            state.running = False
+            return
+        job = loop.run_in_executor(self.executor, self.check_many, [(c, x) for c, x, _ in batch])
+
+        def done(f: asyncio.Future[list[Verdict]]) -> None:
+            exc = None if f.cancelled() else f.exception()
+            for i, (_, _, fut) in enumerate(batch):
+                if fut.done():
+                    continue
+                if f.cancelled():
+                    fut.cancel()
+                elif exc is not None:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(f.result()[i])
+            self._next_batch(loop, state)
+
+        job.add_done_callback(done)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from service.stateful.store import Limits, Record, StoreUnavailable
+from service.stateful.store import Limits, Record, Request, StoreUnavailable
 
 _LUA = """
 local p = ARGV[1]
@@ -113,6 +113,11 @@ class RedisStore:
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
         )
         self._script = self._r.register_script(_LUA)
+
+    def record_many(self, requests: list[Request], now: float, limits: Limits) -> list[Record]:
+        """One script call per request, in order (each is atomic; a batch needs no more: Redis has no file
+        lock to amortise)."""
+        return [self.record(client, fps, dgs, now, limits) for client, fps, dgs in requests]
 
     def record(
         self, client: str, fingerprints: list[np.ndarray], digests: list[bytes], now: float, limits: Limits

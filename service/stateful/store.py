@@ -18,13 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # not on Windows
+    fcntl = None  # type: ignore[assignment]
 
 from service.stateful.window import ClientWindow, WindowCache
 
@@ -59,12 +66,17 @@ class StoreUnavailable(Exception):
     """The store cannot be reached or written; the guard fails open."""
 
 
+Request = tuple[str, list[np.ndarray], list[bytes]]  # client, fingerprints and digests of its images
+
+
 class HistoryStore(Protocol):
     url: str
 
     def record(
         self, client: str, fingerprints: list[np.ndarray], digests: list[bytes], now: float, limits: Limits
     ) -> Record: ...
+
+    def record_many(self, requests: list[Request], now: float, limits: Limits) -> list[Record]: ...
 
     def flagged_until(self, client: str) -> float: ...
 
@@ -107,7 +119,7 @@ class SQLiteStore:
     # commit crosses 1,000 pages and stalls that request (and every request queued behind the guard) for the
     # fsync. WAL_LIMIT_BYTES: the log file is cut back to this size after a checkpoint.
     CHECKPOINT_EVERY_S = 1.0
-    WAL_LIMIT_BYTES = 64 << 20
+    WAL_LIMIT_BYTES = 16 << 20
 
     def __init__(self, path: str | Path, busy_timeout_ms: int = 2000, max_hashes: int = 4_000_000) -> None:
         self.path = Path(path)
@@ -170,17 +182,51 @@ class SQLiteStore:
     def record(
         self, client: str, fingerprints: list[np.ndarray], digests: list[bytes], now: float, limits: Limits
     ) -> Record:
+        return self.record_many([(client, fingerprints, digests)], now, limits)[0]
+
+    def record_many(self, requests: list[Request], now: float, limits: Limits) -> list[Record]:
+        """Several requests' bookkeeping, in order, in one transaction (one lock, one commit for the lot)."""
         try:
-            with (
-                self._windows_lock
-            ):  # one index per process: its threads take turns (SQLite's lock is one too)
-                return self._record(client, fingerprints, digests, now, limits)
+            # one index per process, its threads in turn; the processes in turn on the lock file
+            with self._windows_lock, self._writer_turn():
+                db = self._conn()
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    out = [self._record(db, c, fps, dgs, now, limits) for c, fps, dgs in requests]
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             self._windows.clear()  # a rolled-back transaction may have left an index ahead of the file
             raise StoreUnavailable(f"{self.path}: {exc}") from exc
         except BaseException:
             self._windows.clear()
             raise
+        self._maybe_sweep(now, limits)
+        return out
+
+    @contextlib.contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """Wait for the other processes' writes on an advisory lock beside the file (``fcntl.flock``), which wakes
+        the waiter as soon as the holder is done. SQLite's own busy handler polls instead, sleeping 1, 2, 5, 10 ms
+        and more between tries: under load two workers contending for the write lock spent most of each
+        request asleep there. Where ``fcntl`` is missing, SQLite's handler alone serialises the writers."""
+        if fcntl is None:
+            yield
+            return
+        fd = getattr(self._local, "lock_fd", None)
+        if fd is None:
+            try:
+                fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot open {self.path}.lock: {exc}") from exc
+            self._local.lock_fd = fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _window(self, db: sqlite3.Connection, client: str, cid: int, next_qid: int) -> ClientWindow:
         """The client's index, with every query other processes recorded since this one last looked."""
@@ -196,68 +242,67 @@ class SQLiteStore:
         return w
 
     def _record(
-        self, client: str, fingerprints: list[np.ndarray], digests: list[bytes], now: float, limits: Limits
+        self,
+        db: sqlite3.Connection,
+        client: str,
+        fingerprints: list[np.ndarray],
+        digests: list[bytes],
+        now: float,
+        limits: Limits,
     ) -> Record:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            row = db.execute(
-                "SELECT cid, next_qid, flagged_until, trimmed_to FROM clients WHERE client = ?", (client,)
-            ).fetchone()
-            if row is None:
-                cur = db.execute(
-                    "INSERT INTO clients (client, next_qid, flagged_until, last_seen) VALUES (?, 1, 0, ?)",
-                    (client, now),
-                )
-                row = (cur.lastrowid, 1, 0.0, 0)
-            cid, next_qid, flagged_until, trimmed_to = row
-            was_flagged = flagged_until > now
-            # the oldest query still within the time bound (queries are numbered in time order per client)
-            first = db.execute(
-                "SELECT qid FROM queries WHERE cid = ? AND ts >= ? ORDER BY qid LIMIT 1",
-                (cid, now - limits.ttl_s),
-            ).fetchone()
-            first_live = first[0] if first else next_qid
-            w = self._window(db, client, cid, next_qid)
-            w.forget_through(max(trimmed_to, first_live - 1))
-            matches, repeats = [], []
-            for fp, dg in zip(fingerprints, digests, strict=True):
-                min_qid = max(next_qid - limits.history, first_live - 1)  # compare with qid > min_qid only
-                if w.repeat(dg, min_qid):
-                    matches.append(0)
-                    repeats.append(True)
-                    continue
-                if was_flagged:  # exact repeats over the whole history, near-duplicates over the last few
-                    min_qid = max(min_qid, next_qid - 1 - limits.flagged_window)
-                hs = np.asarray(fp, np.int64)
-                m = w.best_match(hs, min_qid)
-                dup = m >= limits.match_hashes
-                db.execute(
-                    "INSERT INTO queries (cid, qid, ts, digest, dup, fp) VALUES (?, ?, ?, ?, ?, ?)",
-                    (cid, next_qid, now, dg, int(dup), hs.tobytes()),
-                )
-                w.add(next_qid, dg, dup, hs)
-                matches.append(m)
-                repeats.append(False)
-                next_qid += 1
-            min_qid = max(next_qid - 1 - limits.history, first_live - 1)
-            dups = w.near_duplicates(min_qid)
-            if any(m >= limits.match_hashes for m in matches) and dups >= limits.flag_after:
-                flagged_until = max(flagged_until, now + limits.flag_s)
-            if min_qid > trimmed_to + max(1, limits.history // 4):  # the bounds, applied in occasional steps
-                db.execute("DELETE FROM queries WHERE cid = ? AND qid <= ?", (cid, min_qid))
-                trimmed_to = min_qid
-                w.forget_through(min_qid)
-            db.execute(
-                "UPDATE clients SET next_qid = ?, flagged_until = ?, last_seen = ?, trimmed_to = ? WHERE cid = ?",
-                (next_qid, flagged_until, now, trimmed_to, cid),
+        """One request's bookkeeping inside the caller's transaction."""
+        row = db.execute(
+            "SELECT cid, next_qid, flagged_until, trimmed_to FROM clients WHERE client = ?", (client,)
+        ).fetchone()
+        if row is None:
+            cur = db.execute(
+                "INSERT INTO clients (client, next_qid, flagged_until, last_seen) VALUES (?, 1, 0, ?)",
+                (client, now),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self._windows.put(client, w)
-        self._maybe_sweep(now, limits)
+            row = (cur.lastrowid, 1, 0.0, 0)
+        cid, next_qid, flagged_until, trimmed_to = row
+        was_flagged = flagged_until > now
+        # the oldest query still within the time bound (queries are numbered in time order per client)
+        first = db.execute(
+            "SELECT qid FROM queries WHERE cid = ? AND ts >= ? ORDER BY qid LIMIT 1",
+            (cid, now - limits.ttl_s),
+        ).fetchone()
+        first_live = first[0] if first else next_qid
+        w = self._window(db, client, cid, next_qid)
+        w.forget_through(max(trimmed_to, first_live - 1))
+        matches, repeats = [], []
+        for fp, dg in zip(fingerprints, digests, strict=True):
+            min_qid = max(next_qid - limits.history, first_live - 1)  # compare with qid > min_qid only
+            if w.repeat(dg, min_qid):
+                matches.append(0)
+                repeats.append(True)
+                continue
+            if was_flagged:  # exact repeats over the whole history, near-duplicates over the last few
+                min_qid = max(min_qid, next_qid - 1 - limits.flagged_window)
+            hs = np.asarray(fp, np.int64)
+            m = w.best_match(hs, min_qid)
+            dup = m >= limits.match_hashes
+            db.execute(
+                "INSERT INTO queries (cid, qid, ts, digest, dup, fp) VALUES (?, ?, ?, ?, ?, ?)",
+                (cid, next_qid, now, dg, int(dup), hs.tobytes()),
+            )
+            w.add(next_qid, dg, dup, hs)
+            matches.append(m)
+            repeats.append(False)
+            next_qid += 1
+        min_qid = max(next_qid - 1 - limits.history, first_live - 1)
+        dups = w.near_duplicates(min_qid)
+        if any(m >= limits.match_hashes for m in matches) and dups >= limits.flag_after:
+            flagged_until = max(flagged_until, now + limits.flag_s)
+        if min_qid > trimmed_to + max(1, limits.history // 4):  # the bounds, applied in occasional steps
+            db.execute("DELETE FROM queries WHERE cid = ? AND qid <= ?", (cid, min_qid))
+            trimmed_to = min_qid
+            w.forget_through(min_qid)
+        db.execute(
+            "UPDATE clients SET next_qid = ?, flagged_until = ?, last_seen = ?, trimmed_to = ? WHERE cid = ?",
+            (next_qid, flagged_until, now, trimmed_to, cid),
+        )
+        self._windows.put(client, w)  # a later request of the same batch finds it
         return Record(matches, repeats, int(dups), float(flagged_until), flagged_until > now, was_flagged)
 
     def _maybe_sweep(self, now: float, limits: Limits) -> None:
@@ -268,18 +313,19 @@ class SQLiteStore:
             self._last_sweep = now
             db = self._conn()
             cutoff = now - limits.ttl_s
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                expired = db.execute(
-                    "SELECT cid, MAX(qid) FROM queries WHERE ts < ? GROUP BY cid", (cutoff,)
-                ).fetchall()
-                for cid, qid in expired:
-                    db.execute("DELETE FROM queries WHERE cid = ? AND qid <= ?", (cid, qid))
-                db.execute("DELETE FROM clients WHERE last_seen < ? AND flagged_until < ?", (cutoff, now))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            with self._writer_turn():
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    expired = db.execute(
+                        "SELECT cid, MAX(qid) FROM queries WHERE ts < ? GROUP BY cid", (cutoff,)
+                    ).fetchall()
+                    for cid, qid in expired:
+                        db.execute("DELETE FROM queries WHERE cid = ? AND qid <= ?", (cid, qid))
+                    db.execute("DELETE FROM clients WHERE last_seen < ? AND flagged_until < ?", (cutoff, now))
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
         except sqlite3.Error:
             pass  # a busy database: the next sweep will do it
         finally:
@@ -318,6 +364,10 @@ class SQLiteStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
+        fd = getattr(self._local, "lock_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._local.lock_fd = None
 
 
 def open_store(url: str, timeout_s: float = 0.25) -> HistoryStore:
