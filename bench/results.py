@@ -138,6 +138,12 @@ def _report_tables():
     return table, deployed_table, footnote
 
 
+def _has_baselines(rep: dict[str, Any]) -> bool:
+    from detector.harness.report import has_baselines
+
+    return has_baselines(rep)
+
+
 def _ci(m: dict[str, Any], key: str) -> str:
     v, c = m.get(key), m.get(key + "_ci")
     if v is None:
@@ -146,32 +152,34 @@ def _ci(m: dict[str, Any], key: str) -> str:
 
 
 def headline(rec: Record) -> str:
-    """The README's table: per attack, the deployed detector's AUROC next to the best baseline's, and the share
-    of attacked inputs still classified correctly or flagged at the deployed threshold."""
+    """The README's table: per attack, the deployed detector's AUROC next to the best baseline's (a column left
+    out when no baseline ran), and the share of attacked inputs still classified correctly or flagged at the
+    deployed threshold."""
     rep = rec["report"]
-    lines = [
-        "| attack | success on the network | `lgm` AUROC | best baseline AUROC | `lgm` correct or flagged |",
-        "|---|---:|---|---|---|",
-    ]
+    with_base = _has_baselines(rep)
+    cols = ["attack", "success on the network", "`lgm` AUROC"]
+    cols += ["best baseline AUROC"] * with_base + ["`lgm` correct or flagged"]
+    lines = ["| " + " | ".join(cols) + " |", "|---|---:|" + "---|" * (len(cols) - 2)]
     for name, a in rep["attacks"].items():
         d = a["detectors"]
         base = {k: v for k, v in d.items() if k != "lgm" and v.get("auroc") is not None}
         best = max(base, key=lambda k: base[k]["auroc"]) if base else None
-        best_cell = f"{_ci(base[best], 'auroc')} ({best})" if best else "-"
-        lines.append(
-            f"| {name} | {a['success_rate']:.1%} | {_ci(d['lgm'], 'auroc')} | {best_cell} | "
-            f"{_ci(d['lgm'], 'detect_or_correct')} |"
-        )
+        best_cell = [f"{_ci(base[best], 'auroc')} ({best})" if best else "-"] * with_base
+        cells = [name, f"{a['success_rate']:.1%}", _ci(d["lgm"], "auroc"), *best_cell]
+        lines.append("| " + " | ".join([*cells, _ci(d["lgm"], "detect_or_correct")]) + " |")
     worst = rep.get("per_input_worst", {}).get("all")
     if worst:
+        blank = "| " * (len(cols) - 2)
         lines.append(
-            f"| **any attack, per input** | | | | {_ci(worst['detectors']['lgm'], 'detect_or_correct')} |"
+            f"| **any attack, per input** | {blank}{_ci(worst['detectors']['lgm'], 'detect_or_correct')} |"
         )
     p = rec["provenance"]
     lines += [
         "",
         f"{rep['dataset']}, {rep['n_attacked']} attacked test inputs (of {rep['n_clean']}), clean test FPR "
-        f"{rep['clean_fpr']['lgm']:.1%} at the deployed thresholds; brackets: 95% bootstrap intervals. "
+        f"{rep['clean_fpr']['lgm']:.1%} at the deployed thresholds"
+        + ("" if with_base else "; baselines not run")
+        + "; brackets: 95% bootstrap intervals. "
         f"`{p.get('command', '?')}`, {p['date'][:10]}, commit `{(p.get('commit') or '?')[:10]}`.",
     ]
     return "\n".join(lines)
@@ -210,16 +218,24 @@ def detect_summary(rec: Record) -> str:
     prov = rec["provenance"]
     wall, evaluate_s = prov.get("wall_seconds"), (prov.get("extra") or {}).get("evaluate_seconds")
     misses = check_targets(rep, evaluate_s) if evaluate_s is not None else None
+    if _has_baselines(rep):
+        by, twin = "both networks", f", softmax twin {rep['twin_clean_accuracy']:.1%}"
+        fitted = (
+            "- Baselines fitted on attacks made on the calibration split: "
+            f"{', '.join(rep.get('baseline_fit_attacks') or []) or 'none'}."
+        )
+    else:
+        by, twin = "the L-GM network", " (no softmax twin: baselines not run)"
+        fitted = "- Baselines: not run (`--baselines none`)."
     lines = [
         f"- Inputs: the first {rep['n_clean']} of a fixed random permutation of the {rep['dataset']} test split; "
-        f"{rep['n_attacked']} classified correctly by both networks were attacked. Clean accuracy: L-GM "
-        f"{rep['clean_accuracy']:.1%}, softmax twin {rep['twin_clean_accuracy']:.1%}.",
+        f"{rep['n_attacked']} classified correctly by {by} were attacked. Clean accuracy: L-GM "
+        f"{rep['clean_accuracy']:.1%}{twin}.",
         f"- `lgm`: {lgm['mode']} mode, {lgm['kind']} thresholds at target FPR {lgm['target_fpr']}, score "
         f"{lgm['combine']} over {', '.join(lgm['score'])}. Clean test FPR at the deployed thresholds: "
         + ", ".join(f"{k} {v:.3f}" for k, v in rep["clean_fpr"].items())
         + ".",
-        f"- Baselines fitted on attacks made on the calibration split: "
-        f"{', '.join(rep.get('baseline_fit_attacks') or []) or 'none'}.",
+        fitted,
         f"- Budgets ([0, 1] pixels): {budgets}.",
         "- Time: "
         + (attack_s or "-")

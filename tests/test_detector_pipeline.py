@@ -187,6 +187,13 @@ def test_report_schema(report):
             assert m["seen_in_fit"] == (d in ("mahalanobis_full", "lid") and name == "fgsm")
     assert set(rep["worst_case"]["all"]) == {"lgm", "msp", "mahalanobis", "mahalanobis_full", "lid", "kd"}
     assert rep["baseline_fit_attacks"] == ["fgsm", "deepfool"]
+    assert rep["baselines_option"] == "all" and rep["baselines"] == [
+        "msp",
+        "mahalanobis",
+        "mahalanobis_full",
+        "lid",
+        "kd",
+    ]
     assert json.loads((out / "report.json").read_text())["attacks"].keys() == rep["attacks"].keys()
     md = (out / "report.md").read_text()
     assert "| fgsm |" in md and "lgm evaluate (test)" in md

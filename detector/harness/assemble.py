@@ -21,8 +21,22 @@ from detector.scoring import Scores
 from training.artifacts import atomic_write_bytes, atomic_write_json
 from training.distributed import DistInfo
 
-# Detectors whose deployed score the adaptive attacks optimise (``Baselines.attack_scores`` for the twin's).
-KNOWN_TO_ADAPTIVE = ("lgm", *ADAPTIVE_BASELINES)
+
+def known_to_adaptive(base: Baselines | None) -> list[str]:
+    """Detectors whose deployed score the adaptive attacks optimise (``Baselines.attack_scores`` for the
+    twin's): lgm and the differentiable baselines that run."""
+    return ["lgm", *(n for n in ADAPTIVE_BASELINES if base is not None and n in base.names)]
+
+
+def twin_objective(base: Baselines) -> str:
+    """What the adaptive attacks on the twin know, in words."""
+    followed = [n for n in ADAPTIVE_BASELINES if n in base.names]
+    return (
+        ", ".join(followed) + " at their deployed thresholds"
+        if followed
+        else "the twin's classification only"
+    ) + "".join(f" (not {n})" for n in BASELINES if n in base.names and n not in ADAPTIVE_BASELINES)
+
 
 if TYPE_CHECKING:  # the evaluation's stage types; evaluation imports this module, not the reverse
     from detector.harness.evaluation import Context, EvalConfig, TestInputs
@@ -49,10 +63,9 @@ def masking_check(attacks: dict[str, Any]) -> dict[str, Any] | None:
     if "square" not in attacks or not wb:
         return None
     out = {}
-    twin = next(
-        d for d in attacks["square"]["detectors"] if d != "lgm"
-    )  # the twin's success, from any baseline
-    for net, det in (("lgm", "lgm"), ("twin", twin)):
+    # the twin's success, from any baseline (none: the twin was not attacked)
+    twin = next((d for d in attacks["square"]["detectors"] if d != "lgm"), None)
+    for net, det in (("lgm", "lgm"), *((("twin", twin),) if twin else ())):
         best = max(wb, key=lambda a: attacks[a]["detectors"][det]["success_rate"])
         sq, top = (
             attacks["square"]["detectors"][det]["success_rate"],
@@ -70,7 +83,7 @@ def masking_check(attacks: dict[str, Any]) -> dict[str, Any] | None:
 def build_report(
     cfg: EvalConfig,
     ctx: Context,
-    base: Baselines,
+    base: Baselines | None,
     inputs: TestInputs,
     budgets: Budgets,
     results: dict[str, Any],
@@ -81,13 +94,16 @@ def build_report(
     """report.json's dict from the evaluation's stages (see ``detector/harness/evaluation.py``)."""
     cal = ctx.det.calibration
     lgm_seen = list(cal.get("attacks") or [])
-    dets = ["lgm", *base.names]
+    names_run = base.names if base is not None else []
+    dets = ["lgm", *names_run]
     attacks: dict[str, Any] = {}
     for name, (adv, sc) in results.items():
         metrics = {d: detector_metrics(sc["detectors"][d], seed=cfg.seed, n_boot=cfg.n_boot) for d in dets}
         for d in dets:
             metrics[d]["network"] = "lgm" if d == "lgm" else "twin"
-            metrics[d]["seen_in_fit"] = name in (lgm_seen if d == "lgm" else base.seen_attacks(d))
+            metrics[d]["seen_in_fit"] = name in (
+                lgm_seen if d == "lgm" or base is None else base.seen_attacks(d)
+            )
         delta = sc["delta"]
         attacks[name] = {
             "adaptive": name in ADAPTIVE,
@@ -114,6 +130,7 @@ def build_report(
         if members
     }
     keep = inputs.correct.numpy()
+    twin_clean = inputs.twin_clean or {}
     return {
         "format_version": 2,
         "dataset": ctx.det.meta["dataset"]["name"],
@@ -121,13 +138,15 @@ def build_report(
         "split": "test",
         "n_clean": int(len(inputs.idx)),
         "clean_accuracy": round(float((inputs.lgm_clean.pred == inputs.y_all).float().mean()), 6),
-        "twin_clean_accuracy": round(float((inputs.twin_clean["pred"] == inputs.y_all).float().mean()), 6),
+        "twin_clean_accuracy": (
+            round(float((twin_clean["pred"] == inputs.y_all).float().mean()), 6) if base is not None else None
+        ),
         "n_attacked": int(len(inputs.y)),
         "clean_fpr": {
             "lgm": round(float(inputs.lgm_clean.is_adversarial.float().mean()), 6),
             **{
-                n: round(float((inputs.twin_clean[n] > base.thresholds[n]).float().mean()), 6)
-                for n in base.names
+                n: round(float((twin_clean[n] > base.thresholds[n]).float().mean()), 6)
+                for n in (base.names if base is not None else [])
             },
         },
         "clean_fpr_attacked": {"lgm": round(float(inputs.lgm_clean.is_adversarial.numpy()[keep].mean()), 6)},
@@ -145,16 +164,18 @@ def build_report(
                 "global_threshold": cal["global_threshold"],
                 "per_class": cal["class_thresholds"],
             },
-            **base.describe(),
+            **(base.describe() if base is not None else {}),
         },
+        # what --baselines asked for, and the baselines that ran (those that need attacks are left out of a
+        # run without fit attacks)
+        "baselines_option": ",".join(cfg.baselines),
+        "baselines": list(names_run),
         "calibration_attacks": sorted(lgm_seen),
-        "baseline_fit_attacks": list(base.fit_attacks),
-        "adaptive_aims_at": list(KNOWN_TO_ADAPTIVE),
+        "baseline_fit_attacks": list(base.fit_attacks) if base is not None else [],
+        "adaptive_aims_at": known_to_adaptive(base),
         "adaptive_objectives": {
             "lgm": "the deployed L-GM detector's score and thresholds",
-            "twin": ", ".join(ADAPTIVE_BASELINES)
-            + " at their deployed thresholds"
-            + "".join(f" (not {n})" for n in BASELINES if n not in ADAPTIVE_BASELINES),
+            **({"twin": twin_objective(base)} if base is not None else {}),
         },
         "budgets": budgets.to_dict(),
         "attacks": attacks,
@@ -165,7 +186,8 @@ def build_report(
             "unseen_in_calibration": worst_case(attacks, unseen, dets),
         },
         "protocol": {
-            "negatives": "clean test inputs classified correctly by both networks",
+            "negatives": "clean test inputs classified correctly by "
+            + ("both networks" if base is not None else "the L-GM network (no baselines run)"),
             "positives": "successful adversarials (prediction != label) against the detector's own network",
             "intervals": f"95% percentile bootstrap over attacked inputs, {cfg.n_boot} replicates, paired",
             "seed": cfg.seed,

@@ -2,12 +2,17 @@
 
 Protocol (Carlini & Wagner 2017; Tramer et al. 2020), in named stages:
 1. ``prepare``: the calibrated L-GM detector, the dataset and the softmax twin (trained here, once, if missing).
-2. ``fit_baselines``: the baselines on the twin; the ones that need attacks (``mahalanobis_full``, ``lid``) get
-   attacks generated on the *calibration* split against the twin, never test inputs.
+2. ``fit_baselines``: the baselines chosen by ``--baselines`` on the twin; the ones that need attacks
+   (``mahalanobis_full``, ``lid``) get attacks generated on the *calibration* split against the twin, never
+   test inputs, and those attacks are made only when a chosen baseline needs them.
 3. ``select_inputs``: the first ``--limit`` inputs of a fixed random permutation of the test split; only inputs
    that both networks classify correctly are attacked, so every detector faces the same clean inputs.
 4. ``attack``: each attack runs white-box against each detector's own network (``lgm`` on the L-GM model, the
    baselines on the twin) with the same budget and seed; adaptive attacks get the deployed detectors' objective.
+
+With ``--baselines none`` there is no twin: stages 1-2 load only the detector (no twin is trained or read),
+the attacked inputs are those the L-GM network classifies correctly, and every attack runs against the L-GM
+network alone; the report has the ``lgm`` columns only and says the baselines were not run.
 5. ``score``: negatives are the attacked clean inputs, positives the successful adversarials; thresholds come
    from the calibration split; figures come from the test split only (``detector/harness/metrics.py``).
 6. ``report``: report.json assembled (``detector/harness/assemble.py``), report.md rendered from it alone
@@ -37,7 +42,16 @@ from detector.harness.attacks import (
     budget_of,
     parse_attack_list,
 )
-from detector.harness.baselines import ADAPTIVE_BASELINES, FIT_ATTACKS, Baselines, fit_baselines, load_twin
+from detector.harness.baselines import (
+    ADAPTIVE_BASELINES,
+    CHOICES,
+    FIT_ATTACKS,
+    NEEDS_ATTACKS,
+    Baselines,
+    fit_baselines,
+    load_twin,
+    resolve_baselines,
+)
 from detector.harness.budgets import Budgets, resolve_budgets
 from detector.harness.metrics import DetectorScores, detector_metrics
 from detector.scoring import Detector, Scores
@@ -68,9 +82,17 @@ class EvalConfig:
     reuse: bool = option(
         False, "re-score adversarial sets saved in OUT instead of re-attacking", group="evaluation"
     )
+    baselines: list[str] = option(
+        ["all"],
+        "baseline detectors to run on the softmax twin, a comma list; 'all' runs every one, 'none' runs none "
+        "and trains or loads no twin (the L-GM detector alone)",
+        group="evaluation",
+        choices=CHOICES,
+    )
     fit_attacks: list[str] = option(
         list(FIT_ATTACKS),
-        "attacks made on the calibration split to fit mahalanobis_full and lid ('' leaves those two out)",
+        "attacks made on the calibration split to fit mahalanobis_full and lid ('' leaves those two out); "
+        "made only when a chosen baseline needs them",
         group="evaluation",
     )
     maha_noise: float = option(
@@ -95,6 +117,12 @@ class EvalConfig:
 
     def validate(self) -> None:
         check_options(self)
+        resolve_baselines(self.baselines)
+
+    @property
+    def baseline_names(self) -> list[str]:
+        """The baselines to run, in registry order ([] for ``none``)."""
+        return resolve_baselines(self.baselines)
 
 
 # -- stage types ----------------------------------------------------------------------------------------------
@@ -102,18 +130,19 @@ class EvalConfig:
 class Context:
     det: Detector
     ds: Dataset
-    twin: torch.nn.Module
-    twin_meta: dict[str, Any]
+    twin: torch.nn.Module | None  # None with ``--baselines none``
+    twin_meta: dict[str, Any] | None
 
 
 @dataclass
 class TestInputs:
-    """The selected test inputs, their clean scores, and the attacked subset (correct on both networks)."""
+    """The selected test inputs, their clean scores, and the attacked subset (correct on both networks, or on
+    the L-GM network alone when no baseline runs: ``twin_clean`` is None then)."""
 
     idx: torch.Tensor  # (n,) indices into the test split
     y_all: torch.Tensor  # (n,)
     lgm_clean: Scores
-    twin_clean: dict[str, torch.Tensor]
+    twin_clean: dict[str, torch.Tensor] | None
     correct: torch.Tensor  # (n,) bool
     x: torch.Tensor  # (N, C, H, W) attacked inputs
     y: torch.Tensor  # (N,)
@@ -125,8 +154,13 @@ class TestInputs:
 
 # -- stages ---------------------------------------------------------------------------------------------------
 def prepare(cfg: EvalConfig, device: torch.device, info: DistInfo) -> Context:
-    """Load the detector and dataset; train the softmax twin first if it is missing (rank 0, others wait)."""
+    """Load the detector and dataset; train the softmax twin first if it is missing (rank 0, others wait). With
+    no baseline to run, the twin is neither trained nor loaded."""
     det = Detector.load(cfg.artifact, device)
+    d = det.meta["dataset"]
+    ds = load_dataset(d["name"], d.get("root"), int(d.get("split_seed", 0)), d.get("image_size"))
+    if not cfg.baseline_names:
+        return Context(det, ds, None, None)
     if info.is_main:
         from detector.harness.baselines import twin_dir, twin_ready
 
@@ -136,30 +170,33 @@ def prepare(cfg: EvalConfig, device: torch.device, info: DistInfo) -> Context:
     barrier(info)
     if not info.is_main:
         twin, tmeta = load_twin(cfg.artifact, det.meta, device)
-    d = det.meta["dataset"]
-    ds = load_dataset(d["name"], d.get("root"), int(d.get("split_seed", 0)), d.get("image_size"))
     return Context(det, ds, twin, tmeta)
 
 
 def fit_baselines_stage(
     ctx: Context, cfg: EvalConfig, budgets: Budgets, device: torch.device, info: DistInfo
-) -> Baselines:
-    """Baselines on the twin. Attack-fitted ones get ``cfg.fit_attacks`` made on the calibration split."""
+) -> Baselines | None:
+    """The chosen baselines on the twin (None when none is chosen). Attack-fitted ones get ``cfg.fit_attacks``
+    made on the calibration split, only when a chosen baseline needs them."""
+    names, twin, twin_meta = cfg.baseline_names, ctx.twin, ctx.twin_meta
+    if twin is None or twin_meta is None or not names:
+        return None
     target_fpr = float(ctx.det.calibration["target_fpr"])
     cal = ctx.ds.calibration
     x, y = cal.float(), cal.y
     adv = None
-    if cfg.fit_attacks:
-        pred = batched(lambda xb: ctx.twin(xb).argmax(1), x, 500, device)
+    fit_attacks = cfg.fit_attacks if any(n in NEEDS_ATTACKS for n in names) else []
+    if fit_attacks:
+        pred = batched(lambda xb: twin(xb).argmax(1), x, 500, device)
         keep = pred == y
         xs, ys = x[keep], y[keep]
         parts = []
-        for name in cfg.fit_attacks:
+        for name in fit_attacks:
             path = Path(cfg.out) / "adversarial" / "calibration" / f"{name}.safetensors"
             meta = set_metadata(
                 name,
                 budget_of(name, budgets),
-                {"twin": str(ctx.twin_meta["weights_sha256"])},
+                {"twin": str(twin_meta["weights_sha256"])},
                 cfg.seed,
                 cfg.batch_size,
                 keep.nonzero().squeeze(1),
@@ -168,7 +205,7 @@ def fit_baselines_stage(
             if saved is None:
                 xa = sharded_attack(
                     name,
-                    AttackTarget("twin", ctx.twin),
+                    AttackTarget("twin", twin),
                     xs,
                     ys,
                     budgets,
@@ -182,47 +219,51 @@ def fit_baselines_stage(
                     save_set(path, {"twin": xa}, meta)
             else:
                 xa = saved["twin"]
-            ok = batched(lambda xb: ctx.twin(xb).argmax(1), xa, 500, device) != ys
+            ok = batched(lambda xb: twin(xb).argmax(1), xa, 500, device) != ys
             parts.append(xa[ok])
         adv = torch.cat(parts)
     # Only rank 0 scores; the others attack, so they need every baseline the twin's adaptive objective follows
     # (mahalanobis_full among them), and none that it does not.
     return fit_baselines(
-        ctx.twin,
-        ctx.twin_meta,
+        twin,
+        twin_meta,
         ctx.ds,
         target_fpr,
         cfg.maha_noise,
         adv,
-        cfg.fit_attacks,
+        fit_attacks,
         cfg.seed,
         only_differentiable=not info.is_main,
+        names=names,
     )
 
 
-def select_inputs(ctx: Context, base: Baselines, cfg: EvalConfig) -> TestInputs:
+def select_inputs(ctx: Context, base: Baselines | None, cfg: EvalConfig) -> TestInputs:
     perm = torch.randperm(len(ctx.ds.test), generator=torch.Generator().manual_seed(cfg.seed))
     idx = perm[: cfg.limit] if cfg.limit else perm
     x_all, y_all = ctx.ds.test.x[idx].float().div(255.0), ctx.ds.test.y[idx]
     lgm_clean = ctx.det.score(x_all)
-    twin_clean = base.scores(x_all)
-    correct = (lgm_clean.pred == y_all) & (twin_clean["pred"] == y_all)
+    twin_clean = base.scores(x_all) if base is not None else None
+    correct = lgm_clean.pred == y_all
+    if twin_clean is not None:
+        correct &= twin_clean["pred"] == y_all
     if not correct.any():
-        raise ValueError("no test input is classified correctly by both networks: nothing to attack")
+        by = "both networks" if twin_clean is not None else "the L-GM network"
+        raise ValueError(f"no test input is classified correctly by {by}: nothing to attack")
     return TestInputs(idx, y_all, lgm_clean, twin_clean, correct, x_all[correct], y_all[correct])
 
 
-def attack_targets(det: Detector, base: Baselines, budgets: Budgets) -> dict[str, AttackTarget]:
-    return {
-        LGM: AttackTarget(LGM, det.model, DetectorObjective(det, budgets.adaptive_margin)),
-        "twin": AttackTarget("twin", base.model, TwinObjective(base)),
-    }
+def attack_targets(det: Detector, base: Baselines | None, budgets: Budgets) -> dict[str, AttackTarget]:
+    targets = {LGM: AttackTarget(LGM, det.model, DetectorObjective(det, budgets.adaptive_margin))}
+    if base is not None:
+        targets["twin"] = AttackTarget("twin", base.model, TwinObjective(base))
+    return targets
 
 
 def attack(
     name: str,
     ctx: Context,
-    base: Baselines,
+    base: Baselines | None,
     inputs: TestInputs,
     targets: dict[str, AttackTarget],
     budgets: Budgets,
@@ -231,11 +272,16 @@ def attack(
     info: DistInfo,
 ) -> AdversarialSet:
     budget = budget_of(name, budgets)
-    hashes = {LGM: str(ctx.det.meta["weights_sha256"]), "twin": str(base.meta["weights_sha256"])}
+    hashes = {LGM: str(ctx.det.meta["weights_sha256"])}
+    if base is not None:
+        hashes["twin"] = str(base.meta["weights_sha256"])
     if name in ADAPTIVE:  # only the adaptive attacks depend on the detectors' calibration
         hashes["detector"] = f"{ctx.det.calibration.get('tensors_sha256')}/{ctx.det.calibration['created']}"
-        twin_known = {n: base.thresholds[n] for n in ADAPTIVE_BASELINES if n in base.thresholds}
-        hashes["twin_detectors"] = json.dumps(twin_known, sort_keys=True)  # what the twin's objective uses
+        if base is not None:
+            twin_known = {n: base.thresholds[n] for n in ADAPTIVE_BASELINES if n in base.thresholds}
+            hashes["twin_detectors"] = json.dumps(
+                twin_known, sort_keys=True
+            )  # what the twin's objective uses
     meta = set_metadata(name, budget, hashes, cfg.seed, cfg.batch_size, inputs.attacked_idx)
     path = Path(cfg.out) / "adversarial" / f"{name}.safetensors"
     t0 = time.perf_counter()
@@ -254,27 +300,30 @@ def attack(
     return AdversarialSet(name, budget, by_net, round(time.perf_counter() - t0, 2))
 
 
-def clean_scores(inputs: TestInputs, base: Baselines) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def clean_scores(inputs: TestInputs, base: Baselines | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per detector: scores and deployed-threshold flags of the attacked clean inputs."""
     keep = inputs.correct.numpy()
     out = {LGM: (inputs.lgm_clean.score.numpy()[keep], inputs.lgm_clean.is_adversarial.numpy()[keep])}
+    if base is None or inputs.twin_clean is None:
+        return out
     for n in base.names:
         s = inputs.twin_clean[n].numpy()[keep]
         out[n] = (s, s > base.thresholds[n])
     return out
 
 
-def score(adv: AdversarialSet, ctx: Context, base: Baselines, inputs: TestInputs) -> dict[str, Any]:
+def score(adv: AdversarialSet, ctx: Context, base: Baselines | None, inputs: TestInputs) -> dict[str, Any]:
     """Every detector's scores on one adversarial set, and the L-GM detector's per-statistic surprises."""
     neg = clean_scores(inputs, base)
     s_lgm = ctx.det.score(adv.by_network[LGM])
-    s_twin = base.scores(adv.by_network["twin"])
     ok_lgm = (s_lgm.pred != inputs.y).numpy()
-    ok_twin = (s_twin["pred"] != inputs.y).numpy()
     dets = {LGM: DetectorScores(*neg[LGM], s_lgm.score.numpy(), s_lgm.is_adversarial.numpy(), ok_lgm)}
-    for n in base.names:
-        s = s_twin[n].numpy()
-        dets[n] = DetectorScores(*neg[n], s, s > base.thresholds[n], ok_twin)
+    if base is not None:
+        s_twin = base.scores(adv.by_network["twin"])
+        ok_twin = (s_twin["pred"] != inputs.y).numpy()
+        for n in base.names:
+            s = s_twin[n].numpy()
+            dets[n] = DetectorScores(*neg[n], s, s > base.thresholds[n], ok_twin)
     delta = (adv.by_network[LGM] - inputs.x).flatten(1)[torch.from_numpy(ok_lgm)]
     return {"detectors": dets, "lgm_scores": s_lgm, "delta": delta}
 

@@ -33,6 +33,24 @@ def detectors_in(report: dict[str, Any]) -> list[str]:
     return list(report["detectors"])
 
 
+def has_baselines(report: dict[str, Any]) -> bool:
+    """Whether any baseline ran (``lgm evaluate --baselines none``: no; reports before that option: yes)."""
+    return len(detectors_in(report)) > 1
+
+
+def baselines_note(report: dict[str, Any]) -> str:
+    """What ``--baselines`` left out, in words ("" when every baseline was asked for)."""
+    option = report.get("baselines_option", "all")
+    if not has_baselines(report):
+        return (
+            "Baselines were not run (`--baselines none`): no softmax twin was trained or loaded, the attacked "
+            "inputs are those the L-GM network classifies correctly, and only the L-GM detector is reported."
+        )
+    if option.split(",") == ["all"] or "all" in option.split(","):
+        return ""
+    return f"Baselines run: {', '.join(detectors_in(report)[1:])} (`--baselines {option}`); the others were not run."
+
+
 NOT_ADAPTIVE = "*"  # marks a cell of an adaptive attack that did not aim at that detector
 
 
@@ -50,27 +68,30 @@ def _mark(report: dict[str, Any], name: str, det: str) -> str:
 
 
 def footnote(report: dict[str, Any]) -> str:
+    """The tables' notes: which baselines ran (when ``--baselines`` chose), and the cells marked
+    ``NOT_ADAPTIVE``."""
+    notes = [baselines_note(report)]
     known = _known_to_adaptive(report)
-    if not any(_is_adaptive(report, a) for a in report["attacks"]) or not set(detectors_in(report)) - set(
-        known
-    ):
-        return ""
-    followed = ", ".join(d for d in known if d != "lgm")
-    return (
-        f"{NOT_ADAPTIVE} not an adaptive result: the adaptive attacks on the twin optimise {followed} only, "
-        "so these cells show how the detector fares against an attack aimed at others."
-    )
+    if any(_is_adaptive(report, a) for a in report["attacks"]) and set(detectors_in(report)) - set(known):
+        followed = ", ".join(d for d in known if d != "lgm") or "the twin's classification"
+        notes.append(
+            f"{NOT_ADAPTIVE} not an adaptive result: the adaptive attacks on the twin optimise {followed} only, "
+            "so these cells show how the detector fares against an attack aimed at others."
+        )
+    return " ".join(n for n in notes if n)
 
 
 def table(report: dict[str, Any], key: str = "auroc") -> str:
     """Markdown table of one figure with its interval (``auroc`` or ``tpr_at_5fpr``) per attack and detector."""
     dets = detectors_in(report)
-    head = ["attack", "success (lgm / twin)", "literature"] + dets
+    twins = has_baselines(report)
+    head = ["attack", "success (lgm / twin)" if twins else "success (lgm)", "literature"] + dets
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, a in report["attacks"].items():
         d = a["detectors"]
         twin = next((d[x]["success_rate"] for x in dets if x != "lgm" and x in d), None)  # every baseline's
-        row = [name, f"{a['success_rate']:.3f} / {_f(twin)}", a.get("literature") or "-"]
+        success = f"{a['success_rate']:.3f}" + (f" / {_f(twin)}" if twins else "")
+        row = [name, success, a.get("literature") or "-"]
         lines.append(
             "| " + " | ".join(row + [_ci(d.get(x), key) + _mark(report, name, x) for x in dets]) + " |"
         )
@@ -123,13 +144,27 @@ def masking_line(report: dict[str, Any]) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     thr = report["detectors"]["lgm"]
+    if has_baselines(report):
+        inputs = (
+            f"softmax twin {report['twin_clean_accuracy']:.4f}; {report['n_attacked']} classified correctly by "
+            "both were attacked. Positives are successful adversarials against each detector's own network (lgm: "
+            "the L-GM model; the baselines: the softmax twin)."
+        )
+        baselines = (
+            f"; attacks the regression baselines were fitted on: {', '.join(report['baseline_fit_attacks']) or 'none'} "
+            f"(calibration split). Adaptive attacks on the twin know: {report['adaptive_objectives']['twin']}."
+        )
+    else:
+        inputs = (
+            f"no baselines run; {report['n_attacked']} classified correctly by the L-GM network were attacked. "
+            "Positives are successful adversarials against the L-GM model."
+        )
+        baselines = ". Baselines: not run (`--baselines none`)."
     out = [
         f"# Detection report: {report['dataset']}",
         "",
-        f"Test split: {report['n_clean']} clean inputs, L-GM accuracy {report['clean_accuracy']:.4f}, softmax twin "
-        f"{report['twin_clean_accuracy']:.4f}; {report['n_attacked']} classified correctly by both were attacked. "
-        "Positives are successful adversarials against each detector's own network (lgm: the L-GM model; the "
-        "baselines: the softmax twin). Brackets: 95% bootstrap intervals.",
+        f"Test split: {report['n_clean']} clean inputs, L-GM accuracy {report['clean_accuracy']:.4f}, {inputs} "
+        "Brackets: 95% bootstrap intervals.",
         "",
         "## AUROC",
         "",
@@ -150,9 +185,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"lgm: {thr['mode']} mode, {thr['kind']} thresholds at target FPR {thr['target_fpr']}, score {thr['combine']} "
         f"over {', '.join(thr['score'])}. Clean test FPR: "
         + ", ".join(f"{k} {v:.3f}" for k, v in report["clean_fpr"].items())
-        + f". Attacks lgm saw in calibration: {', '.join(report['calibration_attacks']) or 'none'}; attacks the "
-        f"regression baselines were fitted on: {', '.join(report['baseline_fit_attacks']) or 'none'} (calibration "
-        f"split). Adaptive attacks on the twin know: {report['adaptive_objectives']['twin']}.",
+        + f". Attacks lgm saw in calibration: {', '.join(report['calibration_attacks']) or 'none'}"
+        + baselines,
         "",
         "## Budgets ([0, 1] pixel space)",
         "",

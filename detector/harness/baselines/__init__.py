@@ -14,6 +14,7 @@ baselines need attacks, which the adaptive attacks follow) is derived from it. E
 Every score is larger for more abnormal inputs; each threshold is the target-FPR quantile of the clean
 calibration scores. The ``needs_attacks`` baselines fit their regressions on attacks generated on the
 calibration split (``FIT_ATTACKS`` by default), never test inputs, and are left out of a run without them.
+``lgm evaluate --baselines`` chooses which of them run (``resolve_baselines``: a subset, ``all`` or ``none``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,23 @@ NEEDS_ATTACKS = tuple(c.name for c in REGISTRY if c.needs_attacks)
 ADAPTIVE_BASELINES = tuple(
     c.name for c in REGISTRY if c.differentiable
 )  # what the twin's adaptive attacks follow
+CHOICES = (*BASELINES, "all", "none")  # what ``--baselines`` accepts
+
+
+def resolve_baselines(spec: list[str]) -> list[str]:
+    """``--baselines`` as the baselines to run, in registry order: ``all`` -> every one, ``none`` -> [] (no twin
+    is trained or loaded), else the names given. ValueError (one line) for an unknown name, for ``none``
+    together with names, and for an empty list."""
+    unknown = [n for n in spec if n not in CHOICES]
+    if unknown:
+        raise ValueError(f"--baselines: unknown baseline {unknown[0]!r}; choose from {', '.join(CHOICES)}")
+    if not spec:
+        raise ValueError("--baselines: give baseline names, 'all' or 'none'")
+    if "none" in spec:
+        if len(spec) > 1:
+            raise ValueError("--baselines: 'none' cannot be combined with other names")
+        return []
+    return list(BASELINES) if "all" in spec else [n for n in BASELINES if n in spec]
 
 
 @dataclass
@@ -136,10 +154,11 @@ def fit_baselines(
     fit_attacks: list[str] | None = None,
     seed: int = 0,
     only_differentiable: bool = False,
+    names: list[str] | None = None,
 ) -> Baselines:
-    """Fit every registered baseline (those that need attacks only when calibration adversarials are given;
-    with ``only_differentiable``, only those an adaptive attack follows) and set each threshold at the target
-    FPR on the clean calibration split."""
+    """Fit the registered baselines in ``names`` (default: every one; those that need attacks only when
+    calibration adversarials are given; with ``only_differentiable``, only those an adaptive attack follows)
+    and set each threshold at the target FPR on the clean calibration split."""
     adv = (
         calibration_adversarial
         if calibration_adversarial is not None and len(calibration_adversarial)
@@ -148,7 +167,11 @@ def fit_baselines(
     data = FitData(model, ds, noise, adv, seed)
     members: dict[str, Baseline] = {}
     for cls in REGISTRY:
-        if (cls.needs_attacks and adv is None) or (only_differentiable and not cls.differentiable):
+        if (
+            (names is not None and cls.name not in names)
+            or (cls.needs_attacks and adv is None)
+            or (only_differentiable and not cls.differentiable)
+        ):
             continue
         member = cls()
         member.fit(data)
@@ -163,6 +186,7 @@ def fit_baselines(
 __all__ = [
     "ADAPTIVE_BASELINES",
     "BASELINES",
+    "CHOICES",
     "FIT_ATTACKS",
     "NEEDS_ATTACKS",
     "REGISTRY",
@@ -173,6 +197,7 @@ __all__ = [
     "ensure_twin",
     "fit_baselines",
     "load_twin",
+    "resolve_baselines",
     "twin_dir",
     "twin_ready",
 ]
