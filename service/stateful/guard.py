@@ -1,9 +1,10 @@
 """The request path's hook: ``QueryGuard.check(client, images)`` fingerprints a request's images, records them in
 the client's shared history and says whether the client is flagged (and, under the ``block`` policy, refused).
 
-A plain object with a synchronous, thread-safe ``check`` (and ``acheck``, the same on the guard's own thread for
-an event loop), so that any front end calls it the same way: the HTTP routes (``service/api_v1.py``,
-``service/api_v2.py``) and any other transport that has a client id and an (N, C, H, W) array.
+A plain object with a synchronous, thread-safe ``check`` (``check_many`` for several requests in one store
+transaction, and ``acheck`` for an event loop, which batches the requests of one loop turn), so that any front end
+calls it the same way: the HTTP routes (``service/api_v1.py``, ``service/api_v2.py``), gRPC
+(``service/grpc_server.py``) and any other transport that has a client id and an (N, C, H, W) array.
 
 Fail open: when the store cannot be reached the guard answers "not flagged", counts the error, logs one warning
 per outage (and one line when the store is back), and leaves the store alone for ``retry_s`` seconds so that a
