@@ -28,7 +28,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+import results_mnist  # noqa: E402  (bench/results_mnist.py: bench/autoattack.py, bench/mnist_detector.py)
 import results_robust  # noqa: E402  (bench/results_robust.py: bench/robust.py's tables)
+
+FAMILIES = (results_mnist,)  # modules with their own COLLECT and RENDERERS
 
 DATA = ROOT / "docs" / "results" / "data"
 RECORD_VERSION = 1
@@ -37,6 +40,8 @@ COLLECT = {
     "detect": ".venv/bin/python bench/results.py collect detect reports/bench_detect",
     "robust": ".venv/bin/python bench/results.py collect robust reports/bench_robust",
 }
+for _family in FAMILIES:
+    COLLECT.update(_family.COLLECT)
 BLOCK = re.compile(r"(<!-- results:([\w.-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
 
 Record = dict[str, Any]
@@ -124,11 +129,19 @@ def stamp(rec: Record) -> str:
     mem = f", {m['memory_gib']:g} GiB" if m.get("memory_gib") else ""
     wall = f"; wall time {p['wall_seconds']:.0f} s" if p.get("wall_seconds") is not None else ""
     again = " && ".join(c for c in (p.get("command"), COLLECT.get(rec["name"])) if c)
+    chunks = (p.get("extra") or {}).get("chunk_commits")
+    merged = (
+        f" Merged from cached chunks measured at commit(s) {', '.join(f'`{c[:10]}`' for c in chunks)}"
+        " (a chunk written before chunks recorded their commit says `unrecorded`); the wall time is the"
+        " chunks' own."
+        if chunks
+        else ""
+    )
     return (
         f"Measured {p['date'][:16].replace('T', ' ')} UTC at commit `{commit}`{state}, on {m.get('cpu', '?')} "
         f"({m.get('cores', '?')} cores{mem}, {accel}; {m.get('os', '?')}, Python {m.get('python', '?')}, torch "
         f"{m.get('torch', '?')}) by `{p.get('command', '?')}`{wall}. Measure again: `{again}` (then commit "
-        f"`docs/results/data/{rec['name']}.json` and the pages it rewrites)."
+        f"`docs/results/data/{rec['name']}.json` and the pages it rewrites).{merged}"
     )
 
 
@@ -256,6 +269,9 @@ RENDERERS: dict[str, Renderer] = {
     "robust.checks": _robust(results_robust.checks),
     "robust.stamp": stamp,
 }
+for _family in FAMILIES:
+    RENDERERS.update(_family.RENDERERS)
+    RENDERERS.update({f"{name}.stamp": stamp for name in _family.COLLECT})
 
 
 def render_text(text: str, records: dict[str, Record], where: str = "") -> tuple[str, list[str], list[str]]:
