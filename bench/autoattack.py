@@ -318,6 +318,9 @@ def format_report(out: dict) -> str:
     return "\n".join(lines)
 
 
+TARGET_HEADER = "| target | figure | verdict |\n|---|---|---|\n"
+
+
 def target_row(out: dict) -> str:
     """The AutoAttack row of docs/mnist-benchmark.md's targets table."""
     lo, hi = out["robust_interval"]
@@ -326,7 +329,7 @@ def target_row(out: dict) -> str:
         "met": "met",
         "missed": "missed",
     }.get(out["target"], f"not decided: the interval straddles {t:.0f}%")
-    return (
+    return TARGET_HEADER + (
         f"| AutoAttack robust accuracy >= {t:.0f}% (above TRADES' 92.81%) | {_pct(out['n_robust'], out['n'])}, "
         f"{'first ' if out['first_n_contiguous'] else ''}{out['n']} digits | {verdict} |"
     )

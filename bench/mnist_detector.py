@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import provenance  # noqa: E402
-from bench.autoattack import order, pct, wilson  # noqa: E402
+from bench.autoattack import TARGET_HEADER, order, pct, wilson  # noqa: E402
 
 ADAPTIVE = ("adaptive", "adaptive_multitarget", "adaptive_orthogonal")
 EPS_LIST = (0.3, 0.2, 0.1)
@@ -322,7 +322,7 @@ def target_rows(out: dict) -> str:
             f"{pct(r['detect_or_correct_count'], r['attacked'])}, {r['attacked']} attacked of the first "
             f"{r['inputs']} digits | {v} |"
         )
-    return "\n".join(lines)
+    return TARGET_HEADER + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

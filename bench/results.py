@@ -130,15 +130,16 @@ def stamp(rec: Record) -> str:
     wall = f"; wall time {p['wall_seconds']:.0f} s" if p.get("wall_seconds") is not None else ""
     again = " && ".join(c for c in (p.get("command"), COLLECT.get(rec["name"])) if c)
     chunks = (p.get("extra") or {}).get("chunk_commits")
-    merged = (
-        f" Merged from cached chunks measured at commit(s) {', '.join(f'`{c[:10]}`' for c in chunks)}"
-        " (a chunk written before chunks recorded their commit says `unrecorded`); the wall time is the"
-        " chunks' own."
-        if chunks
-        else ""
-    )
+    verb = "Measured"
+    merged = ""
+    if chunks:  # a chunked benchmark: the stamp's date and commit are those of the merge, not the attacks'
+        verb = "Merged from cached chunks"
+        merged = (
+            f" The chunks were measured at commit(s) {', '.join(f'`{c[:10]}`' for c in chunks)} (`unrecorded`: "
+            "written before chunks recorded their commit); the wall time is the chunks' own."
+        )
     return (
-        f"Measured {p['date'][:16].replace('T', ' ')} UTC at commit `{commit}`{state}, on {m.get('cpu', '?')} "
+        f"{verb} {p['date'][:16].replace('T', ' ')} UTC at commit `{commit}`{state}, on {m.get('cpu', '?')} "
         f"({m.get('cores', '?')} cores{mem}, {accel}; {m.get('os', '?')}, Python {m.get('python', '?')}, torch "
         f"{m.get('torch', '?')}) by `{p.get('command', '?')}`{wall}. Measure again: `{again}` (then commit "
         f"`docs/results/data/{rec['name']}.json` and the pages it rewrites).{merged}"
