@@ -138,6 +138,8 @@ def stamp(rec: Record) -> str:
             f" The chunks were measured at commit(s) {', '.join(f'`{c[:10]}`' for c in chunks)} (`unrecorded`: "
             "written before chunks recorded their commit); the wall time is the chunks' own."
         )
+    note = (p.get("extra") or {}).get("note")
+    merged += f" {note}" if note else ""
     return (
         f"{verb} {p['date'][:16].replace('T', ' ')} UTC at commit `{commit}`{state}, on {m.get('cpu', '?')} "
         f"({m.get('cores', '?')} cores{mem}, {accel}; {m.get('os', '?')}, Python {m.get('python', '?')}, torch "
