@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import results_mnist  # noqa: E402  (bench/results_mnist.py: bench/autoattack.py, bench/mnist_detector.py)
+import results_query  # noqa: E402  (bench/results_query.py: bench/query_attacks.py)
 import results_robust  # noqa: E402  (bench/results_robust.py: bench/robust.py's tables)
 
-FAMILIES = (results_mnist,)  # modules with their own COLLECT and RENDERERS
+FAMILIES = (results_mnist, results_query)  # modules with their own COLLECT and RENDERERS
 
 DATA = ROOT / "docs" / "results" / "data"
 RECORD_VERSION = 1
@@ -109,7 +110,7 @@ def _fill_attack_facts(rec: Record) -> Record:
 
     reports = [rec["report"]] if "report" in rec else list(rec.get("reports", {}).values())
     for report in reports:
-        if not isinstance(report, dict) or "attacks" not in report:
+        if not isinstance(report, dict) or not isinstance(report.get("attacks"), dict):
             continue
         for name, a in report["attacks"].items():
             if name in SPECS:
