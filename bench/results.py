@@ -28,11 +28,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+import results_detect_scores  # noqa: E402  (bench/results_detect_scores.py: bench/detect_scores.py)
 import results_mnist  # noqa: E402  (bench/results_mnist.py: bench/autoattack.py, bench/mnist_detector.py)
 import results_query  # noqa: E402  (bench/results_query.py: bench/query_attacks.py)
 import results_robust  # noqa: E402  (bench/results_robust.py: bench/robust.py's tables)
+import results_serve  # noqa: E402  (bench/results_serve.py: bench/serve.py)
+import results_train  # noqa: E402  (bench/results_train.py: bench/train.py, bench/robust_train.py)
 
-FAMILIES = (results_mnist, results_query)  # modules with their own COLLECT and RENDERERS
+FAMILIES = (
+    results_detect_scores,
+    results_mnist,
+    results_query,
+    results_serve,
+    results_train,
+)  # modules with their own COLLECT and RENDERERS
 
 DATA = ROOT / "docs" / "results" / "data"
 RECORD_VERSION = 1
