@@ -1,5 +1,6 @@
 """The results blocks of ``bench/query_attacks.py`` (docs/query-attacks.md), rendered from its report.json by the
-table functions of ``bench/query_report.py``, the ones the benchmark prints with.
+table functions of ``bench/query_report.py``, the ones the benchmark prints with; and ``bench/fingerprints.py``'s
+table (``fingerprints.table``), by its own function.
 
 Two records: ``query_attacks``, the main run (scenarios ``attacks,benign,sweep``), and ``query_adaptive``, the
 run of the attackers that know the defence (``adaptive,sweep``). Each has the blocks ``attacks`` (success and
@@ -17,6 +18,7 @@ Record = dict[str, Any]
 COLLECT = {
     "query_attacks": ".venv/bin/python bench/results.py collect query_attacks reports/query_attacks",
     "query_adaptive": ".venv/bin/python bench/results.py collect query_adaptive reports/query_adaptive",
+    "fingerprints": ".venv/bin/python bench/results.py collect fingerprints reports/bench_fingerprints",
 }
 BLOCKS = {
     "attacks": ("attacks", "attack_table"),
@@ -39,6 +41,15 @@ def _block(key: str, fn: str) -> Callable[[Record], str]:
     return render
 
 
+def _fingerprints(rec: Record) -> str:
+    from bench import fingerprints
+
+    return fingerprints.table(rec["report"])
+
+
 RENDERERS: dict[str, Callable[[Record], str]] = {
-    f"{name}.{block}": _block(key, fn) for name in COLLECT for block, (key, fn) in BLOCKS.items()
+    f"{name}.{block}": _block(key, fn)
+    for name in ("query_attacks", "query_adaptive")
+    for block, (key, fn) in BLOCKS.items()
 }
+RENDERERS["fingerprints.table"] = _fingerprints

@@ -1,6 +1,6 @@
 """The results blocks of the training benchmarks (docs/results/training.md): ``bench/train.py`` (L-GM head against
-softmax on mnist5k; ``--cifar-synthetic`` for the CIFAR ResNet timing) and ``bench/robust_train.py`` (robust
-accuracy of adversarially trained models), each rendered by the benchmark's own table function from its
+softmax on mnist5k; ``--cifar-synthetic`` for the CIFAR ResNet timing), ``bench/stability.py`` (numerical safety)
+and ``bench/robust_train.py`` (robust accuracy of adversarially trained models), each rendered by the benchmark's own table function from its
 report.json.
 """
 
@@ -15,6 +15,7 @@ COLLECT = {
     "train": ".venv/bin/python bench/results.py collect train reports/bench_train",
     "train_cifar": ".venv/bin/python bench/results.py collect train_cifar reports/bench_train_cifar",
     "robust_train": ".venv/bin/python bench/results.py collect robust_train reports/bench_robust_train",
+    "stability": ".venv/bin/python bench/results.py collect stability reports/bench_stability",
 }
 
 
@@ -36,8 +37,15 @@ def _robust_train(rec: Record) -> str:
     return robust_train.table(rec["report"])
 
 
+def _stability(rec: Record) -> str:
+    from bench import stability
+
+    return stability.table(rec["report"])
+
+
 RENDERERS: dict[str, Callable[[Record], str]] = {
     "train.table": _train,
     "train_cifar.table": _train_cifar,
     "robust_train.table": _robust_train,
+    "stability.table": _stability,
 }

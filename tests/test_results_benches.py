@@ -382,3 +382,27 @@ def test_robust_train_and_detect_scores_records(tmp_path):
         text[-1]
         == "| roc mode, fitted on fgsm + pgd | 0.047 | 0.9379 [0.919, 0.955] | 1.0000 [1.000, 1.000] (seen) |"
     )
+
+
+def test_stability_and_fingerprints_records(tmp_path):
+    rep = {
+        "setting": "diagonal + paper + learned priors, lam 1.0, var floor 0.001, var lr x0.1", "epochs": 30,
+        "final_loss": -2.18934, "min_loss": -2.20141, "test_accuracy": 0.993, "variance": [0.84731, 0.85532, 0.91994],
+        "finite": True, "non_finite": [],
+    }  # fmt: skip
+    row = _render("stability.table", _record("stability", rep, tmp_path)).splitlines()[-1]
+    assert row == (
+        "| diagonal + paper + learned priors, lam 1.0, var floor 0.001, var lr x0.1 | 30 | -2.1893 | -2.2014 | "
+        "0.9930 | 0.8473 / 0.8553 / 0.9199 | yes |"
+    )
+    fp = {
+        "n": 600, "changed": 200, "changes": ["Square step 5x5", "1-pixel shift"],
+        "rows": [{"layout": "4x4 patches", "levels": 5, "max": 11, "p999": 7.2, "cells": [[42.0, 34.4], [50.0, 49.0]]}],
+    }  # fmt: skip
+    text = _render("fingerprints.table", _record("fingerprints", fp, tmp_path)).splitlines()
+    assert text[0].startswith("600 random mnist5k digits (179700 distinct pairs); changes applied to 200")
+    assert text[2] == (
+        "| layout | levels | distinct pairs: max | 99.9th pct | Square step 5x5: median (5th pct) | "
+        "1-pixel shift: median (5th pct) |"
+    )
+    assert text[-1] == "| 4x4 patches | 5 | 11 | 7 | 42 (34) | 50 (49) |"
