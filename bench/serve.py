@@ -493,9 +493,8 @@ def finish(args: argparse.Namespace, rep: dict, default_out: str, t0: float, cod
     prov = provenance.write(out, command, time.perf_counter() - t0, None, code)
     print()
     print(f"Command: `{command}`")
-    print(
-        f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect NAME {out}; see bench/results_serve.py)"
-    )
+    name = out.name.removeprefix("bench_")  # the record names of bench/results_serve.py
+    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect {name} {out})")
 
 
 if __name__ == "__main__":
