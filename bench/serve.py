@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import os
 import shlex
@@ -53,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import serve_report  # noqa: E402  (bench/serve_report.py, beside this script)
+from proctree import cpu_seconds, rss_mib, tree  # noqa: E402, F401  (bench/proctree.py; tree: serve_protocols)
 
 from detector.scoring import Detector  # noqa: E402
 from service.images import encode_png  # noqa: E402
@@ -91,7 +91,6 @@ function done(s, latency, requests)
 end
 """
 LUA += WRK_TAIL
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def parse_args() -> argparse.Namespace:
@@ -238,48 +237,6 @@ def start_server(
         time.sleep(0.2)
     proc.terminate()
     raise SystemExit("server not ready within 180 s")
-
-
-# -- the process tree's CPU and memory, from /proc -----------------------------------------------------------------
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            out += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
-def tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        todo += _children(p)
-    return pids
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and all its descendants now alive."""
-    total = 0
-    for p in tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / TICK
-
-
-def rss_mib(pid: int) -> float:
-    total = 0
-    for p in tree(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
 
 
 # -- load --------------------------------------------------------------------------------------------------------
