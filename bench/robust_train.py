@@ -19,6 +19,9 @@ Only clean inputs classified correctly are attacked (the others count as failure
 
     .venv/bin/python bench/robust_train.py artifacts/mnist5k-robust --limit 500
     .venv/bin/python bench/robust_train.py runs/pull runs/push --limit 300 --restarts 3
+
+It writes ``report.json`` and ``provenance.json`` into ``--out`` (reports/bench_robust_train), which
+``bench/results.py collect robust_train DIR`` publishes.
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+import provenance  # noqa: E402  (bench/provenance.py, beside this script)
 
 from detector.harness.metrics import wilson as harness_wilson  # noqa: E402
 from training.adversarial import pgd_linf  # noqa: E402
-from training.artifacts import load_artifact  # noqa: E402
+from training.artifacts import atomic_write_json, load_artifact  # noqa: E402
 from training.data import load_dataset  # noqa: E402
 from training.lgm import LGMHead  # noqa: E402
 from training.model import Classifier  # noqa: E402
@@ -45,12 +50,6 @@ from training.model import Classifier  # noqa: E402
 def wilson(k: int, n: int) -> tuple[float, float]:
     """95% Wilson score interval of k / n (detector/harness/metrics.py; (0, 1) when n is 0)."""
     return tuple(harness_wilson(k, n) or (0.0, 1.0))  # type: ignore[return-value]
-
-
-def cell(ok: torch.Tensor) -> str:
-    k, n = int(ok.sum()), len(ok)
-    lo, hi = wilson(k, n)
-    return f"{100 * k / n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def batched(fn, *tensors: torch.Tensor, size: int = 250) -> torch.Tensor:
@@ -188,24 +187,67 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", type=int, default=3, help="wrong classes tried by the likelihood-aware PGD")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="seed of the test subset")
+    p.add_argument(
+        "--out", default="reports/bench_robust_train", help="folder of report.json + provenance.json"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = [evaluate(Path(a), args) for a in args.artifacts]
-    print(
-        f"\nL-inf eps {args.eps}, {args.limit} random test inputs (seed {args.seed}), CPU, {args.threads} threads\n"
+    t0, code = time.perf_counter(), provenance.checkout()  # the code measured is the code at the start
+    rows = [counts(Path(a), evaluate(Path(a), args)) for a in args.artifacts]
+    rep = {
+        "benchmark": "robust_train",
+        "eps": args.eps,
+        "limit": args.limit,
+        "seed": args.seed,
+        "threads": args.threads,
+        "restarts": args.restarts,
+        "targets": args.targets,
+        "rows": rows,
+    }
+    print("\n" + table(rep))
+    command = " ".join(
+        [".venv/bin/python", "bench/robust_train.py", *(argv if argv is not None else sys.argv[1:])]
     )
-    print(
-        f"| model | clean acc | clean FPR | PGD-k (k: training steps) | PGD-40 | PGD-100 x{args.restarts} | robust (worst) "
-        f"| detect-or-correct | attack s |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['name']} | {cell(r['clean'])} | {cell(r['clean_fpr'])} | k={r['train_steps']}: {cell(r['pgd_train'])} | {cell(r['pgd40'])} | {cell(r['pgd100'])} "
-            f"| {cell(r['robust'])} | {cell(r['detect_or_correct'])} | {r['seconds']:.0f} |"
-        )
-    print("\ncommand: python bench/robust_train.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    atomic_write_json(Path(args.out) / "report.json", rep)
+    prov = provenance.write(args.out, command, time.perf_counter() - t0, None, code)
+    print(f"\ncommand: {command}")
+    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect robust_train {args.out})")
     return 0
+
+
+COLUMNS = ("clean", "clean_fpr", "pgd_train", "pgd40", "pgd100", "robust", "detect_or_correct")
+
+
+def counts(art: Path, res: dict) -> dict:
+    """One model's row of the report: each column as [successes, inputs], for Wilson intervals."""
+    row = {c: [int(res[c].sum()), len(res[c])] for c in COLUMNS}
+    row.update(name=res["name"], artifact=str(art), train_steps=res["train_steps"], seconds=res["seconds"])
+    return row
+
+
+def _cell(kn: list[int]) -> str:
+    k, n = kn
+    lo, hi = wilson(k, n)
+    return f"{100 * k / max(n, 1):.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def table(rep: dict) -> str:
+    """The benchmark's table from its report.json alone: what it prints and what docs/results/training.md shows."""
+    lines = [
+        f"L-inf eps {rep['eps']}, {rep['limit']} random test inputs (seed {rep['seed']}), CPU, {rep['threads']} "
+        "threads",
+        "",
+        f"| model | clean acc | clean FPR | PGD-k (k: training steps) | PGD-40 | PGD-100 x{rep['restarts']} | robust "
+        "(worst) | detect-or-correct | attack s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rep["rows"]:
+        lines.append(
+            f"| {r['name']} | {_cell(r['clean'])} | {_cell(r['clean_fpr'])} | k={r['train_steps']}: "
+            f"{_cell(r['pgd_train'])} | {_cell(r['pgd40'])} | {_cell(r['pgd100'])} | {_cell(r['robust'])} | "
+            f"{_cell(r['detect_or_correct'])} | {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import os
 import shlex
@@ -51,6 +50,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import serve_report  # noqa: E402  (bench/serve_report.py, beside this script)
+from proctree import cpu_seconds, rss_mib, tree  # noqa: E402, F401  (bench/proctree.py; tree: serve_protocols)
 
 from detector.scoring import Detector  # noqa: E402
 from service.images import encode_png  # noqa: E402
@@ -89,7 +91,6 @@ function done(s, latency, requests)
 end
 """
 LUA += WRK_TAIL
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def parse_args() -> argparse.Namespace:
@@ -135,6 +136,12 @@ def parse_args() -> argparse.Namespace:
         help="request bodies wrk cycles through; beyond the test split's size the digits repeat, each copy "
         "with a few pixels nudged by 1/255 so that every body is a distinct image (the query-attack "
         "defence treats exact repeats apart, docs/query-attacks.md)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder of report.json + provenance.json (default reports/bench_serve, reports/bench_serve_soak "
+        "with --soak, reports/bench_serve_protocols with --protocols)",
     )
     return p.parse_args()
 
@@ -236,48 +243,6 @@ def start_server(
     raise SystemExit("server not ready within 180 s")
 
 
-# -- the process tree's CPU and memory, from /proc -----------------------------------------------------------------
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            out += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
-def tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        todo += _children(p)
-    return pids
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and all its descendants now alive."""
-    total = 0
-    for p in tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / TICK
-
-
-def rss_mib(pid: int) -> float:
-    total = 0
-    for p in tree(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
-
-
 # -- load --------------------------------------------------------------------------------------------------------
 def wrk(port: int, bodies_file: Path, conc: int, seconds: int, clients: int = 0) -> dict:
     """One wrk run; its JSON summary (from the Lua ``done`` hook) plus the CPU wrk itself used."""
@@ -325,8 +290,8 @@ def run_cell(port: int, pid: int, bodies_file: Path, conc: int, args: argparse.N
     }
 
 
-def soak(port: int, pid: int, bodies_file: Path, args: argparse.Namespace) -> None:
-    """--soak seconds at --soak-concurrency, resident memory sampled every 5 s."""
+def soak(port: int, pid: int, bodies_file: Path, args: argparse.Namespace) -> dict:
+    """--soak seconds at --soak-concurrency, resident memory sampled every 5 s: the soak's report."""
     wrk(
         port, bodies_file, args.soak_concurrency, 10, args.clients
     )  # warm-up: allocator pools and batch sizes settle
@@ -345,32 +310,39 @@ def soak(port: int, pid: int, bodies_file: Path, args: argparse.Namespace) -> No
     stop.set()
     sampler.join()
     samples.append((time.perf_counter() - t0, rss_mib(pid)))
-    errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
-    rss = [m for _, m in samples]
-    peak_t, peak = max(samples, key=lambda s: s[1])
-    tenth = max(1, len(rss) // 10)
-    print()
-    print(
-        f"Soak: {args.soak} s at concurrency {args.soak_concurrency}, server layout {args.soak_layout}: "
-        f"{r['requests']} requests ({r['requests'] / (r['duration_us'] / 1e6):.0f}/s), {errors} errors "
-        f"(status {r['status']}, timeouts {r['timeout']}, socket {r['connect'] + r['read'] + r['write']}); "
-        f"p50 {r['p50_us'] / 1e3:.1f} ms, p99 {r['p99_us'] / 1e3:.1f} ms."
-    )
-    print(
-        f"Server resident memory (all processes, MiB), sampled every 5 s: start {rss[0]:.1f}, "
-        f"peak {peak:.1f} (at {peak_t:.0f} s), end {rss[-1]:.1f}; mean of the first tenth "
-        f"{statistics.mean(rss[:tenth]):.1f}, of the last tenth {statistics.mean(rss[-tenth:]):.1f}."
-    )
+    socket_errors = r["connect"] + r["read"] + r["write"]
+    return {
+        "benchmark": "serve",
+        "mode": "soak",
+        "seconds": args.soak,
+        "concurrency": args.soak_concurrency,
+        "layout": args.soak_layout,
+        "clients": args.clients,
+        "images": args.images,
+        "requests": r["requests"],
+        "rps": r["requests"] / (r["duration_us"] / 1e6),
+        "errors": socket_errors + r["status"] + r["timeout"],
+        "status": r["status"],
+        "timeout": r["timeout"],
+        "socket": socket_errors,
+        "p50": r["p50_us"] / 1e3,
+        "p99": r["p99_us"] / 1e3,
+        "rss": [[round(t, 1), round(mib, 1)] for t, mib in samples],
+    }
 
 
 def main() -> None:
+    import provenance
+
     args = parse_args()
+    t0, code = time.perf_counter(), provenance.checkout()  # the code measured is the code at the start
     if args.protocols:
         import serve_protocols
 
         if args.max_wait_ms is None:
             args.max_wait_ms = ServeSettings().max_wait_ms
-        serve_protocols.run(args)
+        rep = serve_protocols.run(args)
+        finish(args, rep, "reports/bench_serve_protocols", t0, code)
         return
     if shutil.which("wrk") is None:
         raise SystemExit("bench/serve.py needs wrk: apt-get install wrk")
@@ -389,22 +361,17 @@ def main() -> None:
         port = free_port()
         proc = start_server(art, port, layout, args)
         try:
-            soak(port, proc.pid, bodies_file, args)
+            rep = soak(port, proc.pid, bodies_file, args)
         finally:
             proc.terminate()
             proc.wait(timeout=60)
         if proc.query_store.exists():
             from service.stateful.store import SQLiteStore
 
-            size = SQLiteStore(proc.query_store).size()
-            print(
-                f"Query history at the end (SQLite, the server's default store): {size['queries']} queries of "
-                f"{size['clients']} client(s), {size['hashes']} fingerprint hashes, "
-                f"{size['bytes'] / 2**20:.1f} MiB on disk (database + write-ahead log)."
-            )
-        print(
-            "Command: `" + " ".join(shlex.quote(a) for a in ["python", "bench/serve.py", *sys.argv[1:]]) + "`"
-        )
+            rep["store"] = SQLiteStore(proc.query_store).size()
+        print()
+        print(serve_report.soak_text(rep))
+        finish(args, rep, "reports/bench_serve_soak", t0, code)
         return
 
     ceils_all = [ceiling(det, x, args.max_batch_size, cores)]
@@ -455,60 +422,45 @@ def main() -> None:
                     print(f"# query history after the run ({store}): {SQLiteStore(store).size()}", flush=True)
         ceils_all.append(ceiling(det, x, args.max_batch_size, cores))
         torch.set_num_threads(1)
-    ceil = statistics.median(ceils_all)
-
     default = ServeSettings()
-    shape = "x".join(map(str, det.input_shape))
+    rep = {
+        "benchmark": "serve",
+        "mode": "load",
+        "model": {
+            "dataset": det.meta["dataset"]["name"],
+            "backbone": det.meta["arch"]["backbone"],
+            "shape": "x".join(map(str, det.input_shape)),
+        },
+        "cores": cores,
+        "max_batch_size": args.max_batch_size,
+        "default_layout": {"workers": default.server_workers(), "threads": default.torch_threads()},
+        "ceiling": {"median": statistics.median(ceils_all), "all": ceils_all, "one_thread": ceil_one},
+        "repeats": max(1, args.repeats),
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "images": args.images,
+        "clients": args.clients,
+        "rows": [{"layout": name, "concurrency": conc, **r} for name, conc, r in rows],
+    }
     print()
-    print(
-        f"Model: {det.meta['dataset']['name']} {det.meta['arch']['backbone']} (input {shape}), CPU "
-        f"({cores} cores); max_batch_size {args.max_batch_size}; one real test digit per request (POST "
-        f"/v1/predict, JSON base64 PNG); client: wrk on the same machine. lgm serve's default layout here: "
-        f"{default.server_workers()} worker(s) x {default.torch_threads()} torch thread(s)."
-    )
+    print(serve_report.load_table(rep))
+    finish(args, rep, "reports/bench_serve", t0, code)
+
+
+def finish(args: argparse.Namespace, rep: dict, default_out: str, t0: float, code: dict) -> None:
+    """Write ``report.json`` and ``provenance.json`` into ``--out`` (or the mode's default folder)."""
+    import provenance
+
+    from training.artifacts import atomic_write_json
+
+    out = Path(args.out or default_out)
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/serve.py", *sys.argv[1:]])
+    atomic_write_json(out / "report.json", rep)
+    prov = provenance.write(out, command, time.perf_counter() - t0, None, code)
     print()
-    print(
-        f"In-process ceiling (Detector.score, batch {args.max_batch_size}, {cores} torch threads): "
-        f"**{ceil:.0f} images/s** (median of {len(ceils_all)} measurements spread over the run, "
-        f"{min(ceils_all):.0f}-{max(ceils_all):.0f}); {ceil_one:.0f} images/s at 1 thread."
-    )
-    print()
-    print(
-        f"Each cell: {max(1, args.repeats)} runs of {args.duration} s after {args.warmup} s of warm-up; the "
-        "median run by throughput (its latencies and CPU) and the range of throughput over the runs. CPU: "
-        "CPU-seconds per second (1.00 = one core busy)."
-    )
-    print()
-    print(
-        "| workers x threads | concurrency | throughput (req/s) | range | % of ceiling | p50 (ms) | p99 (ms) "
-        "| server CPU | client CPU | errors |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, conc, r in rows:
-        lo, hi = r["range"]
-        label = (
-            name if name != "default" else f"{default.server_workers()}x{default.torch_threads()} (default)"
-        ) + (f", query_policy={r['policy']}" if r.get("policy") else "")
-        print(
-            f"| {label} | {conc} | {r['rps']:.0f} | {lo:.0f}-{hi:.0f} | {100 * r['rps'] / ceil:.0f}% "
-            f"| {r['p50']:.2f} | {r['p99']:.2f} | {r['server_cpu']:.2f} | {r['client_cpu']:.2f} "
-            f"| {r['errors']} |"
-        )
-    paired = [(name, conc, r) for name, conc, r in rows if r.get("pair_ratio")]
-    if paired:
-        print()
-        print(
-            "Throughput as a ratio to the other server's run just before it (the two are up at once and their runs "
-            "alternate, so the machine's drift hits both alike): median over the pairs and range."
-        )
-        print()
-        print("| workers x threads | concurrency | query_policy | ratio (median) | range |")
-        print("|---|---:|---|---:|---:|")
-        for name, conc, r in paired:
-            m, lo, hi, base = r["pair_ratio"]
-            print(f"| {name} | {conc} | {r['policy']} / {base} | {m:.3f} | {lo:.3f}-{hi:.3f} |")
-    print()
-    print("Command: `" + " ".join(shlex.quote(a) for a in ["python", "bench/serve.py", *sys.argv[1:]]) + "`")
+    print(f"Command: `{command}`")
+    name = out.name.removeprefix("bench_")  # the record names of bench/results_serve.py
+    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect {name} {out})")
 
 
 if __name__ == "__main__":

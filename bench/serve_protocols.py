@@ -264,7 +264,7 @@ PLAN = {  # server -> formats it serves, and the HTTP path of each
 }
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> dict:
     for tool in ("wrk", "h2load"):
         if shutil.which(tool) is None:
             raise SystemExit(f"bench/serve.py --protocols needs {tool}: apt-get install wrk nghttp2-client")
@@ -327,71 +327,39 @@ def run(args: argparse.Namespace) -> None:
         finally:
             stop(proc)
         ceils.append(common.ceiling(det, x, args.max_batch_size, cores))
-    report(args, det, cores, ceils, rows)
+    return report(args, det, cores, ceils, rows)
 
 
-def report(args: argparse.Namespace, det, cores: int, ceils: list[float], rows: list[dict]) -> None:  # noqa: ANN001
+def report(args: argparse.Namespace, det, cores: int, ceils: list[float], rows: list[dict]) -> dict:  # noqa: ANN001
+    """Print the run's table and targets (bench/serve_report.py) and return its report."""
+    import serve_report
+
     from service.settings import ServeSettings
 
-    ceil = statistics.median(ceils)
     d = ServeSettings()
-    shape = "x".join(map(str, det.input_shape))
+    rep = {
+        "benchmark": "serve",
+        "mode": "protocols",
+        "model": {
+            "dataset": det.meta["dataset"]["name"],
+            "backbone": det.meta["arch"]["backbone"],
+            "shape": "x".join(map(str, det.input_shape)),
+        },
+        "cores": cores,
+        "servers": args.servers,
+        "max_batch_size": args.max_batch_size,
+        "max_wait_ms": args.max_wait_ms,
+        "peer_workers": args.peer_workers,
+        "default_layout": {"workers": d.server_workers(), "threads": d.torch_threads()},
+        "query_policy": d.query_policy,
+        "ceiling": {"median": statistics.median(ceils), "all": ceils},
+        "repeats": max(1, args.repeats),
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "rows": rows,
+    }
     print()
-    print(
-        f"Model: {det.meta['dataset']['name']} {det.meta['arch']['backbone']} (input {shape}), CPU ({cores} cores); "
-        f"one real test digit per request; max batch {args.max_batch_size}, max wait {args.max_wait_ms} ms for every "
-        f"server. lgm serve: its default layout here, {d.server_workers()} worker(s) x {d.torch_threads()} torch "
-        f"thread(s); LitServe: {args.peer_workers} workers x 1 thread; MLServer: its own process, 1 torch thread."
-    )
-    print(
-        f"In-process ceiling (Detector.score, batch {args.max_batch_size}, {cores} torch threads): **{ceil:.0f} "
-        f"images/s** (median of {len(ceils)} measurements spread over the run, {min(ceils):.0f}-{max(ceils):.0f})."
-    )
-    print(
-        f"Each cell: {max(1, args.repeats)} run(s) of {args.duration} s after {args.warmup} s of warm-up; the median "
-        "run by throughput and the range over the runs. CPU: CPU-seconds per second (1.00 = one core busy)."
-    )
+    print(serve_report.protocols_table(rep))
     print()
-    print(
-        "| server | format | concurrency | req/s | range | % of ceiling | p50 (ms) | p99 (ms) | server CPU | client CPU | errors |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        lo, hi = r["range"]
-        print(
-            f"| {r['server']} | {r['format']} | {r['concurrency']} | {r['rps']:.0f} | {lo:.0f}-{hi:.0f} | "
-            f"{100 * r['rps'] / ceil:.0f}% | {r['p50']:.2f} | {r['p99']:.2f} | {r['server_cpu']:.2f} | "
-            f"{r['client_cpu']:.2f} | {r['errors']} |"
-        )
-    print()
-    cell = {(r["server"], r["format"], r["concurrency"]): r for r in rows}
-    for fmt in ("v1", "v2 json", "grpc"):
-        ours = cell.get(("lgm", fmt, 32))
-        peers = [cell[k] for k in cell if k[1] == fmt and k[2] == 32 and k[0] != "lgm"]
-        if ours and peers:
-            best = max(peers, key=lambda r: r["rps"])
-            print(
-                f"- c=32, {fmt}: lgm {ours['rps']:.0f} req/s = {ours['rps'] / best['rps']:.2f}x the best peer "
-                f"({best['server']}, {best['rps']:.0f}); target 1.5x"
-            )
-    for fmt in ("v2 binary", "grpc"):
-        at = [r for r in rows if r["server"] == "lgm" and r["format"] == fmt]
-        if at:
-            top = max(at, key=lambda r: r["rps"])
-            print(
-                f"- lgm {fmt}: best {top['rps']:.0f} req/s (c={top['concurrency']}) = {100 * top['rps'] / ceil:.0f}% "
-                f"of the ceiling; target 75%"
-            )
-    one = cell.get(("lgm", "v2 binary", 1))
-    if one:
-        print(f"- lgm v2 binary, c=1: p50 {one['p50']:.2f} ms; target < 2 ms")
-    print(f"- errors over every cell: {sum(r['errors'] for r in rows)}; target 0")
-    out = ROOT / "reports" / "serve_protocols.json"
-    out.parent.mkdir(exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps({"ceiling": ceil, "ceilings": ceils, "rows": rows, "argv": sys.argv[1:]}, indent=1)
-    )
-    tmp.replace(out)
-    print()
-    print("Command: `python bench/serve.py " + " ".join(sys.argv[1:]) + "`")
+    print(serve_report.protocols_targets(rep))
+    return rep

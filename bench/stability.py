@@ -8,6 +8,9 @@ weight and every per-epoch loss is finite and prints how close the variances cam
 
     .venv/bin/python bench/stability.py                  # 30 epochs, diagonal + paper + learned priors
     .venv/bin/python bench/stability.py --epochs 5       # quicker look
+
+It writes ``report.json`` and ``provenance.json`` into ``--out`` (reports/bench_stability), which
+``bench/results.py collect stability DIR`` publishes.
 """
 
 from __future__ import annotations
@@ -22,10 +25,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+import provenance  # noqa: E402  (bench/provenance.py, beside this script)
+
+from training.artifacts import atomic_write_json  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.trainer import train  # noqa: E402
+
+OUT = "reports/bench_stability"
 
 
 def main() -> int:
@@ -34,7 +42,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=OUT, help="folder of report.json + provenance.json")
     args = ap.parse_args()
+    code = provenance.checkout()  # the code measured is the code at the start
 
     cfg = TrainConfig(
         dataset="mnist5k",
@@ -62,17 +72,42 @@ def main() -> int:
     var = (cfg.var_floor + weights["head.log_var_raw"].double().exp()).flatten()
     ok = not bad and all(math.isfinite(x) for x in losses)
 
-    print("| setting | epochs | final loss | min loss | test acc | variance min / median / max | finite |")
-    print("|---|---:|---:|---:|---:|---|---|")
-    print(
-        f"| diagonal + paper + learned priors, lam {cfg.lam}, var floor {cfg.var_floor}, var lr x{cfg.var_lr_mult} "
-        f"| {len(losses)} | {losses[-1]:.4f} | {min(losses):.4f} | {meta['metrics']['test_accuracy']:.4f} "
-        f"| {var.min():.4g} / {var.median():.4g} / {var.max():.4g} | {'yes' if ok else 'NO: ' + ', '.join(bad)} |"
+    rep = {
+        "benchmark": "stability",
+        "setting": f"diagonal + paper + learned priors, lam {cfg.lam}, var floor {cfg.var_floor}, var lr "
+        f"x{cfg.var_lr_mult}",
+        "epochs": len(losses),
+        "final_loss": losses[-1],
+        "min_loss": min(losses),
+        "test_accuracy": meta["metrics"]["test_accuracy"],
+        "variance": [float(var.min()), float(var.median()), float(var.max())],
+        "finite": ok,
+        "non_finite": bad,
+        "device": str(meta["device"]),
+    }
+    print(table(rep))
+    command = f".venv/bin/python bench/stability.py --epochs {args.epochs}" + (
+        f" --out {args.out}" if args.out != OUT else ""
     )
-    print(
-        f"\nCommand: `python bench/stability.py --epochs {args.epochs}`  ({wall:.0f} s on {meta['device']})"
-    )
+    atomic_write_json(Path(args.out) / "report.json", rep)
+    prov = provenance.write(args.out, command, wall, None, code)
+    print(f"\nCommand: `{command}`  ({wall:.0f} s on {meta['device']})")
+    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect stability {args.out})")
     return 0 if ok else 1
+
+
+def table(rep: dict) -> str:
+    """The benchmark's table from its report.json alone: what it prints and what docs/results/training.md shows."""
+    v = rep["variance"]
+    finite = "yes" if rep["finite"] else "NO: " + ", ".join(rep["non_finite"])
+    return "\n".join(
+        [
+            "| setting | epochs | final loss | min loss | test acc | variance min / median / max | finite |",
+            "|---|---:|---:|---:|---:|---|---|",
+            f"| {rep['setting']} | {rep['epochs']} | {rep['final_loss']:.4f} | {rep['min_loss']:.4f} | "
+            f"{rep['test_accuracy']:.4f} | {v[0]:.4g} / {v[1]:.4g} / {v[2]:.4g} | {finite} |",
+        ]
+    )
 
 
 if __name__ == "__main__":

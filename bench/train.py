@@ -9,6 +9,9 @@ random 32x32 colour images, for GPU runs (keep ``--cifar-n`` small on a CPU).
     python bench/train.py                       # mnist5k, 10 epochs, seed 0
     python bench/train.py --seeds 0 1 2 --json bench-train.json
     python bench/train.py --cifar-synthetic --device cuda --cifar-n 50000
+
+Each run writes ``report.json`` and ``provenance.json`` into ``--out`` (``reports/bench_train``, or
+``reports/bench_train_cifar`` with ``--cifar-synthetic``), which ``bench/results.py collect train DIR`` publishes.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+import provenance  # noqa: E402  (bench/provenance.py, beside this script)
+
+from training.artifacts import atomic_write_json  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import Dataset, Split, load_dataset  # noqa: E402
 from training.distributed import resolve_device  # noqa: E402
@@ -122,41 +128,48 @@ def run_mnist(args: argparse.Namespace) -> dict[str, Any]:
     return {"summary": summary, "runs": runs, "config": TrainConfig(epochs=args.epochs).to_dict()}
 
 
-def print_mnist(res: dict[str, Any], args: argparse.Namespace, device: str) -> None:
-    s = res["summary"]
-    lgm, sm = s["lgm"], s["softmax"]
+def targets(res: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The project's targets for the mnist5k comparison, checked on a result of ``run_mnist``."""
+    lgm, sm = res["summary"]["lgm"], res["summary"]["softmax"]
     ratio = lgm["seconds_per_epoch"] / sm["seconds_per_epoch"]
-    n = len(args.seeds)
-    seeds = f"seed {args.seeds[0]}" if n == 1 else f"mean of {n} seeds ({', '.join(map(str, args.seeds))})"
-    print(
-        f"\nmnist5k (3,500 train / 500 calibration / 1,000 test), {args.epochs} epochs, {seeds}; {device}\n"
-    )
-    print("| head | test accuracy | calibration accuracy | s / epoch |")
-    print("|---|---|---|---|")
-    for h in HEADS:
-        r = s[h]
-        print(
-            f"| {LABEL[h]} | {100 * r['test_accuracy']:.2f}% | {100 * r['calibration_accuracy']:.2f}% "
-            f"| {r['seconds_per_epoch']:.2f} |"
-        )
-    print(
-        f"| L-GM / softmax | {100 * (lgm['test_accuracy'] - sm['test_accuracy']):+.2f} pts | "
-        f"{100 * (lgm['calibration_accuracy'] - sm['calibration_accuracy']):+.2f} pts | {ratio:.2f}x |"
-    )
-    checks = [
+    return [
         (f"L-GM test accuracy >= {100 * TARGET_ACC:.1f}%", lgm["test_accuracy"] >= TARGET_ACC),
         ("L-GM test accuracy >= softmax", lgm["test_accuracy"] >= sm["test_accuracy"]),
         (f"L-GM epoch time <= {TARGET_RATIO:.2f}x softmax", ratio <= TARGET_RATIO),
     ]
-    print(
-        f"\ns / epoch: median of {args.timing_rounds} training epochs per head, timed interleaved "
-        "(L-GM, softmax, softmax, L-GM, ...) after one warm-up epoch each."
-    )
-    print()
-    for text, ok in checks:
-        print(f"- {text}: {'met' if ok else 'NOT met'}")
-    res["ratio"] = ratio
-    res["targets"] = {text: ok for text, ok in checks}
+
+
+def mnist_table(res: dict[str, Any]) -> str:
+    """The mnist5k comparison as markdown: what the benchmark prints and what docs/results/training.md shows."""
+    s = res["summary"]
+    lgm, sm = s["lgm"], s["softmax"]
+    ratio = lgm["seconds_per_epoch"] / sm["seconds_per_epoch"]
+    seeds_ = res["seeds"]
+    n = len(seeds_)
+    seeds = f"seed {seeds_[0]}" if n == 1 else f"mean of {n} seeds ({', '.join(map(str, seeds_))})"
+    lines = [
+        f"mnist5k (3,500 train / 500 calibration / 1,000 test), {res['epochs']} epochs, {seeds}; "
+        f"{res['device']}",
+        "",
+        "| head | test accuracy | calibration accuracy | s / epoch |",
+        "|---|---|---|---|",
+    ]
+    for h in HEADS:
+        r = s[h]
+        lines.append(
+            f"| {LABEL[h]} | {100 * r['test_accuracy']:.2f}% | {100 * r['calibration_accuracy']:.2f}% "
+            f"| {r['seconds_per_epoch']:.2f} |"
+        )
+    lines += [
+        f"| L-GM / softmax | {100 * (lgm['test_accuracy'] - sm['test_accuracy']):+.2f} pts | "
+        f"{100 * (lgm['calibration_accuracy'] - sm['calibration_accuracy']):+.2f} pts | {ratio:.2f}x |",
+        "",
+        f"s / epoch: median of {res['timing_rounds']} training epochs per head, timed interleaved "
+        "(L-GM, softmax, softmax, L-GM, ...) after one warm-up epoch each.",
+        "",
+        *(f"- {text}: {'met' if ok else 'NOT met'}" for text, ok in targets(res)),
+    ]
+    return "\n".join(lines)
 
 
 def run_cifar_synthetic(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -199,18 +212,22 @@ def run_cifar_synthetic(args: argparse.Namespace, device: torch.device) -> dict[
     return out
 
 
-def print_cifar(res: dict[str, Any], args: argparse.Namespace, device: str) -> None:
+def cifar_table(res: dict[str, Any]) -> str:
+    """The synthetic CIFAR timing as markdown (``--cifar-synthetic``)."""
     lgm, sm = res["lgm"], res["softmax"]
-    print(
-        f"\nCIFAR ResNet-20 on {args.cifar_n:,} synthetic 32x32 images, batch {args.batch_size}, "
-        f"{args.cifar_epochs} epochs (first one excluded as warm-up); {device}\n"
-    )
-    print("| head | s / epoch (median) | images / s |")
-    print("|---|---|---|")
-    for h in HEADS:
-        print(f"| {LABEL[h]} | {res[h]['seconds_per_epoch']:.3f} | {res[h]['images_per_second']:.0f} |")
-    res["ratio"] = lgm["seconds_per_epoch"] / sm["seconds_per_epoch"]
-    print(f"| L-GM / softmax | {res['ratio']:.2f}x | |")
+    lines = [
+        f"CIFAR ResNet-20 on {res['cifar_n']:,} synthetic 32x32 images, batch {res['batch_size']}, "
+        f"{res['cifar_epochs']} epochs (first one excluded as warm-up); {res['device']}",
+        "",
+        "| head | s / epoch (median) | images / s |",
+        "|---|---|---|",
+        *(
+            f"| {LABEL[h]} | {res[h]['seconds_per_epoch']:.3f} | {res[h]['images_per_second']:.0f} |"
+            for h in HEADS
+        ),
+        f"| L-GM / softmax | {lgm['seconds_per_epoch'] / sm['seconds_per_epoch']:.2f}x | |",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timing-rounds", type=int, default=3, help="interleaved timed epochs per head (mnist5k)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument(
+        "--out",
+        default=None,
+        help="folder of report.json + provenance.json (default reports/bench_train, "
+        "reports/bench_train_cifar with --cifar-synthetic)",
+    )
+    p.add_argument(
         "--cifar-synthetic", action="store_true", help="time the CIFAR ResNet-20 on synthetic data"
     )
     p.add_argument(
@@ -236,22 +259,38 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--epochs, --cifar-epochs and --timing-rounds must be >= 1, --batch-size >= 2")
     if args.threads:
         torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    code = provenance.checkout()  # the code measured is the code at the start
     device = resolve_device(args.device)
     dev_name = device_name(device)
-    command = "python bench/train.py" + "".join(
+    command = ".venv/bin/python bench/train.py" + "".join(
         " " + shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     if args.cifar_synthetic:
         args.cifar_n = args.cifar_n or (50_000 if device.type == "cuda" else 512)
         res = run_cifar_synthetic(args, device)
-        print_cifar(res, args, dev_name)
+        res.update(cifar_n=args.cifar_n, batch_size=args.batch_size, cifar_epochs=args.cifar_epochs)
+        res.update(
+            device=dev_name, ratio=res["lgm"]["seconds_per_epoch"] / res["softmax"]["seconds_per_epoch"]
+        )
+        print("\n" + cifar_table(res))
     else:
         res = run_mnist(args)
-        print_mnist(res, args, dev_name)
+        res.update(epochs=args.epochs, seeds=args.seeds, timing_rounds=args.timing_rounds, device=dev_name)
+        s = res["summary"]
+        res["ratio"] = s["lgm"]["seconds_per_epoch"] / s["softmax"]["seconds_per_epoch"]
+        res["targets"] = dict(targets(res))
+        print("\n" + mnist_table(res))
     print(f"\ncommand: {command}")
+    res.update(benchmark="train", mode="cifar_synthetic" if args.cifar_synthetic else "mnist5k")
+    res.update(command=command, torch=torch.__version__)
     if args.json:
-        res.update(command=command, device=dev_name, torch=torch.__version__)
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    out = Path(args.out or ("reports/bench_train_cifar" if args.cifar_synthetic else "reports/bench_train"))
+    atomic_write_json(out / "report.json", res)
+    prov = provenance.write(out, command, time.perf_counter() - t0, None, code)
+    name = "train_cifar" if args.cifar_synthetic else "train"
+    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect {name} {out})")
     return 0
 
 

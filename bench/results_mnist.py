@@ -1,0 +1,43 @@
+"""The results blocks of ``bench/autoattack.py`` and ``bench/mnist_detector.py`` (docs/mnist-benchmark.md): each
+renders with the benchmark's own table function from its report.json, so the page and the script's output are
+the same text. Both benchmarks merge cached chunks; the record holds whatever sample the chunks cover and every
+table states its n.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Record = dict[str, Any]
+
+COLLECT = {
+    "autoattack": ".venv/bin/python bench/results.py collect autoattack reports/autoattack",
+    "mnist_detector": ".venv/bin/python bench/results.py collect mnist_detector reports/mnist_detector",
+}
+
+
+def _aa(fn: str) -> Callable[[Record], str]:
+    def render(rec: Record) -> str:
+        from bench import autoattack
+
+        return getattr(autoattack, fn)(rec["report"])
+
+    return render
+
+
+def _det(fn: str) -> Callable[[Record], str]:
+    def render(rec: Record) -> str:
+        from bench import mnist_detector
+
+        return getattr(mnist_detector, fn)(rec["report"])
+
+    return render
+
+
+RENDERERS: dict[str, Callable[[Record], str]] = {
+    "autoattack.table": _aa("format_report"),
+    "autoattack.target": _aa("target_row"),
+    "mnist_detector.table": _det("format_report"),
+    "mnist_detector.targets": _det("target_rows"),
+}

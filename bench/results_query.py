@@ -1,0 +1,55 @@
+"""The results blocks of ``bench/query_attacks.py`` (docs/query-attacks.md), rendered from its report.json by the
+table functions of ``bench/query_report.py``, the ones the benchmark prints with; and ``bench/fingerprints.py``'s
+table (``fingerprints.table``), by its own function.
+
+Two records: ``query_attacks``, the main run (scenarios ``attacks,benign,sweep``), and ``query_adaptive``, the
+run of the attackers that know the defence (``adaptive,sweep``). Each has the blocks ``attacks`` (success and
+flags per attack), ``curve`` (success against queries) and ``sweep``; the main run also ``sybil`` (queries
+spread over K keys) and ``benign``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Record = dict[str, Any]
+
+COLLECT = {
+    "query_attacks": ".venv/bin/python bench/results.py collect query_attacks reports/query_attacks",
+    "query_adaptive": ".venv/bin/python bench/results.py collect query_adaptive reports/query_adaptive",
+    "fingerprints": ".venv/bin/python bench/results.py collect fingerprints reports/bench_fingerprints",
+}
+BLOCKS = {
+    "attacks": ("attacks", "attack_table"),
+    "curve": ("attacks", "curve_table"),
+    "sybil": ("sybil", "sybil_table"),
+    "benign": ("benign", "benign_table"),
+    "sweep": ("sweep", "sweep_table"),
+}
+
+
+def _block(key: str, fn: str) -> Callable[[Record], str]:
+    def render(rec: Record) -> str:
+        from bench import query_report
+
+        rows = rec["report"].get(key)
+        if not rows:
+            return f"(this run measured no `{key}`: see its command in the stamp)"
+        return getattr(query_report, fn)(rows)
+
+    return render
+
+
+def _fingerprints(rec: Record) -> str:
+    from bench import fingerprints
+
+    return fingerprints.table(rec["report"])
+
+
+RENDERERS: dict[str, Callable[[Record], str]] = {
+    f"{name}.{block}": _block(key, fn)
+    for name in ("query_attacks", "query_adaptive")
+    for block, (key, fn) in BLOCKS.items()
+}
+RENDERERS["fingerprints.table"] = _fingerprints

@@ -1,0 +1,51 @@
+"""The results blocks of ``bench/serve.py`` (docs/results/serving.md, docs/protocols.md, docs/query-attacks.md),
+rendered by bench/serve_report.py's tables, the ones the benchmark prints, from each run's report.json.
+
+One record per run a page quotes; the folder each is collected from is the run's ``--out``:
+
+- ``serve``: the load test over layouts (``--layouts 1x1,2x1``), blocks ``serve.table``;
+- ``serve_soak``: the 10-minute soak (``--soak 600``), ``serve_soak.soak``;
+- ``serve_protocols``: ``--protocols`` with the peers, ``serve_protocols.table`` and ``.targets``;
+- ``serve_protocols_off``: ``--protocols --servers lgm`` with the query-attack defence off, ``.table``;
+- ``serve_query``: ``--query-policies off,flag`` (the defence's cost), ``.table``;
+- ``serve_query_soak``: the soak with the defence on and 100 clients, ``.soak``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Record = dict[str, Any]
+
+COLLECT = {
+    name: f".venv/bin/python bench/results.py collect {name} reports/bench_{name}"
+    for name in (
+        "serve",
+        "serve_soak",
+        "serve_protocols",
+        "serve_protocols_off",
+        "serve_query",
+        "serve_query_soak",
+    )
+}
+
+
+def _use(fn: str) -> Callable[[Record], str]:
+    def render(rec: Record) -> str:
+        from bench import serve_report
+
+        return getattr(serve_report, fn)(rec["report"])
+
+    return render
+
+
+RENDERERS: dict[str, Callable[[Record], str]] = {
+    "serve.table": _use("load_table"),
+    "serve_soak.soak": _use("soak_text"),
+    "serve_protocols.table": _use("protocols_table"),
+    "serve_protocols.targets": _use("protocols_targets"),
+    "serve_protocols_off.table": _use("protocols_table"),
+    "serve_query.table": _use("load_table"),
+    "serve_query_soak.soak": _use("soak_text"),
+}

@@ -1,0 +1,146 @@
+"""The tables of ``bench/serve.py`` (load test, soak) and ``bench/serve.py --protocols``, as functions of the
+report.json each run writes: what the benchmark prints and what the results pages show are the same text.
+
+A load report holds the model, the cores, the in-process ceilings measured through the run and one row per cell
+(layout, concurrency, query policy: the median run by throughput, the range over the runs); a soak report the
+wrk totals, the resident-memory samples and the query store's size; a protocols report one row per server,
+format and concurrency.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+Report = dict[str, Any]
+
+
+def load_table(rep: Report) -> str:
+    """The load test: model and ceiling, how a cell is measured, one row per layout, concurrency and policy."""
+    m, d, c = rep["model"], rep["default_layout"], rep["ceiling"]
+    ceil = c["median"]
+    lines = [
+        f"Model: {m['dataset']} {m['backbone']} (input {m['shape']}), CPU ({rep['cores']} cores); max_batch_size "
+        f"{rep['max_batch_size']}; one real test digit per request (POST /v1/predict, JSON base64 PNG); client: "
+        f"wrk on the same machine. lgm serve's default layout here: {d['workers']} worker(s) x {d['threads']} "
+        "torch thread(s).",
+        "",
+        f"In-process ceiling (Detector.score, batch {rep['max_batch_size']}, {rep['cores']} torch threads): "
+        f"**{ceil:.0f} images/s** (median of {len(c['all'])} measurements spread over the run, "
+        f"{min(c['all']):.0f}-{max(c['all']):.0f}); {c['one_thread']:.0f} images/s at 1 thread.",
+        "",
+        f"Each cell: {rep['repeats']} runs of {rep['duration']} s after {rep['warmup']} s of warm-up; the median "
+        "run by throughput (its latencies and CPU) and the range of throughput over the runs. CPU: CPU-seconds "
+        "per second (1.00 = one core busy).",
+        "",
+        "| workers x threads | concurrency | throughput (req/s) | range | % of ceiling | p50 (ms) | p99 (ms) "
+        "| server CPU | client CPU | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rep["rows"]:
+        lo, hi = r["range"]
+        name = r["layout"]
+        label = (name if name != "default" else f"{d['workers']}x{d['threads']} (default)") + (
+            f", query_policy={r['policy']}" if r.get("policy") else ""
+        )
+        lines.append(
+            f"| {label} | {r['concurrency']} | {r['rps']:.0f} | {lo:.0f}-{hi:.0f} | {100 * r['rps'] / ceil:.0f}% "
+            f"| {r['p50']:.2f} | {r['p99']:.2f} | {r['server_cpu']:.2f} | {r['client_cpu']:.2f} | {r['errors']} |"
+        )
+    paired = [r for r in rep["rows"] if r.get("pair_ratio")]
+    if paired:
+        lines += [
+            "",
+            "Throughput as a ratio to the other server's run just before it (the two are up at once and their runs "
+            "alternate, so the machine's drift hits both alike): median over the pairs and range.",
+            "",
+            "| workers x threads | concurrency | query_policy | ratio (median) | range |",
+            "|---|---:|---|---:|---:|",
+        ]
+        for r in paired:
+            med, lo, hi, base = r["pair_ratio"]
+            lines.append(
+                f"| {r['layout']} | {r['concurrency']} | {r['policy']} / {base} | {med:.3f} | {lo:.3f}-{hi:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+def soak_text(rep: Report) -> str:
+    """The soak: requests, errors, latency, resident memory over time, and the query store at the end."""
+    rss = [mib for _, mib in rep["rss"]]
+    peak_t, peak = max(rep["rss"], key=lambda s: s[1])
+    tenth = max(1, len(rss) // 10)
+    lines = [
+        f"Soak: {rep['seconds']} s at concurrency {rep['concurrency']}, server layout {rep['layout']}: "
+        f"{rep['requests']} requests ({rep['rps']:.0f}/s), {rep['errors']} errors (status {rep['status']}, "
+        f"timeouts {rep['timeout']}, socket {rep['socket']}); p50 {rep['p50']:.1f} ms, p99 {rep['p99']:.1f} ms.",
+        f"Server resident memory (all processes, MiB), sampled every 5 s: start {rss[0]:.1f}, peak {peak:.1f} (at "
+        f"{peak_t:.0f} s), end {rss[-1]:.1f}; mean of the first tenth {statistics.mean(rss[:tenth]):.1f}, of the "
+        f"last tenth {statistics.mean(rss[-tenth:]):.1f}.",
+    ]
+    s = rep.get("store")
+    if s:
+        lines.append(
+            f"Query history at the end (SQLite, the server's default store): {s['queries']} queries of "
+            f"{s['clients']} client(s), {s['hashes']} fingerprint hashes, {s['bytes'] / 2**20:.1f} MiB on disk "
+            "(database + write-ahead log)."
+        )
+    return "\n".join(lines)
+
+
+def protocols_table(rep: Report) -> str:
+    """``--protocols``: the set-up, the ceiling and one row per server, format and concurrency."""
+    m, d, c = rep["model"], rep["default_layout"], rep["ceiling"]
+    ceil = c["median"]
+    lines = [
+        f"Model: {m['dataset']} {m['backbone']} (input {m['shape']}), CPU ({rep['cores']} cores); one real test "
+        f"digit per request; max batch {rep['max_batch_size']}, max wait {rep['max_wait_ms']} ms for every server. "
+        f"lgm serve: its default layout here, {d['workers']} worker(s) x {d['threads']} torch thread(s); LitServe: "
+        f"{rep['peer_workers']} workers x 1 thread; MLServer: its own process, 1 torch thread.",
+        f"In-process ceiling (Detector.score, batch {rep['max_batch_size']}, {rep['cores']} torch threads): "
+        f"**{ceil:.0f} images/s** (median of {len(c['all'])} measurements spread over the run, "
+        f"{min(c['all']):.0f}-{max(c['all']):.0f}).",
+        f"Each cell: {rep['repeats']} run(s) of {rep['duration']} s after {rep['warmup']} s of warm-up; the median "
+        "run by throughput and the range over the runs. CPU: CPU-seconds per second (1.00 = one core busy).",
+        "",
+        "| server | format | concurrency | req/s | range | % of ceiling | p50 (ms) | p99 (ms) | server CPU "
+        "| client CPU | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rep["rows"]:
+        lo, hi = r["range"]
+        lines.append(
+            f"| {r['server']} | {r['format']} | {r['concurrency']} | {r['rps']:.0f} | {lo:.0f}-{hi:.0f} | "
+            f"{100 * r['rps'] / ceil:.0f}% | {r['p50']:.2f} | {r['p99']:.2f} | {r['server_cpu']:.2f} | "
+            f"{r['client_cpu']:.2f} | {r['errors']} |"
+        )
+    return "\n".join(lines)
+
+
+def protocols_targets(rep: Report) -> str:
+    """``--protocols``' targets: 1.5x the best peer at concurrency 32, 75% of the ceiling, p50 < 2 ms, 0 errors."""
+    rows, ceil = rep["rows"], rep["ceiling"]["median"]
+    cell = {(r["server"], r["format"], r["concurrency"]): r for r in rows}
+    out = []
+    for fmt in ("v1", "v2 json", "grpc"):
+        ours = cell.get(("lgm", fmt, 32))
+        peers = [cell[k] for k in cell if k[1] == fmt and k[2] == 32 and k[0] != "lgm"]
+        if ours and peers:
+            best = max(peers, key=lambda r: r["rps"])
+            out.append(
+                f"- c=32, {fmt}: lgm {ours['rps']:.0f} req/s = {ours['rps'] / best['rps']:.2f}x the best peer "
+                f"({best['server']}, {best['rps']:.0f}); target 1.5x"
+            )
+    for fmt in ("v2 binary", "grpc"):
+        at = [r for r in rows if r["server"] == "lgm" and r["format"] == fmt]
+        if at:
+            top = max(at, key=lambda r: r["rps"])
+            out.append(
+                f"- lgm {fmt}: best {top['rps']:.0f} req/s (c={top['concurrency']}) = "
+                f"{100 * top['rps'] / ceil:.0f}% of the ceiling; target 75%"
+            )
+    one = cell.get(("lgm", "v2 binary", 1))
+    if one:
+        out.append(f"- lgm v2 binary, c=1: p50 {one['p50']:.2f} ms; target < 2 ms")
+    out.append(f"- errors over every cell: {sum(r['errors'] for r in rows)}; target 0")
+    return "\n".join(out)

@@ -1,0 +1,35 @@
+"""bench/proctree.py: a process tree's CPU time and resident memory add up its descendants."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import proctree  # noqa: E402
+
+BUSY = "import subprocess, sys, time\n" + (
+    "c = subprocess.Popen([sys.executable, '-c', 'x = bytearray(64 << 20)\\nwhile True: pass'])\n"
+    "t = time.time()\nwhile time.time() - t < 30: pass\n"
+)
+
+
+def test_tree_counts_the_child_processes():
+    parent = subprocess.Popen([sys.executable, "-c", BUSY])
+    try:
+        deadline = time.time() + 20
+        while len(proctree.tree(parent.pid)) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        pids = proctree.tree(parent.pid)
+        assert pids[0] == parent.pid and len(pids) == 2
+        time.sleep(0.5)
+        child_only = proctree.cpu_seconds(pids[1])
+        assert proctree.cpu_seconds(parent.pid) > child_only > 0.1
+        assert proctree.rss_mib(parent.pid) > proctree.rss_mib(pids[1]) > 64  # the child's 64 MiB, and more
+    finally:
+        for p in reversed(proctree.tree(parent.pid)):
+            subprocess.run(["kill", str(p)], check=False)
+        parent.wait(timeout=10)
