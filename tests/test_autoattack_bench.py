@@ -3,22 +3,15 @@ inputs the earlier ones failed on, and the chunked runs merge into one report.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from bench_modules import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("torchattacks")
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_autoattack", ROOT / "bench" / "autoattack.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_fab_runs_on_the_l_gm_network(tiny_artifact: Path) -> None:
@@ -26,7 +19,7 @@ def test_fab_runs_on_the_l_gm_network(tiny_artifact: Path) -> None:
     from training.artifacts import load_artifact
     from training.data import load_dataset
 
-    aa = load_bench()
+    aa = load_bench("autoattack")
     model, _ = load_artifact(tiny_artifact)
     test = load_dataset("digits", seed=0).test
     x, y = test.float()[:8], test.y[:8]
@@ -38,7 +31,7 @@ def test_autoattack_lowers_a_tiny_models_accuracy(tiny_artifact: Path) -> None:
     from training.artifacts import load_artifact
     from training.data import load_dataset
 
-    aa = load_bench()
+    aa = load_bench("autoattack")
     torch.set_num_threads(1)
     model, _ = load_artifact(tiny_artifact)
     test = load_dataset("digits", seed=0).test
@@ -54,7 +47,7 @@ def test_autoattack_lowers_a_tiny_models_accuracy(tiny_artifact: Path) -> None:
 
 
 def test_chunks_merge_into_one_report(tiny_artifact: Path, tmp_path: Path) -> None:
-    aa = load_bench()
+    aa = load_bench("autoattack")
     common = [str(tiny_artifact), "--n", "24", "--steps", "3", "--queries", "20", "--threads", "1"]
     common += ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
     aa.main([*common, "--start", "0", "--limit", "10"])

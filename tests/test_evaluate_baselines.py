@@ -4,7 +4,6 @@ and renderer), a subset (exactly those columns, fit attacks only when one of the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench_modules import load_bench
 from safetensors.torch import load_file
 
 from detector import Detector
@@ -26,13 +26,6 @@ from training.trainer import train
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = ["--steps", "3", "--adaptive-steps", "10", "--adaptive-restarts", "1", "--restarts", "1"]
-
-
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +90,7 @@ def test_none_report_and_renderers_say_baselines_were_not_run(none_run, tmp_path
     md = (out / "report.md").read_text()
     assert "| attack | success (lgm) | literature | lgm |" in md
     assert "Baselines were not run (`--baselines none`)" in md and "softmax twin 0." not in md
-    results, provenance = _bench("results"), _bench("provenance")
+    results, provenance = load_bench("results"), load_bench("provenance")
     provenance.write(out, "lgm evaluate (test)", 1.5, {"evaluate_seconds": 1.0})
     rec = json.loads(results.collect("detect", out, tmp_path).read_text())
     head = results.headline(rec)
@@ -162,7 +155,7 @@ def test_bad_baselines_fail_with_one_line(art, tmp_path, value, needle):
 
 
 def test_bench_detect_never_retrains_a_given_artifact(art, tmp_path, monkeypatch):
-    detect = _bench("detect")
+    detect = load_bench("detect")
     assert detect.stale_reason(art) is None  # a digits model, not the mnist5k defaults: measured as it is
     assert detect.stale_reason(tmp_path / "missing") == "missing"
     # the same model in the default folder is the script's stale cache: retrained

@@ -4,7 +4,6 @@ match the committed records."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -13,20 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_modules import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-results = _load("results")
-provenance = _load("provenance")
+results = load_bench("results")
+provenance = load_bench("provenance")
 
 
 def _lgm(*args: str) -> None:

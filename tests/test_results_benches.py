@@ -5,25 +5,18 @@ through their real report steps (no attack is run here)."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
+from bench_modules import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-results = _load("results")
-provenance = _load("provenance")
+results = load_bench("results")
+provenance = load_bench("provenance")
 
 
 def _record(name: str, report: dict, tmp_path: Path, command: str = "bench (test)") -> dict:
