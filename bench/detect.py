@@ -206,7 +206,9 @@ def main() -> int:
     prov = provenance.write(
         args.out, bench_cmd, t_end - t0, {"evaluate_seconds": round(t_end - t_eval, 1)}, code
     )
-    name = Path(args.out).name.removeprefix("bench_")  # the record names of bench/results.py (detect, detect_mnist)
+    name = Path(args.out).name.removeprefix(
+        "bench_"
+    )  # the record names of bench/results.py (detect, detect_mnist)
     print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect {name} {args.out})")
     return 0
 

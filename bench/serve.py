@@ -306,11 +306,7 @@ def main() -> None:
     rep = {
         "benchmark": "serve",
         "mode": "load",
-        "model": {
-            "dataset": det.meta["dataset"]["name"],
-            "backbone": det.meta["arch"]["backbone"],
-            "shape": "x".join(map(str, det.input_shape)),
-        },
+        "model": serve_report.model_facts(det),
         "cores": cores,
         "max_batch_size": args.max_batch_size,
         "default_layout": {"workers": default.server_workers(), "threads": default.torch_threads()},

@@ -340,11 +340,7 @@ def report(args: argparse.Namespace, det, cores: int, ceils: list[float], rows: 
     rep = {
         "benchmark": "serve",
         "mode": "protocols",
-        "model": {
-            "dataset": det.meta["dataset"]["name"],
-            "backbone": det.meta["arch"]["backbone"],
-            "shape": "x".join(map(str, det.input_shape)),
-        },
+        "model": serve_report.model_facts(det),
         "cores": cores,
         "servers": args.servers,
         "max_batch_size": args.max_batch_size,

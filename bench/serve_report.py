@@ -15,6 +15,15 @@ from typing import Any
 Report = dict[str, Any]
 
 
+def model_facts(det) -> dict[str, str]:
+    """The served model as every serving report names it (dataset, backbone, input shape)."""
+    return {
+        "dataset": det.meta["dataset"]["name"],
+        "backbone": det.meta["arch"]["backbone"],
+        "shape": "x".join(map(str, det.input_shape)),
+    }
+
+
 def load_table(rep: Report) -> str:
     """The load test: model and ceiling, how a cell is measured, one row per layout, concurrency and policy."""
     m, d, c = rep["model"], rep["default_layout"], rep["ceiling"]
