@@ -290,6 +290,7 @@ def main() -> None:
                             a["rps"] / b["rps"] for a, b in zip(runs[pol], runs[policies[0]], strict=True)
                         )
                         med["pair_ratio"] = (statistics.median(pairs), pairs[0], pairs[-1], policies[0])
+                        med["pair_ratios"] = pairs  # every pair, for the median's interval (serve_report.py)
                     rows.append((name, conc, med))
         finally:
             for _, proc in procs.values():

@@ -9,6 +9,7 @@ format and concurrency.
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any
 
@@ -22,6 +23,19 @@ def model_facts(det) -> dict[str, str]:
         "backbone": det.meta["arch"]["backbone"],
         "shape": "x".join(map(str, det.input_shape)),
     }
+
+
+def median_interval(xs: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """The distribution-free interval for a median from order statistics (the sign-test interval; e.g. Hollander
+    & Wolfe, "Nonparametric Statistical Methods", 1999, section 3.6): the widest-inside pair (x_(k), x_(n+1-k))
+    whose coverage 1 - 2 P(Binomial(n, 1/2) < k) is at least ``level``; None when n is too small for any."""
+    xs, n = sorted(xs), len(xs)
+    best = None
+    for k in range(1, n // 2 + 1):
+        if 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n < level:
+            break
+        best = (xs[k - 1], xs[n - k])
+    return best
 
 
 def load_table(rep: Report) -> str:
@@ -61,15 +75,19 @@ def load_table(rep: Report) -> str:
         lines += [
             "",
             "Throughput as a ratio to the other server's run just before it (the two are up at once and their runs "
-            "alternate, so the machine's drift hits both alike): median over the pairs and range.",
+            "alternate, so the machine's drift hits both alike): median over the pairs, its 95% distribution-free "
+            "interval (order statistics; '-' where the run kept no pairs or had too few), and the range.",
             "",
-            "| workers x threads | concurrency | query_policy | ratio (median) | range |",
-            "|---|---:|---|---:|---:|",
+            "| workers x threads | concurrency | query_policy | pairs | ratio (median) | 95% interval | range |",
+            "|---|---:|---|---:|---:|---:|---:|",
         ]
         for r in paired:
             med, lo, hi, base = r["pair_ratio"]
+            pairs = r.get("pair_ratios") or []
+            ci = median_interval(pairs) if pairs else None
             lines.append(
-                f"| {r['layout']} | {r['concurrency']} | {r['policy']} / {base} | {med:.3f} | {lo:.3f}-{hi:.3f} |"
+                f"| {r['layout']} | {r['concurrency']} | {r['policy']} / {base} | {len(pairs) or '-'} | {med:.3f} "
+                f"| {f'{ci[0]:.3f}-{ci[1]:.3f}' if ci else '-'} | {lo:.3f}-{hi:.3f} |"
             )
     return "\n".join(lines)
 

@@ -269,6 +269,34 @@ def test_serve_load_record_renders_the_printed_table(tmp_path):
     assert "start 1284.5, peak 1339.0 (at 435 s), end 1332.8" in text and "2.0 MiB on disk" in text
 
 
+def test_median_interval_is_the_sign_test_interval():
+    serve_report = load_bench("serve_report")
+    xs = [1.13, 0.628, 0.755, 0.824, 0.841, 0.846, 0.908, 0.957, 1.039]
+    # n = 9: (x_(2), x_(8)) covers the median with 1 - 2 * 10/512 = 96.1%; (x_(3), x_(7)) only 82%
+    assert serve_report.median_interval(xs) == (0.755, 1.039)
+    assert serve_report.median_interval(xs[:5]) is None  # 1 - 2/32 = 93.75% < 95%: no interval
+    assert serve_report.median_interval(xs[:6]) == (0.628, 1.13)
+
+
+def test_serve_paired_ratio_rows_carry_the_medians_interval(tmp_path):
+    base = {
+        "benchmark": "serve", "mode": "load", "model": _MODEL, "cores": 2, "max_batch_size": 64,
+        "default_layout": {"workers": 2, "threads": 1}, "repeats": 9, "duration": 4, "warmup": 1,
+        "ceiling": {"median": 2380.0, "all": [2223.0, 2537.0], "one_thread": 1617.0},
+    }  # fmt: skip
+    pairs = [0.628, 0.755, 0.824, 0.841, 0.846, 0.908, 0.957, 1.039, 1.13]
+    flag = {"layout": "default", "concurrency": 32, "policy": "flag", "rps": 937.3, "range": [652.0, 990.0]}
+    flag["pair_ratio"] = [0.846, 0.628, 1.13, "off"]
+    off = {"layout": "default", "concurrency": 32, "policy": "off", "rps": 1048.1, "range": [831.0, 1177.0]}
+    with_pairs = {**base, "rows": [{**off, **_cell()}, {**flag, "pair_ratios": pairs, **_cell()}]}
+    lines = _render("serve_query.table", _record("serve_query", with_pairs, tmp_path)).splitlines()
+    assert "| default | 32 | flag / off | 9 | 0.846 | 0.755-1.039 | 0.628-1.130 |" in lines
+    older = {**base, "rows": [{**off, **_cell()}, {**flag, **_cell()}]}  # a run that kept only the median
+    (tmp_path / "o").mkdir()
+    lines = _render("serve_query.table", _record("serve_query", older, tmp_path / "o")).splitlines()
+    assert "| default | 32 | flag / off | - | 0.846 | - | 0.628-1.130 |" in lines
+
+
 def test_serve_protocols_record_renders_table_and_targets(tmp_path):
     rows = [
         {
