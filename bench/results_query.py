@@ -2,10 +2,11 @@
 table functions of ``bench/query_report.py``, the ones the benchmark prints with; and ``bench/fingerprints.py``'s
 table (``fingerprints.table``), by its own function.
 
-Two records: ``query_attacks``, the main run (scenarios ``attacks,benign,sweep``), and ``query_adaptive``, the
-run of the attackers that know the defence (``adaptive,sweep``). Each has the blocks ``attacks`` (success and
-flags per attack), ``curve`` (success against queries) and ``sweep``; the main run also ``sybil`` (queries
-spread over K keys) and ``benign``.
+Three records: ``query_attacks``, the main run on the quick model (scenarios ``attacks,benign,sweep``),
+``query_attacks_robust``, the same on the shipped robust model, and ``query_adaptive``, the run of the attackers
+that know the defence (``adaptive,sweep``). Each has the blocks ``attacks`` (success and flags per attack),
+``curve`` (success against queries) and ``sweep``; the main runs also ``sybil`` (queries spread over K keys)
+and ``benign``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ Record = dict[str, Any]
 
 COLLECT = {
     "query_attacks": ".venv/bin/python bench/results.py collect query_attacks reports/query_attacks",
+    "query_attacks_robust": (
+        ".venv/bin/python bench/results.py collect query_attacks_robust reports/query_attacks_robust"
+    ),
     "query_adaptive": ".venv/bin/python bench/results.py collect query_adaptive reports/query_adaptive",
     "fingerprints": ".venv/bin/python bench/results.py collect fingerprints reports/bench_fingerprints",
 }
@@ -49,7 +53,7 @@ def _fingerprints(rec: Record) -> str:
 
 RENDERERS: dict[str, Callable[[Record], str]] = {
     f"{name}.{block}": _block(key, fn)
-    for name in ("query_attacks", "query_adaptive")
+    for name in ("query_attacks", "query_attacks_robust", "query_adaptive")
     for block, (key, fn) in BLOCKS.items()
 }
 RENDERERS["fingerprints.table"] = _fingerprints
