@@ -4,11 +4,11 @@ rendered by bench/serve_report.py's tables, the ones the benchmark prints, from 
 One record per run a page quotes; the folder each is collected from is the run's ``--out``:
 
 - ``serve``: the load test over layouts (``--layouts 1x1,2x1``), blocks ``serve.table``;
-- ``serve_soak``: the 10-minute soak (``--soak 600``), ``serve_soak.soak``;
+- ``serve_soak``: the 10-minute soak (``--soak 600``, the defence on, 100 clients), ``serve_soak.soak``, quoted
+  by the serving results and the query-attack page alike;
 - ``serve_protocols``: ``--protocols`` with the peers, ``serve_protocols.table`` and ``.targets``;
 - ``serve_protocols_off``: ``--protocols --servers lgm`` with the query-attack defence off, ``.table``;
-- ``serve_query``: ``--query-policies off,flag`` (the defence's cost), ``.table``;
-- ``serve_query_soak``: the soak with the defence on and 100 clients, ``.soak``.
+- ``serve_query``: ``--query-policies off,flag`` (the defence's cost), ``.table``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ COLLECT = {
         "serve_protocols",
         "serve_protocols_off",
         "serve_query",
-        "serve_query_soak",
     )
 }
 
@@ -47,5 +46,4 @@ RENDERERS: dict[str, Callable[[Record], str]] = {
     "serve_protocols.targets": _use("protocols_targets"),
     "serve_protocols_off.table": _use("protocols_table"),
     "serve_query.table": _use("load_table"),
-    "serve_query_soak.soak": _use("soak_text"),
 }
