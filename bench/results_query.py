@@ -2,11 +2,11 @@
 table functions of ``bench/query_report.py``, the ones the benchmark prints with; and ``bench/fingerprints.py``'s
 table (``fingerprints.table``), by its own function.
 
-Three records: ``query_attacks``, the main run on the quick model (scenarios ``attacks,benign,sweep``),
-``query_attacks_robust``, the same on the shipped robust model, and ``query_adaptive``, the run of the attackers
-that know the defence (``adaptive,sweep``). Each has the blocks ``attacks`` (success and flags per attack),
-``curve`` (success against queries) and ``sweep``; the main runs also ``sybil`` (queries spread over K keys)
-and ``benign``.
+Four records: ``query_attacks``, the main run on the quick model (scenarios ``attacks,benign,sweep``),
+``query_attacks_robust``, the same on the shipped robust model, and ``query_adaptive`` and
+``query_adaptive_robust``, the runs of the attackers that know the defence (``adaptive,sweep``) on each. Each
+has the blocks ``attacks`` (success and flags per attack), ``curve`` (success against queries) and ``sweep``;
+the main runs also ``sybil`` (queries spread over K keys) and ``benign``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ COLLECT = {
         ".venv/bin/python bench/results.py collect query_attacks_robust reports/query_attacks_robust"
     ),
     "query_adaptive": ".venv/bin/python bench/results.py collect query_adaptive reports/query_adaptive",
+    "query_adaptive_robust": (
+        ".venv/bin/python bench/results.py collect query_adaptive_robust reports/query_adaptive_robust"
+    ),
     "fingerprints": ".venv/bin/python bench/results.py collect fingerprints reports/bench_fingerprints",
 }
 BLOCKS = {
@@ -53,7 +56,7 @@ def _fingerprints(rec: Record) -> str:
 
 RENDERERS: dict[str, Callable[[Record], str]] = {
     f"{name}.{block}": _block(key, fn)
-    for name in ("query_attacks", "query_attacks_robust", "query_adaptive")
+    for name in ("query_attacks", "query_attacks_robust", "query_adaptive", "query_adaptive_robust")
     for block, (key, fn) in BLOCKS.items()
 }
 RENDERERS["fingerprints.table"] = _fingerprints
