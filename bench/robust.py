@@ -110,6 +110,12 @@ def main() -> int:
     )
     ap.add_argument("--out", default="reports/bench_robust")
     ap.add_argument("--fresh", action="store_true", help="re-run evaluations whose report exists")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="resume an interrupted run: every evaluation re-scores the adversarial sets it already saved "
+        "(lgm evaluate --reuse; a set made against other weights or settings is attacked again)",
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     t0 = time.perf_counter()
@@ -117,7 +123,7 @@ def main() -> int:
     robust, quick, out = Path(args.robust), Path(args.quick), Path(args.out)
     ensure(robust, ROBUST_TRAIN)
     ensure(quick, None)
-    chunk = ["--batch-size", str(args.batch_size)]
+    chunk = ["--batch-size", str(args.batch_size), *(["--reuse"] if args.reuse else [])]
     reps: dict[str, dict] = {}
     timing: dict[str, float] = {}
     plan = [
