@@ -16,17 +16,14 @@ from typing import Any
 
 Record = dict[str, Any]
 
-COLLECT = {
-    "query_attacks": ".venv/bin/python bench/results.py collect query_attacks reports/query_attacks",
-    "query_attacks_robust": (
-        ".venv/bin/python bench/results.py collect query_attacks_robust reports/query_attacks_robust"
-    ),
-    "query_adaptive": ".venv/bin/python bench/results.py collect query_adaptive reports/query_adaptive",
-    "query_adaptive_robust": (
-        ".venv/bin/python bench/results.py collect query_adaptive_robust reports/query_adaptive_robust"
-    ),
-    "fingerprints": ".venv/bin/python bench/results.py collect fingerprints reports/bench_fingerprints",
-}
+RUNS = (
+    "query_attacks",
+    "query_attacks_robust",
+    "query_adaptive",
+    "query_adaptive_robust",
+)  # each's --out: reports/NAME
+COLLECT = {name: f".venv/bin/python bench/results.py collect {name} reports/{name}" for name in RUNS}
+COLLECT["fingerprints"] = ".venv/bin/python bench/results.py collect fingerprints reports/bench_fingerprints"
 BLOCKS = {
     "attacks": ("attacks", "attack_table"),
     "curve": ("attacks", "curve_table"),
@@ -55,8 +52,6 @@ def _fingerprints(rec: Record) -> str:
 
 
 RENDERERS: dict[str, Callable[[Record], str]] = {
-    f"{name}.{block}": _block(key, fn)
-    for name in ("query_attacks", "query_attacks_robust", "query_adaptive", "query_adaptive_robust")
-    for block, (key, fn) in BLOCKS.items()
+    f"{name}.{block}": _block(key, fn) for name in RUNS for block, (key, fn) in BLOCKS.items()
 }
 RENDERERS["fingerprints.table"] = _fingerprints
