@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from training.model import Classifier
+from training.modes import eval_mode
 
 
 class Float64Logits(torch.nn.Module):
@@ -37,14 +38,9 @@ def fgsm(model: Classifier, x: torch.Tensor, eps: float, y: torch.Tensor | None 
 
     with f's logits in float64 and y the model's own prediction unless given. x (N, C, H, W) in [0, 1]; returns
     x' detached, same shape and device. The model is used in eval mode and left in the mode it was in."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            xg = x.detach().float().clone().requires_grad_(True)
-            logits = Float64Logits(model)(xg)  # (N, K) float64
-            target = logits.argmax(1).detach() if y is None else y.to(logits.device)
-            (g,) = torch.autograd.grad(F.cross_entropy(logits, target), xg)
-        return (xg + eps * g.sign()).clamp(0.0, 1.0).detach()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.enable_grad():
+        xg = x.detach().float().clone().requires_grad_(True)
+        logits = Float64Logits(model)(xg)  # (N, K) float64
+        target = logits.argmax(1).detach() if y is None else y.to(logits.device)
+        (g,) = torch.autograd.grad(F.cross_entropy(logits, target), xg)
+    return (xg + eps * g.sign()).clamp(0.0, 1.0).detach()

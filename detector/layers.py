@@ -19,6 +19,7 @@ from torch import nn
 
 from training.batched import batched, model_device
 from training.model import Classifier
+from training.modes import eval_mode
 
 Pooling = Literal["mean", "flat"]
 
@@ -49,14 +50,16 @@ def forward_with_layers(
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """One forward pass: logits (N, K), last-layer features (N, D) and each tapped block's output, pooled.
 
-    Differentiable in ``x``. Hooks live only for the duration of the call, so the model is left as it was."""
+    Differentiable in ``x``. Runs in eval mode whatever mode the caller left the model in (``training/modes.py``);
+    the mode and the hooks live only for the duration of the call, so the model is left as it was."""
     captured: list[torch.Tensor] = []
     handles = [
         m.register_forward_hook(lambda _m, _i, out: captured.append(_pool(out, pooling)))
         for _, m in tapped_blocks(model)
     ]
     try:
-        logits, feats = model(x, return_features=True)
+        with eval_mode(model):
+            logits, feats = model(x, return_features=True)
     finally:
         for h in handles:
             h.remove()
@@ -66,8 +69,8 @@ def forward_with_layers(
 def split_layers(
     model: Classifier, x: torch.Tensor, batch_size: int = 500, pooling: Pooling = "mean"
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """Batched ``forward_with_layers`` over uint8 or [0, 1] float images, results float64 on the CPU."""
-    model.eval()
+    """Batched ``forward_with_layers`` over uint8 or [0, 1] float images, results float64 on the CPU (in eval
+    mode, the model's own mode restored afterwards)."""
 
     def one(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         lo, fe, la = forward_with_layers(model, xb, pooling)

@@ -90,7 +90,11 @@ def load_calibration(art_dir: str | Path, meta: dict[str, Any]) -> dict[str, Any
 
 
 class Detector:
-    """A calibrated L-GM detector: the network, its score model and its thresholds."""
+    """A calibrated L-GM detector: the network, its score model and its thresholds.
+
+    The network rests in eval mode, and every score runs it in eval mode whatever mode code around it left it in
+    (``ScoreModel.forward`` through ``training/modes.py``'s ``eval_mode``), so that an attack library or a caller
+    that puts it back in training mode changes neither the answers nor the weights and BatchNorm buffers."""
 
     def __init__(
         self,

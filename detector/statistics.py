@@ -31,6 +31,7 @@ from detector.gaussians import ClassGaussians
 from detector.layers import forward_with_layers
 from detector.tails import TailModel, TailStack
 from training.model import Classifier
+from training.modes import eval_mode
 
 GROUPS = ("likelihood", "boundary", "layers")
 COMBINERS = ("max", "logistic")
@@ -83,12 +84,15 @@ class ScoreModel:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, C, H, W) in [0, 1] -> logits (N, K), log-likelihoods of the last-layer feature under every
         class (N, K), statistics (N, m). The statistics are taken for class ``cls`` (N,) when given (an attack
-        aiming at a class), else for the predicted class."""
-        if "layers" in self.groups:
-            logits, feats, layers = forward_with_layers(model, x)
-        else:
-            logits, feats = model(x, return_features=True)
-            layers = []
+        aiming at a class), else for the predicted class. The network runs in eval mode whatever mode the
+        caller left it in, and is given its mode back (``training/modes.py``): every score and every calibration
+        statistic goes through here."""
+        with eval_mode(model):
+            if "layers" in self.groups:
+                logits, feats, layers = forward_with_layers(model, x)
+            else:
+                logits, feats = model(x, return_features=True)
+                layers = []
         logits = logits.float()
         k = logits.argmax(1) if cls is None else cls
         ll = self.gaussians.log_density(feats)  # (N, K)

@@ -37,6 +37,7 @@ from training.config import TrainConfig
 from training.lgm import LGMHead
 from training.loss import lgm_loss, likelihood_term
 from training.model import Classifier
+from training.modes import eval_mode
 
 
 def pgd_linf(
@@ -117,20 +118,16 @@ class AdversarialObjective:
     def _attack(self, x, y, eps: float, gen: torch.Generator, objective, p_clean=None) -> torch.Tensor:
         if len(x) == 0:
             return x
-        cfg, was_training = self.cfg, self.core.training
-        self.core.eval()
-        try:
-            with self.autocast():
-                return pgd_linf(
-                    lambda xa: objective(xa, y, p_clean),
-                    x,
-                    eps,
-                    cfg.adv_steps,
-                    cfg.adv_step_frac * eps / cfg.adv_steps,
-                    gen,
-                )
-        finally:
-            self.core.train(was_training)
+        cfg = self.cfg
+        with eval_mode(self.core), self.autocast():
+            return pgd_linf(
+                lambda xa: objective(xa, y, p_clean),
+                x,
+                eps,
+                cfg.adv_steps,
+                cfg.adv_step_frac * eps / cfg.adv_steps,
+                gen,
+            )
 
     # -- losses -----------------------------------------------------------------------------------------
     def _objective(self, logits, feats, y, n_cls: int, n_clean: int) -> torch.Tensor:
@@ -159,11 +156,9 @@ class AdversarialObjective:
         self, x, y, alpha: float, eps: float, gen: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """TRADES: the clean rows' loss + beta * KL(p(x) || p(x')), one forward over clean and adversarial."""
-        was_training, n = self.core.training, len(x)
-        self.core.eval()
-        with torch.no_grad(), self.autocast():
+        n = len(x)
+        with eval_mode(self.core), torch.no_grad(), self.autocast():
             p_clean = F.softmax(self.core(x).float(), 1)
-        self.core.train(was_training)
         x_adv = self._attack(x, y, eps, gen, self._kl, p_clean)
         yy = torch.cat([y, y])
         with self.autocast():

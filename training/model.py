@@ -12,6 +12,7 @@ from training.backbones import BACKBONES, Normalize
 from training.batched import batched
 from training.data import Split
 from training.lgm import LGMHead, SoftmaxHead
+from training.modes import eval_mode
 
 
 @dataclass
@@ -92,13 +93,15 @@ class Classifier(nn.Module):
 def split_features(
     model: Classifier, x: torch.Tensor, device: torch.device, batch_size: int = 500
 ) -> torch.Tensor:
-    """Features (N, D), float32 on the CPU, of uint8 images x (N, C, H, W), in batches and in eval mode."""
-    model.eval()
-    return batched(lambda xb: model.features(xb).float(), x, batch_size, device)
+    """Features (N, D), float32 on the CPU, of uint8 images x (N, C, H, W), in batches and in eval mode (the
+    model's own mode is restored afterwards, ``training/modes.py``)."""
+    with eval_mode(model):
+        return batched(lambda xb: model.features(xb).float(), x, batch_size, device)
 
 
 def accuracy(model: Classifier, split: Split, device: torch.device, batch_size: int = 500) -> float:
-    """Fraction of a split's uint8 images that ``model`` classifies correctly (eval mode, in batches)."""
-    model.eval()
-    pred = batched(lambda xb: model(xb).argmax(1), split.x, batch_size, device)
+    """Fraction of a split's uint8 images that ``model`` classifies correctly (in eval mode, its own mode restored
+    afterwards; in batches)."""
+    with eval_mode(model):
+        pred = batched(lambda xb: model(xb).argmax(1), split.x, batch_size, device)
     return int((pred == split.y).sum()) / max(1, len(split))

@@ -19,6 +19,7 @@ import torch
 from training.batched import model_device
 from training.data import Dataset
 from training.model import Classifier, split_features
+from training.modes import eval_mode
 
 
 @dataclass
@@ -64,7 +65,8 @@ class Forward:
 
     @classmethod
     def of(cls, model: Classifier, x: torch.Tensor) -> Forward:
-        logits, feats = model(x, return_features=True)
+        with eval_mode(model):  # whatever mode an attack library left the twin in (training/modes.py)
+            logits, feats = model(x, return_features=True)
         return cls(x, logits, feats)
 
 
