@@ -72,11 +72,11 @@ lint: install
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
-# The results pages and the README's headline table, from the records in docs/results/data/ (see bench/results.py).
+# The results pages and the README's headline table, from the records in docs/results/data/ (see bench/records/results.py).
 results: install
-	$(BIN)/python bench/results.py build
+	$(BIN)/python bench/records/results.py build
 
-# The peers of bench/serve.py --protocols (LitServe, MLServer) in their own environment: MLServer pins older
+# The peers of bench/serving/serve.py --protocols (LitServe, MLServer) in their own environment: MLServer pins older
 # fastapi and starlette than the project's. Never part of make test.
 .venv-peers/bin/mlserver:
 	$(PY) -m venv .venv-peers

@@ -3,7 +3,7 @@
 ``stamp(command, seconds, extra, code)`` returns the date (UTC), the git commit of the checkout (and whether tracked files
 differed from it), the machine (CPU model, the cores this process may use, memory, OS, Python, torch, the
 accelerator if any) and the command; ``write(out_dir, ...)`` saves it as ``provenance.json`` beside the
-benchmark's ``report.json``, where ``bench/results.py collect`` picks it up.
+benchmark's ``report.json``, where ``bench/records/results.py collect`` picks it up.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""bench/autoattack.py really attacks: on a tiny model its ensemble lowers accuracy, each attack only on the
+"""bench/detection/autoattack.py really attacks: on a tiny model its ensemble lowers accuracy, each attack only on the
 inputs the earlier ones failed on, and the chunked runs merge into one report."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from bench_modules import load_bench
+
+from bench.detection import autoattack as aa
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("torchattacks")
@@ -19,7 +20,6 @@ def test_fab_runs_on_the_l_gm_network(tiny_artifact: Path) -> None:
     from training.artifacts import load_artifact
     from training.data import load_dataset
 
-    aa = load_bench("autoattack")
     model, _ = load_artifact(tiny_artifact)
     test = load_dataset("digits", seed=0).test
     x, y = test.float()[:8], test.y[:8]
@@ -31,7 +31,6 @@ def test_autoattack_lowers_a_tiny_models_accuracy(tiny_artifact: Path) -> None:
     from training.artifacts import load_artifact
     from training.data import load_dataset
 
-    aa = load_bench("autoattack")
     torch.set_num_threads(1)
     model, _ = load_artifact(tiny_artifact)
     test = load_dataset("digits", seed=0).test
@@ -47,7 +46,6 @@ def test_autoattack_lowers_a_tiny_models_accuracy(tiny_artifact: Path) -> None:
 
 
 def test_chunks_merge_into_one_report(tiny_artifact: Path, tmp_path: Path) -> None:
-    aa = load_bench("autoattack")
     common = [str(tiny_artifact), "--n", "24", "--steps", "3", "--queries", "20", "--threads", "1"]
     common += ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
     aa.main([*common, "--start", "0", "--limit", "10"])

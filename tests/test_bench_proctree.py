@@ -1,15 +1,12 @@
-"""bench/proctree.py: a process tree's CPU time and resident memory add up its descendants."""
+"""bench/serving/proctree.py: a process tree's CPU time and resident memory add up its descendants."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import proctree  # noqa: E402
+from bench.serving import proctree
 
 BUSY = "import subprocess, sys, time\n" + (
     "c = subprocess.Popen([sys.executable, '-c', 'x = bytearray(64 << 20)\\nwhile True: pass'])\n"

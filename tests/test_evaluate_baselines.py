@@ -1,6 +1,6 @@
 """``lgm evaluate --baselines``: none (no softmax twin trained or loaded, the L-GM detector alone in every table
 and renderer), a subset (exactly those columns, fit attacks only when one of them needs them), and
-``bench/detect.py``'s rule for which artifact it retrains."""
+``bench/detection/detect.py``'s rule for which artifact it retrains."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from bench_modules import load_bench
 from safetensors.torch import load_file
 
+from bench import provenance
+from bench.detection import detect
+from bench.records import results
 from detector import Detector
 from detector.calibration import calibrate
 from detector.harness.baselines import BASELINES, resolve_baselines
@@ -90,7 +92,6 @@ def test_none_report_and_renderers_say_baselines_were_not_run(none_run, tmp_path
     md = (out / "report.md").read_text()
     assert "| attack | success (lgm) | literature | lgm |" in md
     assert "Baselines were not run (`--baselines none`)" in md and "softmax twin 0." not in md
-    results, provenance = load_bench("results"), load_bench("provenance")
     provenance.write(out, "lgm evaluate (test)", 1.5, {"evaluate_seconds": 1.0})
     rec = json.loads(results.collect("detect", out, tmp_path).read_text())
     head = results.headline(rec)
@@ -155,7 +156,6 @@ def test_bad_baselines_fail_with_one_line(art, tmp_path, value, needle):
 
 
 def test_bench_detect_never_retrains_a_given_artifact(art, tmp_path, monkeypatch):
-    detect = load_bench("detect")
     assert detect.stale_reason(art) is None  # a digits model, not the mnist5k defaults: measured as it is
     assert detect.stale_reason(tmp_path / "missing") == "missing"
     # the same model in the default folder is the script's stale cache: retrained

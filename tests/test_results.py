@@ -1,4 +1,4 @@
-"""The results generator (``bench/results.py``): a report of a real tiny ``lgm evaluate`` run is collected with
+"""The results generator (``bench/records/results.py``): a report of a real tiny ``lgm evaluate`` run is collected with
 its provenance and rendered into marked blocks of the pages, the prose around them untouched; the committed pages
 match the committed records."""
 
@@ -12,14 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from bench_modules import load_bench
+
+from bench import provenance
+from bench.records import results
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-results = load_bench("results")
-provenance = load_bench("provenance")
 
 
 def _lgm(*args: str) -> None:
@@ -116,12 +114,12 @@ def test_every_renderer_runs_on_a_real_report(report_dir, tmp_path):
 
 
 def test_robust_record_renders_every_evaluation(report_dir, tmp_path):
-    """bench/robust.py runs several evaluations: collect keeps each report under its folder's name."""
+    """bench/detection/robust.py runs several evaluations: collect keeps each report under its folder's name."""
     runs = tmp_path / "bench_robust"
     for key in ("robust_eps0.3", "quick_eps0.3", "robust_eps0.2", "sanity_eps0.5"):
         (runs / key).mkdir(parents=True)
         (runs / key / "report.json").write_text((report_dir / "report.json").read_text())
-    provenance.write(runs, "bench/robust.py (test)", 2.0)
+    provenance.write(runs, "bench/detection/robust.py (test)", 2.0)
     results.collect("robust", runs, tmp_path)
     rec = results.load_records(tmp_path)["robust"]
     assert sorted(rec["reports"]) == ["quick_eps0.3", "robust_eps0.2", "robust_eps0.3", "sanity_eps0.5"]
@@ -164,13 +162,13 @@ def test_unknown_block_and_bad_input_are_one_line_errors(tmp_path, report_dir, c
         results.collect("../x", report_dir, data)
     assert results.main(["collect", "detect", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("bench/results.py: ") and err.count("\n") == 1
+    assert err.startswith("bench/records/results.py: ") and err.count("\n") == 1
 
 
 def test_committed_pages_match_their_records():
     """What `make results` would write is what is committed (a re-measure must go through the generator)."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "results.py"), "build", "--check"],
+        [sys.executable, str(ROOT / "bench" / "records" / "results.py"), "build", "--check"],
         cwd=ROOT,
         capture_output=True,
         text=True,

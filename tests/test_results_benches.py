@@ -1,4 +1,4 @@
-"""The results records of the benchmarks other than bench/detect.py and bench/robust.py: each renders a tiny
+"""The results records of the benchmarks other than bench/detection/detect.py and bench/detection/robust.py: each renders a tiny
 synthetic record with the benchmark's own table functions, and the chunked and saved-run paths produce records
 through their real report steps (no attack is run here)."""
 
@@ -10,17 +10,15 @@ import os
 from pathlib import Path
 
 import pytest
-from bench_modules import load_bench
+
+from bench import provenance
+from bench.records import results
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-results = load_bench("results")
-provenance = load_bench("provenance")
-
-
 def _record(name: str, report: dict, tmp_path: Path, command: str = "bench (test)") -> dict:
-    """A report written the way a benchmark writes it, collected the way `bench/results.py collect` does."""
+    """A report written the way a benchmark writes it, collected the way `bench/records/results.py collect` does."""
     src = tmp_path / f"src_{name}"
     src.mkdir()
     (src / "report.json").write_text(json.dumps(report))
@@ -43,7 +41,7 @@ def test_every_collected_record_has_a_stamp_and_a_block():
         assert any(k.startswith(f"{name}.") and k != f"{name}.stamp" for k in results.RENDERERS), name
 
 
-# ---- bench/autoattack.py and bench/mnist_detector.py: records from the chunk caches ---------------------------
+# ---- bench/detection/autoattack.py and bench/detection/detector_suite.py: records from the chunk caches ---------------------------
 def _artifact(tmp_path: Path) -> Path:
     art = tmp_path / "art"
     art.mkdir()
@@ -53,7 +51,7 @@ def _artifact(tmp_path: Path) -> Path:
 
 
 def test_autoattack_record_from_chunks(tmp_path):
-    from bench import autoattack
+    from bench.detection import autoattack
 
     art = _artifact(tmp_path)
     args = argparse.Namespace(
@@ -99,14 +97,14 @@ def test_autoattack_record_from_chunks(tmp_path):
 
 
 def test_mnist_detector_record_from_chunks(tmp_path):
-    from bench import mnist_detector
+    from bench.detection import detector_suite
 
     art = _artifact(tmp_path)
     args = argparse.Namespace(
         artifact=str(art), seed=0, threads=1, cache=tmp_path / "c", out=str(tmp_path / "o")
     )
-    base = mnist_detector.cache(args)
-    mnist_detector.write_json(base / "clean.json", {"n": 200, "correct": 199, "flagged": 9, "seconds": 1.0})
+    base = detector_suite.cache(args)
+    detector_suite.write_json(base / "clean.json", {"n": 200, "correct": 199, "flagged": 9, "seconds": 1.0})
     chunk = {
         "start": 0,
         "eps": 0.3,
@@ -121,11 +119,11 @@ def test_mnist_detector_record_from_chunks(tmp_path):
         ("adaptive_orthogonal", [False, False, False], [False, False, False]),
     ):
         chunk[name] = {"success": succ, "flagged": flag, "seconds": 2.0}
-    mnist_detector.write_json(base / "adaptive-eps0.3" / "chunk-00000-00004.json", chunk)
-    mnist_detector.write_json(
+    detector_suite.write_json(base / "adaptive-eps0.3" / "chunk-00000-00004.json", chunk)
+    detector_suite.write_json(
         base / "sanity.json", {"n_attacked": 3, "rows": [{"eps": 0.3, "pgd": 0.1, "square": 0.0}]}
     )
-    out = mnist_detector.report(args)
+    out = detector_suite.report(args)
     a = out["adaptive_eps0.3"]
     assert (a["inputs"], a["attacked"], a["detect_or_correct_count"], a["robust_count"]) == (4, 3, 2, 1)
     assert a["per_attack_detect_or_correct_count"] == {
@@ -143,9 +141,9 @@ def test_mnist_detector_record_from_chunks(tmp_path):
     assert "3 attacked of the first 4 digits" in targets[-1] and targets[-1].endswith("| missed |")
 
 
-# ---- bench/query_attacks.py: a saved run rebuilt into a record -------------------------------------------------
+# ---- bench/query/attacks.py: a saved run rebuilt into a record -------------------------------------------------
 def test_query_record_rebuilt_from_a_saved_run(tmp_path):
-    from bench import query_report
+    from bench.query import report as query_report
 
     runs = [
         {"success": None, "flag": 9, "queries": 50},
@@ -183,7 +181,7 @@ def test_query_record_rebuilt_from_a_saved_run(tmp_path):
     prov = json.loads((tmp_path / "o" / "provenance.json").read_text())
     assert prov["date"].startswith("2023-11-14T22:13") and prov["commit"] is None
     assert prov["command"] == (
-        ".venv/bin/python bench/query_attacks.py --artifact artifacts/mnist5k --scenarios attacks,benign,sweep --n 3"
+        ".venv/bin/python bench/query/attacks.py --artifact artifacts/mnist5k --scenarios attacks,benign,sweep --n 3"
     )
     results.collect("query_attacks", tmp_path / "o", tmp_path / "data")
     rec = results.load_records(tmp_path / "data")["query_attacks"]
@@ -204,12 +202,12 @@ def test_query_record_rebuilt_from_a_saved_run(tmp_path):
     stamp = _render("query_attacks.stamp", rec)
     assert "at commit `unknown`" in stamp and "Rebuilt from the run's saved JSON" in stamp
     assert "(this run measured no `sybil`" in results.RENDERERS["query_adaptive.sybil"]({"report": {}})
-    with pytest.raises(SystemExit, match="not a bench/query_attacks.py report"):
+    with pytest.raises(SystemExit, match="not a bench/query/attacks.py report"):
         (tmp_path / "bad.json").write_text("{}")
         query_report.rebuild(tmp_path / "bad.json", tmp_path / "o2")
 
 
-# ---- bench/serve.py: load, soak, --protocols ------------------------------------------------------------------
+# ---- bench/serving/serve.py: load, soak, --protocols ------------------------------------------------------------------
 _MODEL = {"dataset": "mnist5k", "backbone": "mnist_cnn", "shape": "1x28x28"}
 
 
@@ -270,7 +268,8 @@ def test_serve_load_record_renders_the_printed_table(tmp_path):
 
 
 def test_median_interval_is_the_sign_test_interval():
-    serve_report = load_bench("serve_report")
+    from bench.serving import report as serve_report
+
     xs = [1.13, 0.628, 0.755, 0.824, 0.841, 0.846, 0.908, 0.957, 1.039]
     # n = 9: (x_(2), x_(8)) covers the median with 1 - 2 * 10/512 = 96.1%; (x_(3), x_(7)) only 82%
     assert serve_report.median_interval(xs) == (0.755, 1.039)
@@ -339,7 +338,7 @@ def test_serve_protocols_record_renders_table_and_targets(tmp_path):
     assert targets[-1] == "- errors over every cell: 0; target 0"
 
 
-# ---- bench/train.py, bench/robust_train.py, bench/detect_scores.py ---------------------------------------------
+# ---- bench/training/train.py, bench/training/robust_train.py, bench/detection/detect_scores.py ---------------------------------------------
 def test_train_records_render_the_printed_tables(tmp_path):
     summary = {
         "lgm": {"test_accuracy": 0.99, "calibration_accuracy": 0.992, "seconds_per_epoch": 4.71},

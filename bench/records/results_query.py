@@ -1,5 +1,5 @@
-"""The results blocks of ``bench/query_attacks.py`` (docs/query-attacks.md), rendered from its report.json by the
-table functions of ``bench/query_report.py``, the ones the benchmark prints with; and ``bench/fingerprints.py``'s
+"""The results blocks of ``bench/query/attacks.py`` (docs/query-attacks.md), rendered from its report.json by the
+table functions of ``bench/query/report.py``, the ones the benchmark prints with; and ``bench/query/fingerprints.py``'s
 table (``fingerprints.table``), by its own function.
 
 Four records: ``query_attacks``, the main run on the quick model (scenarios ``attacks,benign,sweep``),
@@ -22,8 +22,10 @@ RUNS = (
     "query_adaptive",
     "query_adaptive_robust",
 )  # each's --out: reports/NAME
-COLLECT = {name: f".venv/bin/python bench/results.py collect {name} reports/{name}" for name in RUNS}
-COLLECT["fingerprints"] = ".venv/bin/python bench/results.py collect fingerprints reports/bench_fingerprints"
+COLLECT = {name: f".venv/bin/python bench/records/results.py collect {name} reports/{name}" for name in RUNS}
+COLLECT["fingerprints"] = (
+    ".venv/bin/python bench/records/results.py collect fingerprints reports/bench_fingerprints"
+)
 BLOCKS = {
     "attacks": ("attacks", "attack_table"),
     "curve": ("attacks", "curve_table"),
@@ -35,7 +37,7 @@ BLOCKS = {
 
 def _block(key: str, fn: str) -> Callable[[Record], str]:
     def render(rec: Record) -> str:
-        from bench import query_report
+        from bench.query import report as query_report
 
         rows = rec["report"].get(key)
         if not rows:
@@ -46,7 +48,7 @@ def _block(key: str, fn: str) -> Callable[[Record], str]:
 
 
 def _fingerprints(rec: Record) -> str:
-    from bench import fingerprints
+    from bench.query import fingerprints
 
     return fingerprints.table(rec["report"])
 

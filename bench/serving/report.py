@@ -1,4 +1,4 @@
-"""The tables of ``bench/serve.py`` (load test, soak) and ``bench/serve.py --protocols``, as functions of the
+"""The tables of ``bench/serving/serve.py`` (load test, soak) and ``bench/serving/serve.py --protocols``, as functions of the
 report.json each run writes: what the benchmark prints and what the results pages show are the same text.
 
 A load report holds the model, the cores, the in-process ceilings measured through the run and one row per cell

@@ -6,12 +6,12 @@ the project's targets (L-GM test accuracy >= 98.5% within 10 epochs; L-GM >= sof
 <= 1.15x softmax). ``--cifar-synthetic`` instead times training epochs of the CIFAR ResNet-20 (both heads) on
 random 32x32 colour images, for GPU runs (keep ``--cifar-n`` small on a CPU).
 
-    python bench/train.py                       # mnist5k, 10 epochs, seed 0
-    python bench/train.py --seeds 0 1 2 --json bench-train.json
-    python bench/train.py --cifar-synthetic --device cuda --cifar-n 50000
+    python bench/training/train.py                       # mnist5k, 10 epochs, seed 0
+    python bench/training/train.py --seeds 0 1 2 --json bench-train.json
+    python bench/training/train.py --cifar-synthetic --device cuda --cifar-n 50000
 
 Each run writes ``report.json`` and ``provenance.json`` into ``--out`` (``reports/bench_train``, or
-``reports/bench_train_cifar`` with ``--cifar-synthetic``), which ``bench/results.py collect train DIR`` publishes.
+``reports/bench_train_cifar`` with ``--cifar-synthetic``), which ``bench/records/results.py collect train DIR`` publishes.
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ from typing import Any
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-import provenance  # noqa: E402  (bench/provenance.py, beside this script)
-
-from training.artifacts import atomic_write_json  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.data import Dataset, Split, load_dataset  # noqa: E402
-from training.distributed import resolve_device  # noqa: E402
-from training.trainer import Run, train  # noqa: E402
+from bench import provenance
+from training.artifacts import atomic_write_json
+from training.config import TrainConfig
+from training.data import Dataset, Split, load_dataset
+from training.distributed import resolve_device
+from training.trainer import Run, train
 
 HEADS = ("lgm", "softmax")
 LABEL = {"lgm": "L-GM", "softmax": "softmax"}
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     code = provenance.checkout()  # the code measured is the code at the start
     device = resolve_device(args.device)
     dev_name = device_name(device)
-    command = ".venv/bin/python bench/train.py" + "".join(
+    command = ".venv/bin/python bench/training/train.py" + "".join(
         " " + shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     if args.cifar_synthetic:
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out / "report.json", res)
     prov = provenance.write(out, command, time.perf_counter() - t0, None, code)
     name = "train_cifar" if args.cifar_synthetic else "train"
-    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect {name} {out})")
+    print(f"provenance: {prov} (publish: .venv/bin/python bench/records/results.py collect {name} {out})")
     return 0
 
 

@@ -24,7 +24,7 @@ Scenarios (``--scenarios``, comma-separated):
 - ``sweep``: the defence's two thresholds (shared hashes, near-duplicates to flag) replayed offline on the
   recorded attack and benign queries.
 
-    python bench/query_attacks.py --artifact artifacts/mnist5k --n 100
+    python bench/query/attacks.py --artifact artifacts/mnist5k --n 100
 """
 
 from __future__ import annotations
@@ -42,13 +42,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 
-from bench import provenance  # noqa: E402
-from bench.query_attackers import blinding, oars, run_hsj, run_square  # noqa: E402
-from bench.query_oracle import API, Oracle, Server  # noqa: E402
-from bench.query_report import (  # noqa: E402
+from bench import provenance
+from bench.query.attackers import blinding, oars, run_hsj, run_square
+from bench.query.oracle import API, Oracle, Server
+from bench.query.report import (
     HistorySimFirstFlag,
     benign_table,
     print_attack_table,
@@ -57,9 +58,9 @@ from bench.query_report import (  # noqa: E402
     sybil_rows,
     sybil_table,
 )
-from service.settings import ServeSettings  # noqa: E402
-from service.stateful.fingerprint import FingerprintConfig, Fingerprinter  # noqa: E402
-from training.data import load_dataset  # noqa: E402
+from service.settings import ServeSettings
+from service.stateful.fingerprint import FingerprintConfig, Fingerprinter
+from training.data import load_dataset
 
 _ATTACK_TAGS = itertools.count(1)
 
@@ -85,7 +86,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--out",
         default="reports/query_attacks",
-        help="folder of report.json + provenance.json (bench/results.py collect query_attacks DIR publishes it)",
+        help="folder of report.json + provenance.json (bench/records/results.py collect query_attacks DIR publishes it)",
     )
     return p.parse_args()
 
@@ -314,7 +315,7 @@ def main() -> None:
         report["seconds"] = time.time() - t0
     finally:
         server.stop()
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/query_attacks.py", *sys.argv[1:]])
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/query/attacks.py", *sys.argv[1:]])
     write_report(Path(args.out), report, command, time.time() - t0, code)
     print()
     print(f"Command: `{command}`")

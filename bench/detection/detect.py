@@ -1,7 +1,7 @@
 """Detection benchmark: the default model, the default attack suite, --limit 500; prints the tables, the exact
 command and the wall time.
 
-    .venv/bin/python bench/detect.py [--artifact artifacts/mnist5k] [--limit 500] [--nproc 2] [--out reports/bench_detect]
+    .venv/bin/python bench/detection/detect.py [--artifact artifacts/mnist5k] [--limit 500] [--nproc 2] [--out reports/bench_detect]
         [--baselines all|none|msp,kd,...]
 
 Which artifact is (re)trained: a missing ``--artifact`` is trained (`lgm train --dataset mnist5k --out
@@ -30,13 +30,14 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
+
+from bench import provenance
+from training.config import RUN_ONLY, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT))
-
-import provenance  # noqa: E402  (bench/provenance.py, beside this script)
-
-from training.config import RUN_ONLY, TrainConfig  # noqa: E402
 
 TARGET_ATTACKS = ("fgsm", "bim", "pgd", "pgdl2", "cw", "deepfool", "apgd", "square")
 TARGET_AUROC = 0.995
@@ -202,14 +203,18 @@ def main() -> int:
     misses = check_targets(report, t_end - t_eval)
     unmade = "" if len(report["detectors"]) > 1 else " (no baselines run: the comparison with them not made)"
     print("targets: " + ("all met" if not misses else "MISSED: " + "; ".join(misses)) + unmade)
-    bench_cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/detect.py", *sys.argv[1:]])
+    bench_cmd = " ".join(
+        shlex.quote(a) for a in [".venv/bin/python", "bench/detection/detect.py", *sys.argv[1:]]
+    )
     prov = provenance.write(
         args.out, bench_cmd, t_end - t0, {"evaluate_seconds": round(t_end - t_eval, 1)}, code
     )
     name = Path(args.out).name.removeprefix(
         "bench_"
-    )  # the record names of bench/results.py (detect, detect_mnist)
-    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect {name} {args.out})")
+    )  # the record names of bench/records/results.py (detect, detect_mnist)
+    print(
+        f"provenance: {prov} (publish: .venv/bin/python bench/records/results.py collect {name} {args.out})"
+    )
     return 0
 
 

@@ -17,11 +17,11 @@ For each artifact, on the same random subset of the test split (the split is ord
 Only clean inputs classified correctly are attacked (the others count as failures of robust accuracy and as
 "detect-or-correct" only if flagged). 95% Wilson intervals in brackets.
 
-    .venv/bin/python bench/robust_train.py artifacts/mnist5k-robust --limit 500
-    .venv/bin/python bench/robust_train.py runs/pull runs/push --limit 300 --restarts 3
+    .venv/bin/python bench/training/robust_train.py artifacts/mnist5k-robust --limit 500
+    .venv/bin/python bench/training/robust_train.py runs/pull runs/push --limit 300 --restarts 3
 
 It writes ``report.json`` and ``provenance.json`` into ``--out`` (reports/bench_robust_train), which
-``bench/results.py collect robust_train DIR`` publishes.
+``bench/records/results.py collect robust_train DIR`` publishes.
 """
 
 from __future__ import annotations
@@ -35,16 +35,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-import provenance  # noqa: E402  (bench/provenance.py, beside this script)
-
-from detector.harness.metrics import wilson as harness_wilson  # noqa: E402
-from training.adversarial import pgd_linf  # noqa: E402
-from training.artifacts import atomic_write_json, load_artifact  # noqa: E402
-from training.data import load_dataset  # noqa: E402
-from training.lgm import LGMHead  # noqa: E402
-from training.model import Classifier  # noqa: E402
+from bench import provenance
+from detector.harness.metrics import wilson as harness_wilson
+from training.adversarial import pgd_linf
+from training.artifacts import atomic_write_json, load_artifact
+from training.data import load_dataset
+from training.lgm import LGMHead
+from training.model import Classifier
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -206,12 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     print("\n" + table(rep))
     command = " ".join(
-        [".venv/bin/python", "bench/robust_train.py", *(argv if argv is not None else sys.argv[1:])]
+        [".venv/bin/python", "bench/training/robust_train.py", *(argv if argv is not None else sys.argv[1:])]
     )
     atomic_write_json(Path(args.out) / "report.json", rep)
     prov = provenance.write(args.out, command, time.perf_counter() - t0, None, code)
     print(f"\ncommand: {command}")
-    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect robust_train {args.out})")
+    print(
+        f"provenance: {prov} (publish: .venv/bin/python bench/records/results.py collect robust_train {args.out})"
+    )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The query attackers of bench/query_attacks.py: what each sends through the API (bench/query_oracle.py's
+"""The query attackers of bench/query/attacks.py: what each sends through the API (bench/query/oracle.py's
 ``Oracle``), with no access to the weights.
 
 - ``run_square``: Square (Andriushchenko et al. 2020, ART's ``SquareAttack``, L-inf) on the returned probabilities;
@@ -15,7 +15,7 @@ import contextlib
 
 import numpy as np
 
-from bench.query_oracle import Budget, HistorySim, Oracle
+from bench.query.oracle import Budget, HistorySim, Oracle
 from service.settings import ServeSettings
 from service.stateful.fingerprint import Fingerprinter
 

@@ -13,7 +13,7 @@ from the same config, so the robust model's twin is adversarially trained too. P
 - sanity checks against gradient masking (Carlini et al. 2019; Tramer et al. 2020): white-box success rises with
   eps and reaches ~100% at eps >= 0.5, and the gradient-free Square attack does not beat the white-box ones.
 
-    .venv/bin/python bench/robust.py [--limit 500] [--sweep-limit 200] [--nproc 2] [--batch-size 50]
+    .venv/bin/python bench/detection/robust.py [--limit 500] [--sweep-limit 200] [--nproc 2] [--batch-size 50]
                                      [--out reports/bench_robust]
 
 Target: detect-or-correct >= 93% for lgm at eps 0.3 on 500 inputs; clean accuracy >= 98% and clean test FPR
@@ -31,12 +31,14 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT / "bench"))
+if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-import provenance  # noqa: E402  (bench/provenance.py)
-import results_robust as tables  # noqa: E402  (bench/results_robust.py: its tables, also on the results pages)
+from bench import provenance
+from bench.detection import robust_report as tables  # its tables, also on the results pages
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 
 ROBUST_TRAIN = ["--dataset", "mnist5k", "--adversarial", "pgd", "--epochs", "40"]
 WHITE_BOX = tables.WHITE_BOX
@@ -117,7 +119,6 @@ def main() -> int:
         "(lgm evaluate --reuse; a set made against other weights or settings is attacked again)",
     )
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
     t0 = time.perf_counter()
     code = provenance.checkout()  # the code measured is the code at the start
     robust, quick, out = Path(args.robust), Path(args.quick), Path(args.out)
@@ -174,13 +175,15 @@ def main() -> int:
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timing.items())
         + f"; total {(time.perf_counter() - t0) / 60:.1f} min"
     )
-    bench_cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/robust.py", *sys.argv[1:]])
+    bench_cmd = " ".join(
+        shlex.quote(a) for a in [".venv/bin/python", "bench/detection/robust.py", *sys.argv[1:]]
+    )
     extra = {
         "minutes": {k: round(v / 60, 1) for k, v in timing.items()},
         "robust_train_minutes": round(minutes, 1),
     }
     prov = provenance.write(out, bench_cmd, time.perf_counter() - t0, extra, code)
-    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect robust {out})")
+    print(f"provenance: {prov} (publish: .venv/bin/python bench/records/results.py collect robust {out})")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""What bench/query_attacks.py's attackers see: a running ``lgm serve`` over HTTP, and nothing else.
+"""What bench/query/attacks.py's attackers see: a running ``lgm serve`` over HTTP, and nothing else.
 
 ``Server`` starts ``lgm serve`` on a loopback port (the defence's settings as ``LGM_*`` variables). ``API`` posts
 images as ``/v1/predict`` JSON arrays; each simulated client is an address the bench forwards as the trusted
@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Budget(Exception):

@@ -1,6 +1,6 @@
 """Which L-GM detector settings detect best? Re-scores the adversarial sets a report saved, with no attacking.
 
-``lgm evaluate`` (and ``bench/detect.py``) save every attack's adversarials in REPORT/adversarial/. This script
+``lgm evaluate`` (and ``bench/detection/detect.py``) save every attack's adversarials in REPORT/adversarial/. This script
 calibrates copies of the artifact with other ``lgm calibrate`` settings (the network is the same, so the
 non-adaptive adversarials made against it stay valid), scores the attacked clean test inputs and the successful
 adversarials, and prints each variant's AUROC with its 95% bootstrap interval per attack, and its clean test FPR
@@ -9,10 +9,10 @@ The ``roc`` variants fit their combination on attacks made on the calibration sp
 inputs); the cells of the attacks a variant saw are marked "(seen)", so that the unseen ones show whether an
 attack-fitted combination generalises.
 
-    .venv/bin/python bench/detect_scores.py --artifact artifacts/mnist5k --report reports/bench_detect
+    .venv/bin/python bench/detection/detect_scores.py --artifact artifacts/mnist5k --report reports/bench_detect
 
 It writes ``report.json`` and ``provenance.json`` into ``--out`` (reports/bench_detect_scores), which
-``bench/results.py collect detect_scores DIR`` publishes.
+``bench/records/results.py collect detect_scores DIR`` publishes.
 """
 
 from __future__ import annotations
@@ -27,18 +27,18 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-import provenance  # noqa: E402  (bench/provenance.py, beside this script)
-
-from detector.calibration import calibrate  # noqa: E402
-from detector.harness import roc  # noqa: E402
-from detector.harness.attacks import ADAPTIVE  # noqa: E402
-from detector.harness.bootstrap import paired_intervals  # noqa: E402
-from detector.harness.calibration_roc import calibrate_roc  # noqa: E402
-from detector.scoring import Detector  # noqa: E402
-from training.artifacts import atomic_write_json  # noqa: E402
-from training.data import load_dataset  # noqa: E402
+from bench import provenance
+from detector.calibration import calibrate
+from detector.harness import roc
+from detector.harness.attacks import ADAPTIVE
+from detector.harness.bootstrap import paired_intervals
+from detector.harness.calibration_roc import calibrate_roc
+from detector.scoring import Detector
+from training.artifacts import atomic_write_json
+from training.data import load_dataset
 
 ALL = "likelihood,boundary,layers"
 VARIANTS: dict[str, dict] = {
@@ -75,7 +75,10 @@ def main() -> int:
     files = sorted((Path(args.report) / "adversarial").glob("*.safetensors"))
     sets = {f.stem: load_file(str(f)) for f in files if f.stem not in ADAPTIVE}
     if not sets:
-        print(f"no adversarial sets in {args.report}/adversarial: run bench/detect.py first", file=sys.stderr)
+        print(
+            f"no adversarial sets in {args.report}/adversarial: run bench/detection/detect.py first",
+            file=sys.stderr,
+        )
         return 2
     first = next(iter(sets.values()))
     idx, y = first["index"], first["y"]
@@ -122,14 +125,16 @@ def main() -> int:
     }
     print(table(rep))
     command = (
-        f".venv/bin/python bench/detect_scores.py --artifact {args.artifact} --report {args.report}"
+        f".venv/bin/python bench/detection/detect_scores.py --artifact {args.artifact} --report {args.report}"
         + (f" --bootstrap {args.bootstrap}" if args.bootstrap != 1000 else "")
         + (f" --out {args.out}" if args.out != OUT else "")
     )
     atomic_write_json(Path(args.out) / "report.json", rep)
     prov = provenance.write(args.out, command, time.perf_counter() - t0, None, code)
     print(f"\nCommand: `{command}`")
-    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect detect_scores {args.out})")
+    print(
+        f"provenance: {prov} (publish: .venv/bin/python bench/records/results.py collect detect_scores {args.out})"
+    )
     return 0
 
 

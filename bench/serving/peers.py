@@ -1,5 +1,5 @@
 """The servers a user would run instead of ``lgm serve``, each serving the same ``Detector.score`` with its own
-dynamic batching (``bench/serve.py --protocols`` starts them, one at a time, in their own virtual environment):
+dynamic batching (``bench/serving/serve.py --protocols`` starts them, one at a time, in their own virtual environment):
 
 - LitServe (Lightning AI): a ``LitAPI`` whose ``decode_request`` takes the ``/v1/predict`` body (base64 PNG) and
   the Open Inference Protocol's JSON body alike, batched by LitServe (``max_batch_size``, ``batch_timeout``);
@@ -10,8 +10,8 @@ Images are decoded by the project's own ``service.images`` and scored by the pro
 peers differ from ``lgm serve`` only in the serving stack. MLServer pins older fastapi and starlette than the
 project's, so the peers live in their own virtual environment (``make .venv-peers``):
 
-    python bench/serve_peers.py litserve ARTIFACT PORT --max-batch-size 64 --max-wait-ms 1 --workers 2
-    python bench/serve_peers.py mlserver ARTIFACT PORT --grpc-port P --max-batch-size 64 --max-wait-ms 1 --workers 2
+    python bench/serving/peers.py litserve ARTIFACT PORT --max-batch-size 64 --max-wait-ms 1 --workers 2
+    python bench/serving/peers.py mlserver ARTIFACT PORT --grpc-port P --max-batch-size 64 --max-wait-ms 1 --workers 2
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
+
+if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 
 def _load(artifact: str, threads: int):
@@ -162,14 +164,14 @@ def run_mlserver(args: argparse.Namespace) -> None:
     }
     model = {
         "name": "lgm",
-        "implementation": "serve_peers.LGMRuntime",
+        "implementation": "bench.serving.peers.LGMRuntime",
         "max_batch_size": args.max_batch_size,
         "max_batch_time": args.max_wait_ms / 1000.0,
         "parameters": {"extra": {"artifact": str(Path(args.artifact).resolve()), "threads": 1}},
     }
     (folder / "settings.json").write_text(json.dumps(settings))
     (folder / "model-settings.json").write_text(json.dumps(model))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(ROOT)])}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # MLServer imports bench.serving.peers.LGMRuntime
     mlserver = Path(sys.executable).with_name("mlserver")
     os.execve(str(mlserver), [str(mlserver), "start", str(folder)], env)
 

@@ -1,4 +1,4 @@
-"""The tables of ``bench/robust.py``, from its ``lgm evaluate`` reports: what the benchmark prints and what the
+"""The tables of ``bench/detection/robust.py``, from its ``lgm evaluate`` reports: what the benchmark prints and what the
 results pages show are the same functions of the same reports.
 
 ``reports`` maps each evaluation's folder name under ``reports/bench_robust/`` to its report.json:
@@ -13,12 +13,9 @@ classified correctly or flagged at the deployed threshold, taken per input over 
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detector.harness.baselines import BASELINES  # noqa: E402
+from detector.harness.baselines import BASELINES
 
 DETECTORS = ("lgm", *BASELINES)  # the report's columns, from the baseline registry
 WHITE_BOX = ("pgd", "apgd", "apgd_dlr")

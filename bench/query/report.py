@@ -1,4 +1,4 @@
-"""Tables of bench/query_attacks.py: per-attack summaries (success and flags against queries, Wilson intervals),
+"""Tables of bench/query/attacks.py: per-attack summaries (success and flags against queries, Wilson intervals),
 the K-keys replay, and the offline sweep of fingerprints and thresholds over recorded queries."""
 
 from __future__ import annotations
@@ -7,14 +7,15 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from bench.query_oracle import HistorySim  # noqa: E402
-from detector.harness.metrics import wilson as harness_wilson  # noqa: E402
-from service.settings import ServeSettings  # noqa: E402
-from service.stateful.fingerprint import FingerprintConfig, Fingerprinter  # noqa: E402
+from bench.query.oracle import HistorySim
+from detector.harness.metrics import wilson as harness_wilson
+from service.settings import ServeSettings
+from service.stateful.fingerprint import FingerprintConfig, Fingerprinter
 
 CHECKPOINTS = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
@@ -274,11 +275,11 @@ def sweep(settings: ServeSettings, all_runs: dict[str, list[dict]], ben: list[di
 
 
 def command_of(args: dict) -> str:
-    """The ``bench/query_attacks.py`` line that a report's saved ``args`` stand for (defaults left out)."""
+    """The ``bench/query/attacks.py`` line that a report's saved ``args`` stand for (defaults left out)."""
     defaults = {"scenarios": "attacks,adaptive,benign,sweep", "n": 100, "n_adaptive": 50, "square_budget": 1000,
                 "hsj_budget": 2000, "eps": 0.3, "parallel": 4, "workers": 2, "seed": 0, "seconds_per_attack": 0,
                 "out": None}  # fmt: skip
-    parts = [".venv/bin/python", "bench/query_attacks.py", "--artifact", str(args["artifact"])]
+    parts = [".venv/bin/python", "bench/query/attacks.py", "--artifact", str(args["artifact"])]
     for k, v in args.items():
         if k in defaults and k != "out" and v != defaults[k]:
             parts += [f"--{k.replace('_', '-')}", f"{v:g}" if isinstance(v, float) else str(v)]
@@ -286,7 +287,7 @@ def command_of(args: dict) -> str:
 
 
 def rebuild(saved: Path, out: Path) -> Path:
-    """Publish a run saved before ``bench/query_attacks.py`` wrote provenance: copy its JSON (the per-attack
+    """Publish a run saved before ``bench/query/attacks.py`` wrote provenance: copy its JSON (the per-attack
     summaries, no query) to ``out/report.json`` and stamp it with the saved file's time and this machine,
     saying that the commit was not recorded. Nothing is re-attacked."""
     import datetime as dt
@@ -297,7 +298,7 @@ def rebuild(saved: Path, out: Path) -> Path:
 
     report = json.loads(saved.read_text())
     if not isinstance(report, dict) or "attacks" not in report or "args" not in report:
-        raise SystemExit(f"{saved}: not a bench/query_attacks.py report (no 'attacks' and 'args')")
+        raise SystemExit(f"{saved}: not a bench/query/attacks.py report (no 'attacks' and 'args')")
     stamp = provenance.stamp(
         command_of(report["args"]),
         report.get("seconds"),
@@ -319,7 +320,7 @@ if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(
-        description="Tables of bench/query_attacks.py; `rebuild` publishes a saved run"
+        description="Tables of bench/query/attacks.py; `rebuild` publishes a saved run"
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser(

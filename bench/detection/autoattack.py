@@ -22,8 +22,8 @@ Inputs: the first N (default 1,000) digits of a fixed permutation of the 10,000 
 [start, start + limit) of that order is saved in --cache as JSON as soon as it is done, so locked runs can stay
 short; the table is printed over every input of the first N that any chunk has covered (the count is stated).
 
-    .venv/bin/python bench/autoattack.py models/mnist-robust --start 0 --limit 200     # one chunk
-    .venv/bin/python bench/autoattack.py models/mnist-robust --report-only             # the table so far
+    .venv/bin/python bench/detection/autoattack.py models/mnist-robust --start 0 --limit 200     # one chunk
+    .venv/bin/python bench/detection/autoattack.py models/mnist-robust --report-only             # the table so far
 
 Target (the project's): robust accuracy >= 93% (above TRADES' published 92.81%), clean accuracy >= 99.0%.
 """
@@ -40,14 +40,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-import provenance  # noqa: E402  (bench/provenance.py, beside this script)
-
-from detector.gradient import Float64Logits  # noqa: E402
-from detector.harness.metrics import wilson as harness_wilson  # noqa: E402
-from training.artifacts import atomic_write_json, load_artifact  # noqa: E402
-from training.data import load_dataset  # noqa: E402
+from bench import provenance
+from detector.gradient import Float64Logits
+from detector.harness.metrics import wilson as harness_wilson
+from training.artifacts import atomic_write_json, load_artifact
+from training.data import load_dataset
 
 ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 # Croce & Hein 2020 (Table 2 and the RobustBench MNIST L-inf 0.3 leaderboard): clean and AutoAttack accuracy
@@ -270,7 +270,7 @@ def report(args: argparse.Namespace) -> dict:
     print(format_report(out))
     dest = Path(args.out)
     atomic_write_json(dest / "report.json", out)
-    cmd = f".venv/bin/python bench/autoattack.py {args.artifact} --report-only"
+    cmd = f".venv/bin/python bench/detection/autoattack.py {args.artifact} --report-only"
     if args.n != 1000:
         cmd += f" --n {args.n}"
     # the chunks' own attack time is the measurement's; the report step itself takes a second

@@ -1,4 +1,4 @@
-"""``bench/serve.py --protocols``: ``lgm serve`` against the servers a user would run instead, per request format,
+"""``bench/serving/serve.py --protocols``: ``lgm serve`` against the servers a user would run instead, per request format,
 in one run on one machine, with the model's in-process ceiling measured between the servers.
 
 Formats (each request carries one real test digit; wrk or h2load on loopback drive the load):
@@ -12,7 +12,7 @@ Formats (each request carries one real test digit; wrk or h2load on loopback dri
   serves it too. A gRPC error arrives as HTTP 200 with a grpc-status trailer, which h2load does not read: each
   server's answer to the exact body is checked with a real gRPC client first, and the body never changes.
 
-Peers (``bench/serve_peers.py``, in ``.venv-peers``, ``make .venv-peers``): LitServe with ``--peer-workers``
+Peers (``bench/serving/peers.py``, in ``.venv-peers``, ``make .venv-peers``): LitServe with ``--peer-workers``
 worker processes, MLServer with a custom runtime; both batch dynamically with the same maximum batch and wait.
 """
 
@@ -34,9 +34,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import serve as common  # bench/serve.py
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.serving import serve as common
+
+ROOT = Path(__file__).resolve().parents[2]
 PEERS_PY = ROOT / ".venv-peers" / "bin" / "python"
 GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -209,7 +210,7 @@ def start(kind: str, art: Path, args: argparse.Namespace) -> tuple[subprocess.Po
         proc = subprocess.Popen([*cmd, *wait, "--log-level", "warning", "--device", "cpu"], cwd=ROOT)
         wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
         return proc, port, gport
-    peer = [str(PEERS_PY), str(ROOT / "bench" / "serve_peers.py"), kind, str(art), str(port), *wait]
+    peer = [str(PEERS_PY), str(ROOT / "bench" / "serving" / "peers.py"), kind, str(art), str(port), *wait]
     if kind == "litserve":
         proc = subprocess.Popen(
             [*peer, "--workers", str(args.peer_workers)], cwd=ROOT, stdout=subprocess.DEVNULL
@@ -267,7 +268,9 @@ PLAN = {  # server -> formats it serves, and the HTTP path of each
 def run(args: argparse.Namespace) -> dict:
     for tool in ("wrk", "h2load"):
         if shutil.which(tool) is None:
-            raise SystemExit(f"bench/serve.py --protocols needs {tool}: apt-get install wrk nghttp2-client")
+            raise SystemExit(
+                f"bench/serving/serve.py --protocols needs {tool}: apt-get install wrk nghttp2-client"
+            )
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if any(s != "lgm" for s in servers) and not PEERS_PY.exists():
         raise SystemExit("the peers need their own environment: make .venv-peers")
@@ -331,9 +334,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def report(args: argparse.Namespace, det, cores: int, ceils: list[float], rows: list[dict]) -> dict:  # noqa: ANN001
-    """Print the run's table and targets (bench/serve_report.py) and return its report."""
-    import serve_report
-
+    """Print the run's table and targets (bench/serving/report.py) and return its report."""
+    from bench.serving import report as serve_report
     from service.settings import ServeSettings
 
     d = ServeSettings()

@@ -1,4 +1,4 @@
-"""The load generator's side of ``bench/serve.py``: Debian's ``wrk`` with a Lua script that posts prepared request
+"""The load generator's side of ``bench/serving/serve.py``: Debian's ``wrk`` with a Lua script that posts prepared request
 bodies (optionally as many simulated clients, named in ``X-Forwarded-For``), one run's counts and latencies, and
 the soak, which samples the server's resident memory while wrk holds its connections open."""
 
@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from proctree import cpu_seconds, rss_mib
+from bench.serving.proctree import cpu_seconds, rss_mib
 
 # wrk's script: every thread reads the request bodies (one JSON document a line) and posts them in turn; ``done``
 # prints the run's counts and latency percentiles as one JSON line.

@@ -1,5 +1,5 @@
-"""The results blocks of ``bench/serve.py`` (docs/results/serving.md, docs/protocols.md, docs/query-attacks.md),
-rendered by bench/serve_report.py's tables, the ones the benchmark prints, from each run's report.json.
+"""The results blocks of ``bench/serving/serve.py`` (docs/results/serving.md, docs/protocols.md, docs/query-attacks.md),
+rendered by bench/serving/report.py's tables, the ones the benchmark prints, from each run's report.json.
 
 One record per run a page quotes; the folder each is collected from is the run's ``--out``:
 
@@ -19,7 +19,7 @@ from typing import Any
 Record = dict[str, Any]
 
 COLLECT = {
-    name: f".venv/bin/python bench/results.py collect {name} reports/bench_{name}"
+    name: f".venv/bin/python bench/records/results.py collect {name} reports/bench_{name}"
     for name in (
         "serve",
         "serve_soak",
@@ -32,7 +32,7 @@ COLLECT = {
 
 def _use(fn: str) -> Callable[[Record], str]:
     def render(rec: Record) -> str:
-        from bench import serve_report
+        from bench.serving import report as serve_report
 
         return getattr(serve_report, fn)(rec["report"])
 

@@ -4,8 +4,8 @@ A benchmark writes ``report.json`` (and ``provenance.json``: date, commit, machi
 ``bench/provenance.py``) into its ``reports/`` folder, which git ignores. Publishing a measurement is two steps,
 both commands, never a hand edit:
 
-    .venv/bin/python bench/results.py collect detect reports/bench_detect   # -> docs/results/data/detect.json
-    .venv/bin/python bench/results.py build                                  # = make results
+    .venv/bin/python bench/records/results.py collect detect reports/bench_detect   # -> docs/results/data/detect.json
+    .venv/bin/python bench/records/results.py build                                  # = make results
 
 ``collect NAME DIR`` copies ``DIR/report.json`` with its provenance into ``docs/results/data/NAME.json`` (the
 committed record) and then builds. ``build`` rewrites every generated block in ``docs/**/*.md`` and
@@ -25,15 +25,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-import results_detect_scores  # noqa: E402  (bench/results_detect_scores.py: bench/detect_scores.py)
-import results_mnist  # noqa: E402  (bench/results_mnist.py: bench/autoattack.py, bench/mnist_detector.py)
-import results_query  # noqa: E402  (bench/results_query.py: bench/query_attacks.py)
-import results_robust  # noqa: E402  (bench/results_robust.py: bench/robust.py's tables)
-import results_serve  # noqa: E402  (bench/results_serve.py: bench/serve.py)
-import results_train  # noqa: E402  (bench/results_train.py: bench/train.py, bench/robust_train.py)
+from bench.detection import robust_report  # bench/detection/robust.py's tables
+from bench.records import (
+    results_detect_scores,  # bench/detection/detect_scores.py
+    results_mnist,  # bench/detection/autoattack.py, bench/detection/detector_suite.py
+    results_query,  # bench/query/attacks.py, bench/query/fingerprints.py
+    results_serve,  # bench/serving/serve.py
+    results_train,  # bench/training/train.py, bench/training/stability.py, bench/training/robust_train.py
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 FAMILIES = (
     results_detect_scores,
@@ -47,11 +51,11 @@ DATA = ROOT / "docs" / "results" / "data"
 RECORD_VERSION = 1
 # How a record is published again after its benchmark ran (the benchmark's own command is in the provenance).
 COLLECT = {
-    "detect": ".venv/bin/python bench/results.py collect detect reports/bench_detect",
+    "detect": ".venv/bin/python bench/records/results.py collect detect reports/bench_detect",
     # the same suite on the shipped full-MNIST model, L-GM only (its softmax twin would need the hour of
-    # adversarial training again): bench/detect.py --artifact models/mnist-robust --baselines none
-    "detect_mnist": ".venv/bin/python bench/results.py collect detect_mnist reports/bench_detect_mnist",
-    "robust": ".venv/bin/python bench/results.py collect robust reports/bench_robust",
+    # adversarial training again): bench/detection/detect.py --artifact models/mnist-robust --baselines none
+    "detect_mnist": ".venv/bin/python bench/records/results.py collect detect_mnist reports/bench_detect_mnist",
+    "robust": ".venv/bin/python bench/records/results.py collect robust reports/bench_robust",
 }
 for _family in FAMILIES:
     COLLECT.update(_family.COLLECT)
@@ -76,8 +80,7 @@ def _read(path: Path) -> dict[str, Any]:
 def collect(name: str, report_dir: Path, data_dir: Path = DATA) -> Path:
     """Copy ``report_dir/report.json`` (or, for a benchmark that runs several evaluations, every
     ``report_dir/*/report.json``, keyed by folder name) and its ``provenance.json`` into ``data_dir/NAME.json``."""
-    from provenance import FILE
-
+    from bench.provenance import FILE
     from training.artifacts import atomic_write_json
 
     if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
@@ -231,8 +234,8 @@ def detect_deployed(rec: Record) -> str:
 
 
 def detect_summary(rec: Record) -> str:
-    """Clean figures, budgets, timing, the targets of ``bench/detect.py``, and the stamp."""
-    from detect import check_targets
+    """Clean figures, budgets, timing, the targets of ``bench/detection/detect.py``, and the stamp."""
+    from bench.detection.detect import check_targets
 
     rep = rec["report"]
     lgm = rep["detectors"]["lgm"]
@@ -274,7 +277,7 @@ def detect_summary(rec: Record) -> str:
     ]
     if misses is not None:
         lines.append(
-            "- Targets of `bench/detect.py`: "
+            "- Targets of `bench/detection/detect.py`: "
             + ("all met." if not misses else "missed: " + "; ".join(misses) + ".")
         )
     return "\n".join(lines) + "\n\n" + stamp(rec)
@@ -285,7 +288,7 @@ def _robust(fn: Callable[[dict[str, Any]], str]) -> Renderer:
 
 
 def _robust_attacks(rec: Record) -> str:
-    return results_robust.attack_table(rec["reports"]["robust_eps0.3"])
+    return robust_report.attack_table(rec["reports"]["robust_eps0.3"])
 
 
 RENDERERS: dict[str, Renderer] = {
@@ -301,10 +304,10 @@ RENDERERS: dict[str, Renderer] = {
     },
     **{f"detect_mnist.{k}": f for k, f in (("deployed", detect_deployed), ("summary", detect_summary))},
     "detect_mnist.stamp": stamp,
-    "robust.summary": _robust(results_robust.summary_table),
+    "robust.summary": _robust(robust_report.summary_table),
     "robust.attacks": _robust_attacks,
-    "robust.sanity": _robust(results_robust.sanity_table),
-    "robust.checks": _robust(results_robust.checks),
+    "robust.sanity": _robust(robust_report.sanity_table),
+    "robust.checks": _robust(robust_report.checks),
     "robust.stamp": stamp,
 }
 for _family in FAMILIES:
@@ -380,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         changed = build(check=args.check)
     except ResultsError as exc:
-        print(f"bench/results.py: {exc}", file=sys.stderr)
+        print(f"bench/records/results.py: {exc}", file=sys.stderr)
         return 2
     if args.check and changed:
         print("out of date (run make results): " + ", ".join(str(p.relative_to(ROOT)) for p in changed))

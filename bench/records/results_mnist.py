@@ -1,4 +1,4 @@
-"""The results blocks of ``bench/autoattack.py`` and ``bench/mnist_detector.py`` (docs/mnist-benchmark.md): each
+"""The results blocks of ``bench/detection/autoattack.py`` and ``bench/detection/detector_suite.py`` (docs/mnist-benchmark.md): each
 renders with the benchmark's own table function from its report.json, so the page and the script's output are
 the same text. Both benchmarks merge cached chunks; the record holds whatever sample the chunks cover and every
 table states its n.
@@ -12,14 +12,14 @@ from typing import Any
 Record = dict[str, Any]
 
 COLLECT = {
-    "autoattack": ".venv/bin/python bench/results.py collect autoattack reports/autoattack",
-    "mnist_detector": ".venv/bin/python bench/results.py collect mnist_detector reports/mnist_detector",
+    "autoattack": ".venv/bin/python bench/records/results.py collect autoattack reports/autoattack",
+    "mnist_detector": ".venv/bin/python bench/records/results.py collect mnist_detector reports/mnist_detector",
 }
 
 
 def _aa(fn: str) -> Callable[[Record], str]:
     def render(rec: Record) -> str:
-        from bench import autoattack
+        from bench.detection import autoattack
 
         return getattr(autoattack, fn)(rec["report"])
 
@@ -28,9 +28,9 @@ def _aa(fn: str) -> Callable[[Record], str]:
 
 def _det(fn: str) -> Callable[[Record], str]:
     def render(rec: Record) -> str:
-        from bench import mnist_detector
+        from bench.detection import detector_suite
 
-        return getattr(mnist_detector, fn)(rec["report"])
+        return getattr(detector_suite, fn)(rec["report"])
 
     return render
 

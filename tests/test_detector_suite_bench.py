@@ -1,4 +1,4 @@
-"""bench/mnist_detector.py on a tiny calibrated model: clean figures, chunked adaptive runs that merge, and the
+"""bench/detection/detector_suite.py on a tiny calibrated model: clean figures, chunked adaptive runs that merge, and the
 adaptive attacks really defeat an undefended tiny network's detector on most inputs at a large eps."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from bench import mnist_detector
+from bench.detection import detector_suite
 
 
 def test_clean_and_adaptive_chunks(tiny_artifact: Path, tmp_path: Path) -> None:
@@ -17,12 +17,12 @@ def test_clean_and_adaptive_chunks(tiny_artifact: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_artifact, art)
     calibrate(art)
     common = [str(art), "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--threads", "1"]
-    mnist_detector.main([*common, "clean"])
+    detector_suite.main([*common, "clean"])
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert rep["clean"]["n"] == 360 and 0 < rep["clean"]["correct"] <= 360
     fast = ["--adaptive-steps", "20", "--adaptive-restarts", "1", "--eps", "0.3"]
-    mnist_detector.main([*common, "adaptive", *fast, "--start", "0", "--limit", "6"])
-    mnist_detector.main([*common, "adaptive", *fast, "--start", "6", "--limit", "6"])
+    detector_suite.main([*common, "adaptive", *fast, "--start", "0", "--limit", "6"])
+    detector_suite.main([*common, "adaptive", *fast, "--start", "6", "--limit", "6"])
     a = json.loads((tmp_path / "o" / "report.json").read_text())["adaptive_eps0.3"]
     assert a["inputs"] == 12 and 0 < a["attacked"] <= 12
     per = a["per_attack_detect_or_correct"]

@@ -14,15 +14,15 @@ Every cell is ``--repeats`` runs of ``--duration`` seconds after a short warm-up
 run by throughput (with its latencies and CPU) and the range of throughput over the runs.
 
 ``--protocols`` instead compares request formats and servers: ``lgm serve`` against LitServe and MLServer serving
-the same ``Detector.score`` (``bench/serve_protocols.py``, ``bench/serve_peers.py``): /v1 base64 PNG JSON, /v2
+the same ``Detector.score`` (``bench/serving/protocols.py``, ``bench/serving/peers.py``): /v1 base64 PNG JSON, /v2
 JSON, /v2 binary UINT8 and gRPC (h2load), with the ceiling in the same run.
 
 ``--soak SECONDS`` instead keeps one server under ``--soak-concurrency`` connections for that long and samples
 its resident memory (all worker processes) every few seconds: start (after a warm-up), peak, end, errors.
 
-    python bench/serve.py --artifact artifacts/mnist5k
-    python bench/serve.py --artifact artifacts/mnist5k --soak 600
-    python bench/serve.py --artifact artifacts/mnist5k --protocols      (needs make .venv-peers, h2load)
+    python bench/serving/serve.py --artifact artifacts/mnist5k
+    python bench/serving/serve.py --artifact artifacts/mnist5k --soak 600
+    python bench/serving/serve.py --artifact artifacts/mnist5k --protocols      (needs make .venv-peers, h2load)
 
 Needs ``wrk`` (``apt-get install wrk``). Loopback only; every run is bounded in time. Without ``--artifact`` a
 1-epoch mnist5k model is trained and calibrated into a temporary folder.
@@ -47,17 +47,18 @@ from pathlib import Path
 import httpx
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-import serve_report  # noqa: E402  (bench/serve_report.py, beside this script)
-from proctree import cpu_seconds, rss_mib, tree  # noqa: E402, F401  (bench/proctree.py; tree: serve_protocols)
-from serve_wrk import LUA, WRK_TAIL, run_cell, soak, wrk  # noqa: E402, F401  (bench/serve_wrk.py; WRK_TAIL: serve_protocols)
+from bench.serving import report as serve_report
+from bench.serving.proctree import cpu_seconds, rss_mib, tree  # noqa: F401  (tree: bench/serving/protocols.py)
+from bench.serving.wrk import LUA, WRK_TAIL, run_cell, soak, wrk  # noqa: F401  (WRK_TAIL: bench/serving/protocols.py)
+from detector.scoring import Detector
+from service.images import encode_png
+from service.settings import ServeSettings
+from training.data import load_dataset
 
-from detector.scoring import Detector  # noqa: E402
-from service.images import encode_png  # noqa: E402
-from service.settings import ServeSettings  # noqa: E402
-from training.data import load_dataset  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def parse_args() -> argparse.Namespace:
@@ -78,7 +79,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-wait-ms", type=float, default=None, help="server max_wait_ms (default: its own)")
     p.add_argument("--soak", type=int, default=0, help="instead: one soak of this many seconds")
     p.add_argument(
-        "--protocols", action="store_true", help="instead: formats and peers (bench/serve_protocols.py)"
+        "--protocols", action="store_true", help="instead: formats and peers (bench/serving/protocols.py)"
     )
     p.add_argument("--servers", default="lgm,litserve,mlserver", help="with --protocols: servers to run")
     p.add_argument("--peer-workers", type=int, default=2, help="with --protocols: LitServe's workers")
@@ -212,12 +213,12 @@ def start_server(
 
 # -- load --------------------------------------------------------------------------------------------------------
 def main() -> None:
-    import provenance
+    from bench import provenance
 
     args = parse_args()
     t0, code = time.perf_counter(), provenance.checkout()  # the code measured is the code at the start
     if args.protocols:
-        import serve_protocols
+        from bench.serving import protocols as serve_protocols
 
         if args.max_wait_ms is None:
             args.max_wait_ms = ServeSettings().max_wait_ms
@@ -225,7 +226,7 @@ def main() -> None:
         finish(args, rep, "reports/bench_serve_protocols", t0, code)
         return
     if shutil.which("wrk") is None:
-        raise SystemExit("bench/serve.py needs wrk: apt-get install wrk")
+        raise SystemExit("bench/serving/serve.py needs wrk: apt-get install wrk")
     concs = [int(c) for c in args.concurrency.split(",") if c.strip()]
     art = ensure_artifact(args.artifact)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -290,7 +291,9 @@ def main() -> None:
                             a["rps"] / b["rps"] for a, b in zip(runs[pol], runs[policies[0]], strict=True)
                         )
                         med["pair_ratio"] = (statistics.median(pairs), pairs[0], pairs[-1], policies[0])
-                        med["pair_ratios"] = pairs  # every pair, for the median's interval (serve_report.py)
+                        med["pair_ratios"] = (
+                            pairs  # every pair, for the median's interval (bench/serving/report.py)
+                        )
                     rows.append((name, conc, med))
         finally:
             for _, proc in procs.values():
@@ -326,18 +329,17 @@ def main() -> None:
 
 def finish(args: argparse.Namespace, rep: dict, default_out: str, t0: float, code: dict) -> None:
     """Write ``report.json`` and ``provenance.json`` into ``--out`` (or the mode's default folder)."""
-    import provenance
-
+    from bench import provenance
     from training.artifacts import atomic_write_json
 
     out = Path(args.out or default_out)
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/serve.py", *sys.argv[1:]])
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/serving/serve.py", *sys.argv[1:]])
     atomic_write_json(out / "report.json", rep)
     prov = provenance.write(out, command, time.perf_counter() - t0, None, code)
     print()
     print(f"Command: `{command}`")
-    name = out.name.removeprefix("bench_")  # the record names of bench/results_serve.py
-    print(f"provenance: {prov} (publish: .venv/bin/python bench/results.py collect {name} {out})")
+    name = out.name.removeprefix("bench_")  # the record names of bench/records/results_serve.py
+    print(f"provenance: {prov} (publish: .venv/bin/python bench/records/results.py collect {name} {out})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,24 @@
+"""The results block of ``bench/detection/detect_scores.py`` (docs/results/detection.md): the detector variants re-scored on
+a ``bench/detection/detect.py`` run's saved adversarial sets, rendered by the script's own table function from its
+report.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Record = dict[str, Any]
+
+COLLECT = {
+    "detect_scores": ".venv/bin/python bench/records/results.py collect detect_scores reports/bench_detect_scores",
+}
+
+
+def _table(rec: Record) -> str:
+    from bench.detection import detect_scores
+
+    return detect_scores.table(rec["report"])
+
+
+RENDERERS: dict[str, Callable[[Record], str]] = {"detect_scores.table": _table}
