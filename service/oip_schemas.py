@@ -34,7 +34,7 @@ from pydantic import (
     model_validator,
 )
 
-from service.schemas import OutputName, Pixel, Shape, pixel_array
+from service.schema_types import OutputName, Pixel, Shape, pixel_array
 
 # datatype -> (numpy dtype of its little-endian bytes, item type in JSON, what the values must be)
 INPUT_DATATYPES = {"FP32": "<f4", "UINT8": "u1"}

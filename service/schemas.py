@@ -17,25 +17,15 @@ from typing import Annotated, Any, Literal
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, create_model
 
+from service.oip_schemas import infer_request_model
+from service.schema_types import OIP_OUTPUTS as OIP_OUTPUTS  # re-exported: the routes import it from here
+from service.schema_types import OutputName, Shape, pixel_array
+
 # A 1x1 black PNG; the server resizes it to the model's input shape.
 TINY_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
 IMAGE_FORMAT = "image"  # OpenAPI format of an encoded image file (base64 in JSON, raw bytes in multipart)
-OIP_OUTPUTS = {
-    "class": "INT64",
-    "probabilities": "FP32",
-    "log_likelihood": "FP32",
-    "abnormality_score": "FP32",
-    "is_adversarial": "BOOL",
-    "threshold": "FP32",
-}
-OutputName = Literal[
-    "class", "probabilities", "log_likelihood", "abnormality_score", "is_adversarial", "threshold"
-]
 # Union members are told apart by these tags (they appear in validation error locations, which drop them).
 TAGS = frozenset({"b64 instance", "array instance", "[C,H,W]", "[H,W]", "flat", "nested", "FP32", "UINT8"})
-
-Pixel = Annotated[float, Strict(), Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-Shape = tuple[int, int, int]
 
 
 # -- responses ---------------------------------------------------------------------------------------------------
@@ -190,21 +180,6 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 # -- requests ----------------------------------------------------------------------------------------------------
-def _exactly(item: Any, n: int) -> Any:
-    return Annotated[list[item], Field(min_length=n, max_length=n)]
-
-
-def _depth(value: Any) -> int:
-    d = 0
-    while isinstance(value, list) and value:
-        value, d = value[0], d + 1
-    return d
-
-
-def _array_kind(value: Any) -> str:
-    return "[H,W]" if _depth(value) == 2 else "[C,H,W]"
-
-
 def _instance_kind(value: Any) -> str | None:
     if isinstance(value, dict):
         keys = {"b64", "array"} & value.keys()
@@ -217,19 +192,6 @@ def _instance_kind(value: Any) -> str | None:
 
 def _data_kind(value: Any) -> str:
     return "nested" if isinstance(value, list) and value and isinstance(value[0], list) else "flat"
-
-
-def pixel_array(shape: Shape, item: Any = Pixel) -> Any:
-    """[C][H][W] ``item`` values (numbers in [0, 1] by default); for a one-channel model also [H][W]."""
-    c, h, w = shape
-    plane = _exactly(_exactly(item, w), h)
-    volume = _exactly(plane, c)
-    if c != 1:
-        return volume
-    return Annotated[
-        Annotated[volume, Tag("[C,H,W]")] | Annotated[plane, Tag("[H,W]")],
-        Discriminator(_array_kind),
-    ]
 
 
 class B64Instance(BaseModel):
@@ -305,8 +267,6 @@ class APIModels:
                 Field(0.2, ge=0.0, le=1.0, allow_inf_nan=False, description="L-inf step size"),
             ),
         )
-        from service.oip_schemas import infer_request_model  # it builds on this module's types
-
         infer = infer_request_model(shape, max_images, binary=False)
         infer_binary = infer_request_model(shape, max_images, binary=True)
         return cls(shape, max_images, predict, predict_form, perturb, infer, infer_binary)

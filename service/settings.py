@@ -18,6 +18,7 @@ from pydantic import Field as _Field
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.networks import networks
 from training.configargs import comma_list
 
 
@@ -224,8 +225,6 @@ class ServeSettings(BaseSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies_parse(cls, value: list[str]) -> list[str]:
-        from service.stateful.identity import networks
-
         networks(value)  # a ValueError naming the bad entry
         return value
 

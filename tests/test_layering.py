@@ -65,3 +65,18 @@ def test_every_served_module_is_under_the_contract():
         f"detector.{p.stem}" for p in (ROOT / "detector").glob("*.py") if p.stem not in ("__init__", "cli")
     }
     assert modules <= set(served["source_modules"]), sorted(modules - set(served["source_modules"]))
+
+
+def test_every_package_is_under_the_no_circles_contract():
+    """import-linter's ``acyclic_siblings`` contract covers all three packages: a circle among the modules (or
+    subpackages) of training, detector or service fails ``make lint`` and ``test_import_contracts_are_kept``."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+        import tomli as tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    acyclic = [c for c in contracts if c["type"] == "acyclic_siblings"]
+    covered = {a for c in acyclic for a in c["ancestors"]}
+    assert {"training", "detector", "service"} <= covered, covered
+    assert all(c.get("depth", 10) >= 3 and not c.get("ignore_imports") for c in acyclic)

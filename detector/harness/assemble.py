@@ -5,7 +5,7 @@ report.json) and the figures (``detector/harness/plots.py``)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from detector.harness import roc
 from detector.harness.attacks import ADAPTIVE, MASKING_REFERENCES, SPECS, literature_of
 from detector.harness.baselines import ADAPTIVE_BASELINES, BASELINES, Baselines
 from detector.harness.budgets import Budgets
+from detector.harness.evaluation_types import Context, EvalConfig, TestInputs
 from detector.harness.metrics import detector_metrics, per_input_worst, worst_case
 from detector.harness.plots import plot_histograms, plot_rocs
 from detector.harness.report import markdown
@@ -36,10 +37,6 @@ def twin_objective(base: Baselines) -> str:
         if followed
         else "the twin's classification only"
     ) + "".join(f" (not {n})" for n in BASELINES if n in base.names and n not in ADAPTIVE_BASELINES)
-
-
-if TYPE_CHECKING:  # the evaluation's stage types; evaluation imports this module, not the reverse
-    from detector.harness.evaluation import Context, EvalConfig, TestInputs
 
 
 def statistics_auroc(

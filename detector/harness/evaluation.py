@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,118 +37,28 @@ from detector.harness.attacks import (
     AttackTarget,
     DetectorObjective,
     TwinObjective,
-    attacks_help,
     budget_of,
     parse_attack_list,
 )
 from detector.harness.baselines import (
     ADAPTIVE_BASELINES,
-    CHOICES,
-    FIT_ATTACKS,
     NEEDS_ATTACKS,
     Baselines,
     fit_baselines,
     load_twin,
-    resolve_baselines,
+    twin_dir,
+    twin_ready,
 )
 from detector.harness.budgets import Budgets, resolve_budgets
+from detector.harness.evaluation_types import Context, EvalConfig, TestInputs
 from detector.harness.metrics import DetectorScores, detector_metrics
-from detector.scoring import Detector, Scores
+from detector.scoring import Detector
 from training.artifacts import load_meta
 from training.batched import batched
-from training.configargs import check_options, option
-from training.data import Dataset, load_dataset
+from training.data import load_dataset
 from training.distributed import DistInfo, barrier, init_distributed, resolve_device, shutdown
 
 LGM = "lgm"
-
-
-@dataclass
-class EvalConfig:
-    """What ``lgm evaluate`` can be told: the artifact and report folder, then options that each declare their
-    flag, help, group and bounds (``training/configargs.py`` builds the command line from them)."""
-
-    artifact: str
-    out: str
-    attacks: list[str] = option(
-        ["default"],
-        attacks_help(),
-        group="evaluation",
-    )
-    limit: int | None = option(
-        None, "evaluate the first N inputs of the shuffled test split", group="evaluation", ge=1
-    )
-    reuse: bool = option(
-        False, "re-score adversarial sets saved in OUT instead of re-attacking", group="evaluation"
-    )
-    baselines: list[str] = option(
-        ["all"],
-        "baseline detectors to run on the softmax twin, a comma list; 'all' runs every one, 'none' runs none "
-        "and trains or loads no twin (the L-GM detector alone)",
-        group="evaluation",
-        choices=CHOICES,
-    )
-    fit_attacks: list[str] = option(
-        list(FIT_ATTACKS),
-        "attacks made on the calibration split to fit mahalanobis_full and lid ('' leaves those two out); "
-        "made only when a chosen baseline needs them",
-        group="evaluation",
-    )
-    maha_noise: float = option(
-        0.0, "one-layer Mahalanobis input pre-processing step (0: off)", group="evaluation", ge=0, le=1
-    )
-    n_boot: int = option(
-        1000,
-        "bootstrap replicates of the 95%% intervals",
-        group="evaluation",
-        flag="--bootstrap",
-        ge=10,
-        le=100_000,
-    )
-    seed: int = option(0, "seed of the input order and the attacks", group="run")
-    batch_size: int = option(
-        100, "inputs per attack chunk (also the sharding unit)", group="run", ge=1, le=100_000
-    )
-    device: str = option("auto", "auto (CUDA when present) | cpu | cuda", group="run")
-    budgets: dict[str, Any] = field(default_factory=dict)  # ``detector/harness/budgets.py``'s flags
-    quiet: bool = False
-    command: str = ""
-
-    def validate(self) -> None:
-        check_options(self)
-        resolve_baselines(self.baselines)
-
-    @property
-    def baseline_names(self) -> list[str]:
-        """The baselines to run, in registry order ([] for ``none``)."""
-        return resolve_baselines(self.baselines)
-
-
-# -- stage types ----------------------------------------------------------------------------------------------
-@dataclass
-class Context:
-    det: Detector
-    ds: Dataset
-    twin: torch.nn.Module | None  # None with ``--baselines none``
-    twin_meta: dict[str, Any] | None
-
-
-@dataclass
-class TestInputs:
-    """The selected test inputs, their clean scores, and the attacked subset (correct on both networks, or on
-    the L-GM network alone when no baseline runs: ``twin_clean`` is None then)."""
-
-    idx: torch.Tensor  # (n,) indices into the test split
-    y_all: torch.Tensor  # (n,)
-    lgm_clean: Scores
-    twin_clean: dict[str, torch.Tensor] | None
-    correct: torch.Tensor  # (n,) bool
-    x: torch.Tensor  # (N, C, H, W) attacked inputs
-    y: torch.Tensor  # (N,)
-
-    @property
-    def attacked_idx(self) -> torch.Tensor:
-        return self.idx[self.correct]
 
 
 # -- stages ---------------------------------------------------------------------------------------------------
@@ -162,8 +71,6 @@ def prepare(cfg: EvalConfig, device: torch.device, info: DistInfo) -> Context:
     if not cfg.baseline_names:
         return Context(det, ds, None, None)
     if info.is_main:
-        from detector.harness.baselines import twin_dir, twin_ready
-
         if not twin_ready(cfg.artifact, det.meta) and not cfg.quiet:
             print(f"training the softmax twin into {twin_dir(cfg.artifact)} (once)", flush=True)
         twin, tmeta = load_twin(cfg.artifact, det.meta, device)
@@ -380,4 +287,4 @@ def run_stages(
     return report
 
 
-__all__ = ["EvalConfig", "detector_metrics", "evaluate"]
+__all__ = ["Context", "EvalConfig", "TestInputs", "detector_metrics", "evaluate"]

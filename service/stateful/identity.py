@@ -12,20 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def networks(specs: Iterable[str]) -> list[Network]:
-    """``["127.0.0.1", "10.0.0.0/8"]`` -> networks; a bad entry raises ValueError naming it."""
-    out = []
-    for s in specs:
-        try:
-            out.append(ipaddress.ip_network(s.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"trusted proxy {s!r} is neither an IP address nor a network") from None
-    return out
+from service.networks import Network as Network  # re-exported: setup.py and the tests import them from here
+from service.networks import networks as networks
 
 
 def _trusted(addr: str, trusted: list[Network]) -> bool:

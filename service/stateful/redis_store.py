@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from service.stateful.store import Limits, Record, Request, StoreUnavailable
+from service.stateful.history import Limits, Record, Request, StoreUnavailable
 
 _LUA = """
 local p = ARGV[1]

@@ -8,9 +8,10 @@ fingerprint hashes with one of them (Blacklight's rule, Li et al. 2022); then it
 client's near-duplicates within the history reach ``limits.flag_after``, the client is flagged until
 ``now + limits.flag_s`` (every further near-duplicate extends that).
 
-Two implementations: ``SQLiteStore`` (embedded, one file shared by the worker processes of a machine, WAL mode so
-readers never wait for the writer) and ``service.stateful.redis_store.RedisStore`` (replicas). ``open_store(url)``
-picks one from a URL: ``sqlite:///path/file.sqlite3`` or ``redis://host:6379/0``. Memory is bounded by time
+Two implementations of ``HistoryStore`` (``service/stateful/history.py``, with the types both share):
+``SQLiteStore`` (embedded, one file shared by the worker processes of a machine, WAL mode so readers never wait
+for the writer) and ``service.stateful.redis_store.RedisStore`` (replicas). ``open_store(url)`` picks one from a
+URL: ``sqlite:///path/file.sqlite3`` or ``redis://host:6379/0``. Memory is bounded by time
 (``ttl_s``) and by count (``history`` per client); expired rows go in a periodic sweep.
 """
 
@@ -22,9 +23,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -33,58 +32,11 @@ try:
 except ImportError:  # not on Windows
     fcntl = None  # type: ignore[assignment]
 
+from service.stateful.history import HistoryStore, Limits, Record, Request, StoreUnavailable
+from service.stateful.redis_store import RedisStore
 from service.stateful.window import ClientWindow, WindowCache
 
 log = logging.getLogger("lgm.query_guard")
-
-
-@dataclass(frozen=True)
-class Limits:
-    match_hashes: int = 15  # shared hashes that make two queries near-duplicates (Blacklight's threshold)
-    flag_after: int = 3  # near-duplicate queries in the history that flag the client
-    history: int = 1000  # queries kept per client
-    ttl_s: float = 3600.0  # seconds a query is kept
-    flag_s: float = 600.0  # seconds a flag lasts after the latest near-duplicate
-    # a flagged client's queries are compared with its last few only: enough to extend the flag, and a flagged
-    # attacker's stream of near-duplicates cannot make each query cost a scan of its whole history
-    flagged_window: int = 32
-
-
-@dataclass
-class Record:
-    """What one request's images did to the client's state."""
-
-    matches: list[int]  # per image: most hashes shared with one earlier query (0 for an exact repeat)
-    repeats: list[bool]  # per image: an exact repeat of an earlier query
-    near_duplicates: int  # the client's near-duplicate queries in its history, after this request
-    flagged_until: float  # epoch seconds (0: never flagged)
-    flagged: bool  # the flag is up after this request
-    was_flagged: bool  # the flag was already up before it
-
-
-class StoreUnavailable(Exception):
-    """The store cannot be reached or written; the guard fails open."""
-
-
-Request = tuple[str, list[np.ndarray], list[bytes]]  # client, fingerprints and digests of its images
-
-
-class HistoryStore(Protocol):
-    url: str
-
-    def record(
-        self, client: str, fingerprints: list[np.ndarray], digests: list[bytes], now: float, limits: Limits
-    ) -> Record: ...
-
-    def record_many(self, requests: list[Request], now: float, limits: Limits) -> list[Record]: ...
-
-    def flagged_until(self, client: str) -> float: ...
-
-    def size(self) -> dict[str, int]: ...
-
-    def ping(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 SCHEMA_VERSION = 2  # PRAGMA user_version of the layout below; a file with another layout is started afresh
@@ -374,8 +326,6 @@ def open_store(url: str, timeout_s: float = 0.25) -> HistoryStore:
     """``sqlite:///path`` (or a bare path) -> SQLiteStore; ``redis://`` / ``rediss://`` / ``unix://`` ->
     RedisStore (``timeout_s``: its socket timeouts, short so that a dead Redis costs little before failing open)."""
     if url.startswith(("redis://", "rediss://", "unix://")):
-        from service.stateful.redis_store import RedisStore
-
         return RedisStore(url, timeout_s=timeout_s)
     if url.startswith(
         "sqlite:///"
