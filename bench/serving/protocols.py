@@ -35,7 +35,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.serving import serve as common
+from bench.serving import common
+from bench.serving import report as serve_report
+from bench.serving.proctree import cpu_seconds, tree
+from bench.serving.wrk import WRK_TAIL
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERS_PY = ROOT / ".venv-peers" / "bin" / "python"
@@ -56,7 +59,7 @@ function init(args)
   n = math.random(#reqs)
 end
 """
-LUA += common.WRK_TAIL
+LUA += WRK_TAIL
 
 
 # -- request bodies -------------------------------------------------------------------------------------------------
@@ -226,7 +229,7 @@ def start(kind: str, art: Path, args: argparse.Namespace) -> tuple[subprocess.Po
 
 def stop(proc: subprocess.Popen) -> None:
     """SIGTERM the server and wait for every process of its tree (LitServe's idle workers poll: none may stay)."""
-    pids = common.tree(proc.pid)
+    pids = tree(proc.pid)
     proc.terminate()
     try:
         proc.wait(timeout=60)
@@ -306,14 +309,14 @@ def run(args: argparse.Namespace) -> dict:
                     runs = []
                     for rep in range(-1 if args.warmup else 0, max(1, args.repeats)):
                         secs = args.warmup if rep < 0 else args.duration
-                        c0, t0 = common.cpu_seconds(proc.pid), time.perf_counter()
+                        c0, t0 = cpu_seconds(proc.pid), time.perf_counter()
                         r = (
                             h2load(gport, tmp / "grpc.bin", conc, secs, tmp)
                             if fmt == "grpc"
                             else wrk(port, files, lua, conc, secs)
                         )
                         wall = time.perf_counter() - t0
-                        r["server_cpu"] = (common.cpu_seconds(proc.pid) - c0) / wall
+                        r["server_cpu"] = (cpu_seconds(proc.pid) - c0) / wall
                         r["client_cpu"] = r.pop("client_cpu_s") / wall
                         if rep >= 0:
                             runs.append(r)
@@ -335,7 +338,6 @@ def run(args: argparse.Namespace) -> dict:
 
 def report(args: argparse.Namespace, det, cores: int, ceils: list[float], rows: list[dict]) -> dict:  # noqa: ANN001
     """Print the run's table and targets (bench/serving/report.py) and return its report."""
-    from bench.serving import report as serve_report
     from service.settings import ServeSettings
 
     d = ServeSettings()

@@ -31,12 +31,9 @@ Needs ``wrk`` (``apt-get install wrk``). Loopback only; every run is bounded in 
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import os
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,13 +47,13 @@ import torch
 if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 
+from bench import provenance
+from bench.serving import protocols as serve_protocols
 from bench.serving import report as serve_report
-from bench.serving.proctree import cpu_seconds, rss_mib, tree  # noqa: F401  (tree: bench/serving/protocols.py)
-from bench.serving.wrk import LUA, WRK_TAIL, run_cell, soak, wrk  # noqa: F401  (WRK_TAIL: bench/serving/protocols.py)
+from bench.serving.common import ceiling, ensure_artifact, free_port, test_images
+from bench.serving.wrk import LUA, run_cell, soak
 from detector.scoring import Detector
-from service.images import encode_png
 from service.settings import ServeSettings
-from training.data import load_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,59 +112,6 @@ def parse_args() -> argparse.Namespace:
 
 
 # -- set-up ------------------------------------------------------------------------------------------------------
-def ensure_artifact(path: str | None) -> Path:
-    if path:
-        return Path(path)
-    out = Path(tempfile.mkdtemp(prefix="lgm-bench-")) / "mnist5k"
-    lgm = [sys.executable, "-m", "service"]
-    print(f"# training a 1-epoch mnist5k model into {out} ...", flush=True)
-    subprocess.run(
-        [*lgm, "train", "--dataset", "mnist5k", "--epochs", "1", "--out", str(out), "--quiet"], check=True
-    )
-    subprocess.run([*lgm, "calibrate", str(out), "--quiet"], check=True, stdout=subprocess.DEVNULL)
-    return out
-
-
-def test_images(det: Detector, n: int = 256) -> tuple[torch.Tensor, list[str]]:
-    """Real test-split images: as a float batch (N, C, H, W), and as one-line /v1/predict JSON bodies (n of
-    them: past the split's size, copies with 4 random pixels nudged by 1/255, all distinct)."""
-    ds = det.meta["dataset"]
-    data = load_dataset(ds["name"], ds.get("root"), ds.get("split_seed", 0), ds.get("image_size"))
-    x = data.test.x[:n]  # (N, C, H, W) uint8
-    if n > len(x):
-        g = torch.Generator().manual_seed(0)
-        reps = x.repeat((n + len(x) - 1) // len(x), 1, 1, 1)[:n].clone()
-        flat = reps.view(n, -1)
-        for i in range(len(x), n):
-            px = torch.randint(0, flat.shape[1], (4,), generator=g)
-            flat[i, px] = torch.where(flat[i, px] < 255, flat[i, px] + 1, flat[i, px] - 1)
-        x = reps
-    bodies = [
-        json.dumps({"instances": [{"b64": base64.b64encode(encode_png(img)).decode()}]}) for img in x.numpy()
-    ]
-    return x.float() / 255.0, bodies
-
-
-def ceiling(det: Detector, x: torch.Tensor, batch: int, threads: int, seconds: float = 3.0) -> float:
-    """Images/s of Detector.score on full batches, in this process, with ``threads`` torch threads."""
-    torch.set_num_threads(threads)
-    xb = x[:batch] if len(x) >= batch else x.repeat((batch + len(x) - 1) // len(x), 1, 1, 1)[:batch]
-    with torch.inference_mode():
-        for _ in range(3):
-            det.score(xb)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            det.score(xb)
-            n += batch
-    return n / (time.perf_counter() - t0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def parse_layout(text: str) -> tuple[int, int] | None:
     """'WxT' -> (workers, threads); 'default' -> None (lgm serve chooses)."""
     if text == "default":
@@ -213,13 +157,9 @@ def start_server(
 
 # -- load --------------------------------------------------------------------------------------------------------
 def main() -> None:
-    from bench import provenance
-
     args = parse_args()
     t0, code = time.perf_counter(), provenance.checkout()  # the code measured is the code at the start
     if args.protocols:
-        from bench.serving import protocols as serve_protocols
-
         if args.max_wait_ms is None:
             args.max_wait_ms = ServeSettings().max_wait_ms
         rep = serve_protocols.run(args)
@@ -329,7 +269,6 @@ def main() -> None:
 
 def finish(args: argparse.Namespace, rep: dict, default_out: str, t0: float, code: dict) -> None:
     """Write ``report.json`` and ``provenance.json`` into ``--out`` (or the mode's default folder)."""
-    from bench import provenance
     from training.artifacts import atomic_write_json
 
     out = Path(args.out or default_out)
