@@ -45,7 +45,8 @@ def test_every_collected_record_has_a_stamp_and_a_block():
 def _artifact(tmp_path: Path) -> Path:
     art = tmp_path / "art"
     art.mkdir()
-    model = {"dataset": {"name": "mnist", "sizes": {"test": 10000}}, "weights_sha256": "0" * 64}
+    card = {"name": "mnist", "class_names": [str(i) for i in range(10)], "sizes": {"test": 10000}}
+    model = {"dataset": card, "weights_sha256": "0" * 64}
     (art / "model.json").write_text(json.dumps(model))
     return art
 

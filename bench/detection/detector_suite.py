@@ -1,29 +1,34 @@
-"""Benchmark: the deployed detector of a full-MNIST model on the official test set, against attackers who know it.
+"""Benchmark: the deployed detector of a calibrated artifact on its dataset's full test split, against attackers
+who know it. What it needs about the data it reads from the artifact's card (model.json: the dataset's name, its
+class names); the attack budget defaults to the dataset's (``detector/harness/budgets.py``: L-inf 0.3 for grey
+digits, 8/255 for colour images).
 
-- ``clean``: accuracy and clean false-positive rate (share of clean digits the deployed thresholds flag) on all
-  10,000 official test digits.
-- ``adaptive``: the project's detector-aware white-box suite (``detector/attacks/adaptive.py``: ``adaptive``,
-  ``adaptive_multitarget``, ``adaptive_orthogonal``, 200 steps, 5 runs per target, the deployed detector's own
-  score and thresholds as the objective; Carlini & Wagner 2017, Tramer et al. 2020, Bryniarski et al. 2022) at
-  an L-inf eps, on the digits at positions [start, start + limit) of the same fixed order as
-  ``bench/detection/autoattack.py`` (``numpy.random.default_rng(seed).permutation(10000)``). Per input the worst of the
-  three is kept: an input is defeated when any attack makes it misclassified and unflagged. Detect-or-correct
-  (Tramer et al. 2020's accuracy at a fixed clean FPR) is over the attacked inputs, the clean digits the network
-  classifies correctly, as ``lgm evaluate`` counts it (``detector/metrics.py``).
+- ``clean``: accuracy and clean false-positive rate (share of clean test inputs the deployed thresholds flag) on
+  the whole test split.
+- ``adaptive``: the project's detector-aware white-box suite (``detector/harness/attacks/adaptive.py``:
+  ``adaptive``, ``adaptive_multitarget``, ``adaptive_orthogonal``, 200 steps, 5 runs per target, the deployed
+  detector's own score and thresholds as the objective; Carlini & Wagner 2017, Tramer et al. 2020, Bryniarski et
+  al. 2022) at an L-inf eps, on the test inputs at positions [start, start + limit) of the same fixed order as
+  ``bench/detection/autoattack.py`` (``numpy.random.default_rng(seed).permutation(test size)``). Per input the
+  worst of the three is kept: an input is defeated when any attack makes it misclassified and unflagged.
+  Detect-or-correct (Tramer et al. 2020's accuracy at a fixed clean FPR) is over the attacked inputs, the clean
+  inputs the network classifies correctly, as ``lgm evaluate`` counts it (``detector/harness/metrics.py``).
 - ``sanity``: against gradient masking, white-box PGD (100 steps, 1 restart, cross-entropy) on the network
-  at growing eps must reach ~100% success, and Square (gradient-free) must not beat it.
+  at growing eps (from the budget to twice it) must reach ~100% success, and Square (gradient-free) must not
+  beat it at the budget.
 
-It does not run ``lgm evaluate``, whose baselines need a softmax twin trained the same way (on full MNIST with
-adversarial training, another hour of CPU): this script measures the L-GM detector alone. Chunks are cached as
-JSON (``--cache``), so locked runs stay short; the table covers every input any chunk has done.
+It does not run ``lgm evaluate``, whose baselines need a softmax twin trained the same way (another hour of
+adversarial training): this script measures the L-GM detector alone. Chunks are cached as JSON (``--cache``), so
+locked runs stay short; the table covers every input any chunk has done. Report: ``reports/DATASET_detector``
+(MNIST: ``reports/mnist_detector``, the record ``mnist_detector``), chunks in its ``chunks/``.
 
     .venv/bin/python bench/detection/detector_suite.py models/mnist-robust clean
     .venv/bin/python bench/detection/detector_suite.py models/mnist-robust adaptive --eps 0.3 --start 0 --limit 40
     .venv/bin/python bench/detection/detector_suite.py models/mnist-robust sanity --limit 100
     .venv/bin/python bench/detection/detector_suite.py models/mnist-robust report
 
-Targets (the project's): clean accuracy >= 99.0%, clean FPR <= 5%, detect-or-correct >= 98% under the worst
-adaptive attack per input.
+Targets (the project's, set for MNIST): clean accuracy >= 99.0%, clean FPR <= 5%, detect-or-correct >= 98%
+under the worst adaptive attack per input.
 """
 
 from __future__ import annotations
@@ -45,7 +50,30 @@ from bench import provenance
 from bench.detection.autoattack import TARGET_HEADER, order, pct, wilson
 
 ADAPTIVE = ("adaptive", "adaptive_multitarget", "adaptive_orthogonal")
-EPS_LIST = (0.3, 0.2, 0.1)
+SANITY_EPS = (1, 4 / 3, 5 / 3, 2)  # PGD's eps as multiples of the budget (MNIST's 0.3: 0.3, 0.4, 0.5, 0.6)
+
+
+def dataset_card(artifact: str) -> dict:
+    """The dataset entry of the artifact's card (model.json): name, class names, split sizes."""
+    return json.loads((Path(artifact) / "model.json").read_text())["dataset"]
+
+
+def budget_eps(dataset: str) -> float:
+    """The dataset's default L-inf budget (``detector/harness/budgets.py``)."""
+    from detector.harness.budgets import default_budgets
+
+    return default_budgets(dataset).eps
+
+
+def items(card: dict) -> str:
+    """What the tables call the test inputs: digits when the card's classes are 0-9, images otherwise."""
+    return "digits" if card.get("class_names") == [str(i) for i in range(10)] else "images"
+
+
+def eps_order(folder: Path, budget: float) -> list[float]:
+    """The eps of the ``adaptive-eps*`` chunk folders: the budget's first (the target's row), then the largest."""
+    found = {float(p.name.removeprefix("adaptive-eps")) for p in folder.glob("adaptive-eps*") if p.is_dir()}
+    return sorted(found, key=lambda e: (f"{e:g}" != f"{budget:g}", -e))
 
 
 def load(art: str):
@@ -139,11 +167,12 @@ def run_sanity(args: argparse.Namespace) -> None:
     xa, ya = x[ok], y[ok]
     target = AttackTarget("lgm", det.model)
     res: dict = {"n_attacked": int(ok.sum()), "rows": []}
-    for eps in (0.3, 0.4, 0.5, 0.6):
+    for k in SANITY_EPS:
+        eps = args.eps if k == 1 else round(args.eps * k, 10)  # MNIST: 0.4, not 0.39999999999999997
         b = resolve_budgets(det.meta["dataset"]["name"], {"eps": eps, "steps": 100, "restarts": 1})
         row = {"eps": eps}
         for name in ("pgd", "square"):
-            if name == "square" and eps != 0.3:
+            if name == "square" and k != 1:
                 continue
             t0 = time.perf_counter()
             adv = run_attack(name, target, xa, ya, b, args.seed)
@@ -177,11 +206,13 @@ def merged(folder: Path) -> dict:
 
 def report(args: argparse.Namespace) -> dict:
     """Merge the cached chunks into ``--out/report.json`` (+ ``provenance.json``) and print its tables."""
-    name = json.loads((Path(args.artifact) / "model.json").read_text())["dataset"]["name"]
+    card = dataset_card(args.artifact)
+    name = card["name"]
     out: dict = {
-        "benchmark": "mnist_detector",
+        "benchmark": f"{name}_detector",
         "artifact": args.artifact,
         "split": "the official MNIST test set" if name == "mnist" else f"the {name} test split",
+        "items": items(card),
         "order": f"default_rng({args.seed})",
         "threads": args.threads,
     }
@@ -191,11 +222,8 @@ def report(args: argparse.Namespace) -> dict:
     if c_path.is_file():
         out["clean"] = json.loads(c_path.read_text())
         wall += out["clean"].get("seconds", 0.0)
-    for eps in EPS_LIST:
-        folder = cache(args) / f"adaptive-eps{eps:g}"
-        if not folder.is_dir():
-            continue
-        m = merged(folder)
+    for eps in eps_order(cache(args), budget_eps(name)):
+        m = merged(cache(args) / f"adaptive-eps{eps:g}")
         commits |= m["commits"]
         att = [v for v in m["inputs"].values() if v[0]]
         n = len(att)
@@ -224,6 +252,8 @@ def report(args: argparse.Namespace) -> dict:
     write_json(Path(args.out) / "report.json", out)
     extra = {"chunk_commits": sorted(commits)}
     cmd = f".venv/bin/python bench/detection/detector_suite.py {args.artifact} report"
+    if Path(args.out) != default_out(name):
+        cmd += f" --out {args.out}"
     if args.threads != 2:  # the header states the threads: say where it came from
         cmd += f" --threads {args.threads}"
     provenance.write(args.out, cmd, round(wall, 1), extra)
@@ -231,7 +261,12 @@ def report(args: argparse.Namespace) -> dict:
 
 
 def _adaptive(out: dict) -> list[dict]:
-    return [out[f"adaptive_eps{e:g}"] for e in EPS_LIST if f"adaptive_eps{e:g}" in out]
+    """The adaptive rows in the report's order: the budget's (the target's) first."""
+    return [v for k, v in out.items() if k.startswith("adaptive_eps")]
+
+
+def _items(out: dict) -> str:
+    return out.get("items", "digits")  # reports written before "items" are all of MNIST
 
 
 def clean_verdicts(c: dict) -> tuple[str, str]:
@@ -252,7 +287,7 @@ def format_report(out: dict) -> str:
     if c:
         acc_v, fpr_v = clean_verdicts(c)
         lines += [
-            "| clean test digits | accuracy | clean FPR (flagged) |",
+            f"| clean test {_items(out)} | accuracy | clean FPR (flagged) |",
             "|---:|---|---|",
             f"| {c['n']} | {pct(c['correct'], c['n'])} | {pct(c['flagged'], c['n'])} |",
             "",
@@ -264,7 +299,7 @@ def format_report(out: dict) -> str:
     if rows:
         lines += [
             "Detect-or-correct under the detector-aware attacks, per input the worst of the three [95% Wilson];"
-            " over attacked inputs (clean digits classified correctly)",
+            f" over attacked inputs (clean {_items(out)} classified correctly)",
             "",
             "| eps | inputs (attacked) | " + " | ".join(ADAPTIVE) + " | worst per input | robust acc | s |",
             "|---:|---|" + "---|" * len(ADAPTIVE) + "---|---|---:|",
@@ -308,8 +343,9 @@ def target_rows(out: dict) -> str:
     if c:
         acc_v, fpr_v = clean_verdicts(c)
         lines += [
-            f"| clean accuracy >= 99.0% (all {c['n']:,} test digits) | {pct(c['correct'], c['n'])} | {acc_v} |",
-            f"| clean FPR <= 5% (all {c['n']:,} test digits, deployed thresholds) | {pct(c['flagged'], c['n'])} | "
+            f"| clean accuracy >= 99.0% (all {c['n']:,} test {_items(out)}) | {pct(c['correct'], c['n'])} | {acc_v} |",
+            f"| clean FPR <= 5% (all {c['n']:,} test {_items(out)}, deployed thresholds) | "
+            f"{pct(c['flagged'], c['n'])} | "
             f"{fpr_v} |",
         ]
     rows = _adaptive(out)
@@ -321,16 +357,21 @@ def target_rows(out: dict) -> str:
         lines.append(
             f"| detect-or-correct >= 98% under the worst adaptive attack per input, eps {r['eps']:g} | "
             f"{pct(r['detect_or_correct_count'], r['attacked'])}, {r['attacked']} attacked of the first "
-            f"{r['inputs']} digits | {v} |"
+            f"{r['inputs']} {_items(out)} | {v} |"
         )
     return TARGET_HEADER + "\n".join(lines)
+
+
+def default_out(dataset: str) -> Path:
+    """``reports/DATASET_detector``: ``reports/mnist_detector`` (the record ``mnist_detector``) for MNIST."""
+    return Path("reports") / f"{dataset}_detector"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("artifact", help="calibrated artifact folder")
     p.add_argument("what", choices=("clean", "adaptive", "sanity", "report"))
-    p.add_argument("--eps", type=float, default=0.3, help="adaptive: L-inf budget")
+    p.add_argument("--eps", type=float, default=None, help="L-inf budget (default: the dataset's)")
     p.add_argument("--start", type=int, default=0, help="adaptive: first position in the permutation")
     p.add_argument("--limit", type=int, default=20, help="adaptive / sanity: inputs")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutation and the attacks")
@@ -339,9 +380,13 @@ def main(argv: list[str] | None = None) -> int:
         "--adaptive-restarts", type=int, default=5, help="adaptive: runs per target with --adaptive-steps"
     )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--cache", type=Path, default=Path("reports/mnist_detector/chunks"))
-    p.add_argument("--out", default="reports/mnist_detector")
+    p.add_argument("--cache", type=Path, default=None, help="chunk folder (default: OUT/chunks)")
+    p.add_argument("--out", default=None, help="report folder (default: reports/DATASET_detector)")
     args = p.parse_args(argv)
+    name = dataset_card(args.artifact)["name"]
+    args.eps = args.eps or budget_eps(name)
+    args.out = args.out or str(default_out(name))
+    args.cache = args.cache or Path(args.out) / "chunks"
     torch.set_num_threads(args.threads)
     np.seterr(all="ignore")
     {"clean": run_clean, "adaptive": run_adaptive, "sanity": run_sanity, "report": lambda a: None}[args.what](
