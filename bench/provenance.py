@@ -12,7 +12,6 @@ import datetime as dt
 import os
 import platform
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +99,6 @@ def write(
     code: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``provenance.json`` into ``out_dir`` (atomically) and return its path."""
-    sys.path.insert(0, str(ROOT))
     from training.artifacts import atomic_write_json
 
     path = Path(out_dir) / FILE
