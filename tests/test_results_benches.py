@@ -41,7 +41,7 @@ def test_every_collected_record_has_a_stamp_and_a_block():
         assert any(k.startswith(f"{name}.") and k != f"{name}.stamp" for k in results.RENDERERS), name
 
 
-# ---- bench/detection/autoattack.py and bench/detection/detector_suite.py: records from the chunk caches ---------------------------
+# ---- bench/detection/autoattack.py and bench/detection/detector_suite.py: records from the chunk caches --------
 def _artifact(tmp_path: Path) -> Path:
     art = tmp_path / "art"
     art.mkdir()
@@ -208,7 +208,7 @@ def test_query_record_rebuilt_from_a_saved_run(tmp_path):
         query_report.rebuild(tmp_path / "bad.json", tmp_path / "o2")
 
 
-# ---- bench/serving/serve.py: load, soak, --protocols ------------------------------------------------------------------
+# ---- bench/serving/serve.py: load, soak, --protocols -----------------------------------------------------------
 _MODEL = {"dataset": "mnist5k", "backbone": "mnist_cnn", "shape": "1x28x28"}
 
 
@@ -339,7 +339,7 @@ def test_serve_protocols_record_renders_table_and_targets(tmp_path):
     assert targets[-1] == "- errors over every cell: 0; target 0"
 
 
-# ---- bench/training/train.py, bench/training/robust_train.py, bench/detection/detect_scores.py ---------------------------------------------
+# ---- bench/training/train.py, bench/training/robust_train.py, bench/detection/detect_scores.py -----------------
 def test_train_records_render_the_printed_tables(tmp_path):
     summary = {
         "lgm": {"test_accuracy": 0.99, "calibration_accuracy": 0.992, "seconds_per_epoch": 4.71},

@@ -1,7 +1,8 @@
 """Benchmarks of the detector against attacks.
 
 - ``detect.py``: ``lgm evaluate`` on the default attack suite, the deployed detector against five baselines
-  (AUROC with intervals); ``detect_scores.py`` re-scores its saved adversarial sets under other detector settings;
+  (AUROC with intervals); ``detect_scores.py`` re-scores its saved adversarial sets under other detector
+  settings;
 - ``robust.py``: detect-or-correct against attackers who know the detector, on an adversarially trained and a
   quick model; ``robust_report.py`` holds its tables (also rendered on the results pages);
 - ``autoattack.py``: AutoAttack (Croce & Hein 2020) on a model's full test split, chunked and resumable;

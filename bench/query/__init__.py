@@ -5,5 +5,6 @@ stateful defence (docs/query-attacks.md).
   the threshold sweep;
 - ``attackers.py``: the attacks themselves; ``oracle.py``: the running server as the attackers see it;
 - ``report.py``: the tables, printed by the benchmark and rendered on the results pages;
-- ``fingerprints.py``: which fingerprint tells an attack's near-duplicate queries from distinct digits, offline.
+- ``fingerprints.py``: which fingerprint tells an attack's near-duplicate queries from distinct digits,
+  offline.
 """
