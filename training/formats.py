@@ -13,6 +13,7 @@ Every error is a FormatError with one line that names the file and what was expe
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import pickle
 from pathlib import Path
@@ -161,40 +162,116 @@ def read_cifar(root: Path, num_classes: int):
 
 
 # -- image folders ----------------------------------------------------------------------------------------
-def read_image_folder(root: Path, image_size: int | None = None):
-    """ROOT/<class>/<image> -> (x uint8 (N, C, H, W), y, class names). Grey if every image is grey, else RGB;
-    every image resized (bilinear) to the first image's size or ``image_size`` x ``image_size``."""
-    from PIL import Image, UnidentifiedImageError
+GREY_MODES = ("L", "1", "I", "I;16", "F")
 
+
+def has_split_folders(root: Path) -> bool:
+    """True when ``root`` holds ``train/`` and ``test/`` sub-folders (each with one sub-folder per class), the
+    layout of datasets that come with their official test split (e.g. a CIFAR-10 JPEG copy)."""
+    return (root / "train").is_dir() and (root / "test").is_dir()
+
+
+def _class_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise FormatError(f"{root}: expected one sub-folder per class, found none")
     files: list[tuple[Path, int]] = []
     for ci, c in enumerate(classes):
-        imgs = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        imgs = sorted(p for p in (root / c).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not imgs:
             raise FormatError(
                 f"{root / c}: class folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
             )
         files += [(p, ci) for p in imgs]
+    return classes, files
+
+
+def _open_images(files: list[tuple[Path, int]], base: Path, digest: hashlib._Hash) -> list:
+    """Decode every file, feeding ``digest`` with (relative path, NUL, bytes) in the given order."""
+    from PIL import Image, UnidentifiedImageError
+
     loaded = []
     for p, _ in files:
         try:
-            with Image.open(p) as im:
+            raw = p.read_bytes()
+            with Image.open(io.BytesIO(raw)) as im:
                 im.load()
                 loaded.append(im.copy())
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise FormatError(f"{p}: not a readable image ({exc})") from None
-    grey = all(im.mode in ("L", "1", "I", "I;16", "F") for im in loaded)
+        digest.update(p.relative_to(base).as_posix().encode() + b"\0" + raw)
+    return loaded
+
+
+def _to_array(
+    loaded: list, files: list[tuple[Path, int]], grey: bool, size: tuple[int, int] | None
+) -> np.ndarray:
+    """PIL images -> uint8 (N, C, H, W). ``size``: resize every image to it (bilinear); None: every image must
+    already share the first one's size (a folder of mixed sizes is refused rather than silently resized)."""
+    from PIL import Image
+
     mode = "L" if grey else "RGB"
-    size = (image_size, image_size) if image_size else loaded[0].size
+    want = size or loaded[0].size
     arrs = []
-    for im in loaded:
-        im = im.convert(mode)
-        if im.size != size:
-            im = im.resize(size, Image.BILINEAR)
-        a = np.asarray(im, dtype=np.uint8)
+    for im, (p, _) in zip(loaded, files, strict=True):
+        if im.size != want:
+            if size is None:
+                first = files[0][0]
+                raise FormatError(
+                    f"{p}: image is {im.size[0]}x{im.size[1]} but {first} is {want[0]}x{want[1]}; "
+                    "pass --image-size N to resize every image to N x N"
+                )
+            im = im.resize(want, Image.BILINEAR)
+        a = np.asarray(im.convert(mode), dtype=np.uint8)
         arrs.append(a[None] if grey else a.transpose(2, 0, 1))
-    x = np.stack(arrs)
+    return np.stack(arrs)
+
+
+def read_image_folder(root: Path, image_size: int | None = None):
+    """ROOT/<class>/<image> -> (x uint8 (N, C, H, W), y, class names, digest). Grey if every image is grey, else
+    RGB; every image must share one size unless ``image_size`` asks to resize them all to that square size.
+    ``digest``: sha256 over (relative path, NUL, file bytes) of every image in sorted path order."""
+    classes, files = _class_files(root)
+    digest = hashlib.sha256()
+    loaded = _open_images(files, root, digest)
+    grey = all(im.mode in GREY_MODES for im in loaded)
+    size = (image_size, image_size) if image_size else None
+    x = _to_array(loaded, files, grey, size)
     y = np.array([ci for _, ci in files], dtype=np.int64)
-    return x, y, classes
+    return x, y, classes, digest.hexdigest()
+
+
+def read_split_folders(root: Path, image_size: int | None = None):
+    """ROOT/train/<class>/<image> and ROOT/test/<class>/<image> -> ((xtr, ytr), (xte, yte), class names, digest).
+
+    Both parts must name the same classes and (unless ``image_size``) share one image size and colour mode
+    (RGB if any image of either part is colour). ``digest``: sha256 over (path relative to ROOT, NUL, file
+    bytes) of every image, train then test, each in sorted path order; for the public CIFAR-10 JPEG copy this
+    is the digest its layout script prints."""
+    classes, files_tr = _class_files(root / "train")
+    classes_te, files_te = _class_files(root / "test")
+    if classes_te != classes:
+        only = sorted(set(classes) ^ set(classes_te))
+        raise FormatError(
+            f"{root}: train/ and test/ must hold the same class folders; differing: {', '.join(only)}"
+        )
+    digest = hashlib.sha256()
+    # sorted relative paths put every test/ file before every train/ file; hash in that order
+    loaded_te = _open_images(files_te, root, digest)
+    loaded_tr = _open_images(files_tr, root, digest)
+    grey = all(im.mode in GREY_MODES for im in loaded_tr + loaded_te)
+    if image_size:
+        size: tuple[int, int] | None = (image_size, image_size)
+    else:
+        size = None
+        if loaded_te[0].size != loaded_tr[0].size:
+            w, h = loaded_tr[0].size
+            raise FormatError(
+                f"{files_te[0][0]}: image is {loaded_te[0].size[0]}x{loaded_te[0].size[1]} but the training "
+                f"images are {w}x{h}; pass --image-size N to resize every image to N x N"
+            )
+    xtr = _to_array(loaded_tr, files_tr, grey, size)
+    xte = _to_array(loaded_te, files_te, grey, size)
+    ytr = np.array([ci for _, ci in files_tr], dtype=np.int64)
+    yte = np.array([ci for _, ci in files_te], dtype=np.int64)
+    return (xtr, ytr), (xte, yte), classes, digest.hexdigest()
