@@ -82,9 +82,30 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for 32x32 inputs. Input (N, C, 32, 32) -> features (N, D)."""
+    """ResNet-(6n+2) for 32x32 inputs. Input (N, C, 32, 32) -> features (N, D).
 
-    def __init__(self, in_channels: int = 3, depth: int = 20, feat_dim: int = 64, width: int = 16) -> None:
+    ``feature_norm``: a BatchNorm without affine parameters after the last linear layer, so the features have
+    unit variance per dimension over a batch (running statistics at inference). Why: the L-GM logits are
+    quadratic in the features, -0.5 * ||W h + b - mu_k||^2, so the loss's curvature along the linear layer's
+    weights grows with ||h||^2, the squared norm of the pooled block output (about 69 at initialisation on
+    CIFAR-10, rising to 150-250 within 100 steps). Plain gradient descent on a quadratic is stable only while
+    lr * curvature < 2: at the official lr 0.1 that product is ~7 and SGD diverged (loss 38 -> 2,155 -> 1.8e7,
+    NaN at step 4), which AdamW's per-weight scaling hid. Normalising the features bounds that curvature
+    whatever ||h|| is. A BatchNorm *with* affine parameters is not enough: its scale learns to shrink towards 0,
+    every feature collapses onto one point with the means, the likelihood term reaches 0 and the classifier
+    sits at chance (measured at lambda 1); without affine parameters the features' spread is fixed at 1 and
+    the only way to lower the likelihood term is to cluster each class around its own mean. Measurements:
+    docs/training.md, "Natural images".
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        depth: int = 20,
+        feat_dim: int = 64,
+        width: int = 16,
+        feature_norm: bool = True,
+    ) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
@@ -103,10 +124,11 @@ class CifarResNet(nn.Module):
         self.stages = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, feat_dim)
+        self.feature_norm = nn.BatchNorm1d(feat_dim, affine=False) if feature_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.stages(self.stem(x))).flatten(1)  # (N, 4w)
-        return self.fc(x)
+        return self.feature_norm(self.fc(x))  # (N, D)
 
 
 BACKBONES = {"mnist_cnn": MnistCNN, "resnet": CifarResNet}

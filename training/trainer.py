@@ -67,6 +67,7 @@ def build_spec(cfg: TrainConfig, ds: Dataset) -> ModelSpec:
         args["width"] = cfg.width
     if backbone == "resnet":
         args["depth"] = cfg.depth
+        args["feature_norm"] = True  # written out, so the artifact says which ResNet it is
     head_args: dict[str, Any] = {}
     if cfg.head == "lgm":
         head_args = {"variance": cfg.variance, "learn_priors": cfg.learn_priors, "var_floor": cfg.var_floor}
