@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import torch
+from procs import run_group
 from safetensors.torch import load_file
 
 # Runs on every rank: trains through the real entry point, then saves this rank's final weights and buffers so
@@ -44,24 +42,10 @@ DRIVER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _run_group(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    """Run cmd in its own process group; on timeout kill the whole group (torchrun and its workers)."""
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"torchrun timed out after {timeout} s; stderr tail: {err[-2000:]}") from None
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+# The deadline of the whole torchrun (two ranks importing torch, training two epochs, rank 0 writing the artifact):
+# about 15 s on an idle 2-core machine and 35 s with both cores kept busy by another process. It stays under
+# pytest's own --timeout (pyproject.toml), so that run_group's cleanup, which kills the ranks, is what runs.
+DEADLINE_S = 480
 
 
 def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
@@ -70,20 +54,23 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "art"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     env.pop("WORLD_SIZE", None)
+    # --standalone: the rendezvous store listens on a port the OS gives it when it binds (port 0), and the ranks
+    # join that store. Picking a free port here and passing --master_port left a window, as long as torchrun
+    # takes to start (seconds on a loaded machine), in which another process could take the port.
+    # --local-addr: the ranks reach the store on the loopback address rather than through the host's name.
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--nproc_per_node",
+        "--standalone",
+        "--nproc-per-node",
         "2",
-        "--master_addr",
+        "--local-addr",
         "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
         str(script),
         str(out),
     ]
-    proc = _run_group(cmd, env, timeout=240)
+    proc = run_group(cmd, env=env, deadline_s=DEADLINE_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 0 world 2 meta True" in proc.stdout and "rank 1 world 2 meta False" in proc.stdout
 
