@@ -9,6 +9,7 @@ let drawing = false;
 let drawn = false;
 let uploaded = null; // data URL of an uploaded file, sent as is
 let last = null;
+let colour = false; // the served model takes RGB input (from /v1/model's input_shape)
 
 function resetCanvas() {
   ctx.fillStyle = "#000";
@@ -70,6 +71,9 @@ function drawingAsPng() {
   o.drawImage(canvas, x0, y0, x1 - x0 + 1, y1 - y0 + 1, dx, dy, x1 - x0 + 1, y1 - y0 + 1);
   return out.toDataURL("image/png");
 }
+
+const askForInput = () =>
+  say(colour ? "Upload a photo first (or draw on the canvas)." : "Draw a digit or upload an image first.");
 
 function currentInput() {
   if (uploaded) return uploaded;
@@ -138,7 +142,7 @@ async function busy(button, fn) {
 
 async function predict() {
   const input = currentInput();
-  if (!input) { say("Draw a digit or upload an image first."); return; }
+  if (!input) { askForInput(); return; }
   await busy($("predict"), async () => {
     const data = await post("/v1/predict?top_k=3", { instances: [{ b64: input }] });
     say("");
@@ -148,7 +152,7 @@ async function predict() {
 
 async function fgsm() {
   const input = currentInput();
-  if (!input) { say("Draw a digit or upload an image first."); return; }
+  if (!input) { askForInput(); return; }
   await busy($("fgsm"), async () => {
     const data = await post("/v1/perturb", { instance: { b64: input }, epsilon: Number($("eps").value) });
     say("");
@@ -161,7 +165,9 @@ async function fgsm() {
 $("predict").addEventListener("click", predict);
 $("fgsm").addEventListener("click", fgsm);
 $("clear").addEventListener("click", () => { resetCanvas(); say(""); });
-$("eps").addEventListener("input", () => { $("eps-value").textContent = Number($("eps").value).toFixed(2); });
+$("eps").addEventListener("input", () => {
+  $("eps-value").textContent = Number($("eps").value).toFixed(colour ? 3 : 2);
+});
 $("file").addEventListener("change", () => {
   const f = $("file").files[0];
   if (!f) return;
@@ -193,9 +199,26 @@ async function loadModel() {
     const fpr = m.detector && m.detector.target_fpr != null ? `, detector at ${pct(m.detector.target_fpr)} clean FPR` : "";
     $("model-line").textContent =
       `model ${m.name} ${m.version} (${m.dataset.name}, input ${m.input_shape.join("x")}${acc}${fpr})`;
+    adaptToModel(m);
   } catch (e) {
     $("model-line").textContent = `cannot reach the server: ${e.message}`;
   }
+}
+
+// A colour model (CIFAR-10, photos): ask for a photo, name the classes the card lists, and start the FGSM slider
+// at the usual colour budget of 8/255 instead of the digits' 0.2.
+function adaptToModel(m) {
+  const [c, h, w] = m.input_shape;
+  colour = c === 3;
+  $("classes-line").textContent = m.classes && m.classes.length ? `classes: ${m.classes.join(", ")}` : "";
+  if (!colour) return;
+  $("intro").textContent =
+    `Upload a photo (any size: the server resizes it to ${w}x${h}, as /v1/predict does) or draw on the canvas.`;
+  const eps = $("eps");
+  eps.max = "0.1";
+  eps.step = String(1 / 255);
+  eps.value = String(8 / 255);
+  $("eps-value").textContent = Number(eps.value).toFixed(3);
 }
 
 $("api-key").addEventListener("change", loadModel);
