@@ -64,3 +64,18 @@ def test_official_sgd_stays_finite_with_feature_norm() -> None:
     # (on real CIFAR-10 images it reached NaN at step 4; on these easy images it spikes and recovers)
     bad = _run(feature_norm=False)
     assert not all(math.isfinite(v) for v in bad) or max(bad) > 10 * bad[0], bad
+
+
+def test_means_init_sets_the_scale_of_the_initial_means() -> None:
+    """``--means-init 0.1``: the class means start ten times smaller (near-uniform logits on unit-variance
+    features); the default 1.0 leaves an artifact's spec as it was before the flag existed."""
+    from training.data import Dataset, Split
+    from training.trainer import build_spec
+
+    split = Split(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.arange(4))
+    ds = Dataset("folder", split, split, split, list("abcd"), (0.5,) * 3, (0.25,) * 3, "crop_flip")
+    default = build_spec(TrainConfig(dataset="folder"), ds)
+    assert "init_scale" not in default.head_args and default.backbone_args["feature_norm"] is True
+    torch.manual_seed(0)
+    small = Classifier(build_spec(TrainConfig(dataset="folder", means_init=0.1, feat_dim=64), ds))
+    assert 0.07 < float(small.head.means.std()) < 0.13

@@ -59,6 +59,12 @@ class TrainConfig:
     learn_priors: bool = _lgm(False, "learn class priors pi_k")
     var_floor: float = _lgm(1e-3, "variance floor", gt=0, lt=1)
     var_lr_mult: float = _lgm(0.1, "learning-rate multiplier of the variances", ge=0)
+    means_init: float = _lgm(
+        1.0,
+        "the class means start as this times N(0, I) (small, e.g. 0.1: near-uniform logits at the start, as a "
+        "softmax layer's; the features of the CIFAR ResNet have unit variance per dimension)",
+        gt=0,
+    )
 
     epochs: int = _opt(10, "epochs", ge=1)
     batch_size: int = _opt(64, "global batch size (split across torchrun ranks)", ge=2)

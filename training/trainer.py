@@ -71,6 +71,8 @@ def build_spec(cfg: TrainConfig, ds: Dataset) -> ModelSpec:
     head_args: dict[str, Any] = {}
     if cfg.head == "lgm":
         head_args = {"variance": cfg.variance, "learn_priors": cfg.learn_priors, "var_floor": cfg.var_floor}
+        if cfg.means_init != 1.0:  # written only when set, so earlier artifacts' specs stay as they were
+            head_args["init_scale"] = cfg.means_init
     return ModelSpec(
         backbone=backbone,
         backbone_args=args,
