@@ -1,5 +1,6 @@
 """``lgm calibrate`` and ``lgm evaluate``: flags built from ``CalibrationConfig`` and ``EvalConfig`` (each field
-declares its flag, help, group and bounds), plus the attack budgets' flags; defaults shown in --help."""
+declares its flag, help, group and bounds), plus the attack budgets' flags; defaults shown in --help. ``lgm export``:
+the calibrated detector as one ONNX graph (``detector/export.py``, imported only when the command runs)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from detector.export import export
+
+    written = export(
+        args.artifact,
+        out=args.out,
+        triton_repo=args.triton_repo,
+        name=args.name,
+        opset=args.opset,
+        max_batch_size=args.max_batch_size,
+        instances=args.instances,
+        kind=args.instance_kind,
+    )
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write the calibrated detector as one ONNX graph (and a Triton model repository)",
+        description="One ONNX graph from pixels (N, C, H, W) float32 in [0, 1] to the /v2 outputs and the "
+        "combined score; needs the onnx extra (pip install 'lgm-detect[onnx]').",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "artifact", help="calibrated L-GM artifact folder (model.*, detector.json, detector.safetensors)"
+    )
+    p.add_argument("--out", default=None, help="the ONNX file to write (FILE.onnx)")
+    p.add_argument("--triton-repo", default=None, help="also write a Triton model repository DIR/<name>/")
+    p.add_argument("--name", default="lgm", help="model name in the Triton repository (the /v2 route's name)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the graph")
+    p.add_argument("--max-batch-size", type=int, default=64, help="Triton: largest batch (config.pbtxt)")
+    p.add_argument("--instances", type=int, default=1, help="Triton: model instances (instance_group count)")
+    p.add_argument("--instance-kind", default="cpu", choices=("cpu", "gpu"), help="Triton: instance kind")
+    p.set_defaults(func=cmd_export)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from detector.calibration import CalibrationConfig
     from detector.harness.evaluation import EvalConfig
@@ -77,3 +116,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     groups["run"].add_argument("--quiet", action="store_true", help="no progress bars")
     add_budget_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    _register_export(sub)

@@ -1,0 +1,250 @@
+"""``lgm export``: the calibrated detector as one ONNX graph, and optionally a Triton model repository around it.
+
+The graph is ``DetectorGraph`` (``detector/onnx_graph.py``): pixels (N, C, H, W) float32 in [0, 1] -> the Open
+Inference Protocol outputs of ``/v2`` (class, probabilities, log_likelihood, abnormality_score, is_adversarial,
+threshold) and the combined score, with a dynamic batch axis. It is written by PyTorch's TorchScript-based
+exporter (``torch.onnx.export(..., dynamo=False)``: the module is traced, which needs no package beyond ``onnx``),
+checked with ``onnx.checker``, run once with ONNX Runtime against ``Detector.score`` on a few inputs, and only
+then renamed into place (a failed export leaves no file). The model's ``metadata_props`` name the source
+artifact's files and their sha256, the detector's settings and the opset.
+
+``onnx`` and ``onnxruntime`` are the optional extra ``lgm-detect[onnx]``, imported only here, inside the
+functions that need them: the server never loads them.
+
+Triton (``--triton-repo DIR``): ``DIR/<name>/config.pbtxt`` (platform ``onnxruntime_onnx``, the input and outputs
+with their datatypes and per-item shapes, dynamic batching, an instance group) and ``DIR/<name>/1/model.onnx``,
+following Triton's model configuration (``model_config.proto`` of triton-inference-server/common): with
+``max_batch_size`` > 0 the dims leave out the batch axis, and an output of shape [N] is declared ``dims: [ 1 ]``
+with ``reshape: { shape: [ ] }``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from detector.onnx_graph import INPUT, OUTPUTS, DetectorGraph
+from detector.scoring import Detector
+from detector.store import DETECTOR_FILE, TENSOR_FILE
+from training.artifacts import META, WEIGHTS, atomic_write_bytes
+
+OPSET = 17  # ONNX Runtime >= 1.12 and Triton's onnxruntime backend (22.x on) run it
+SOURCE_FILES = (WEIGHTS, META, DETECTOR_FILE, TENSOR_FILE)
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a Triton model folder and /v2 route name
+TRITON_TYPES = {"FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL"}
+ONNX_TYPES = {
+    "FP32": "tensor(float)",
+    "FP64": "tensor(double)",
+    "INT64": "tensor(int64)",
+    "BOOL": "tensor(bool)",
+}
+
+
+class ExportError(ValueError):
+    """The export cannot be made; the message is one line (``lgm export: error: ...``)."""
+
+
+def _onnx() -> tuple[Any, Any]:
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise ExportError(
+            f"lgm export needs onnx and onnxruntime ({exc.name} is missing): pip install 'lgm-detect[onnx]'"
+        ) from None
+    return onnx, onnxruntime
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _json(value: Any) -> str:
+    """JSON with non-finite floats as null (a likelihood threshold is -inf when no likelihood is scored)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), sort_keys=True)
+
+
+def metadata(det: Detector, artifact: Path, opset: int) -> dict[str, str]:
+    """The ONNX model's ``metadata_props``: source files' sha256, the detector's settings, classes, the opset."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        producer_version = version("lgm-detect")
+    except PackageNotFoundError:
+        producer_version = "unknown"
+    sources = {name: file_sha256(artifact / name) for name in SOURCE_FILES}
+    return {
+        "lgm.source_artifact": str(artifact.resolve().name),
+        "lgm.source_sha256": _json(sources),
+        "lgm.weights_sha256": sources[WEIGHTS],
+        "lgm.detector": _json(det.info()),
+        "lgm.class_names": _json(det.class_names),
+        "lgm.input_shape": _json(["N", *det.input_shape]),
+        "lgm.outputs": _json({k: {"datatype": dt, "shape": ["N", *s]} for k, (dt, s) in OUTPUTS.items()}),
+        "lgm.opset": str(opset),
+        "lgm.producer": f"lgm-detect {producer_version}",
+    }
+
+
+def to_onnx_bytes(graph: DetectorGraph, example: torch.Tensor, opset: int) -> bytes:
+    """Trace ``graph`` on ``example`` and return the ONNX model's bytes, batch axis dynamic."""
+    buf = io.BytesIO()
+    axes = {INPUT: {0: "N"}, **{k: {0: "N"} for k in OUTPUTS}}
+    with warnings.catch_warnings(), torch.no_grad():
+        # known and harmless: the legacy exporter's deprecation notice, and the feature dimension read as a
+        # Python int (a constant of the graph, as it should be)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            graph,
+            (example,),
+            buf,
+            input_names=[INPUT],
+            output_names=list(OUTPUTS),
+            opset_version=opset,
+            dynamic_axes=axes,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    return buf.getvalue()
+
+
+def check_against(det: Detector, model_bytes: bytes, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """Run the ONNX model with ONNX Runtime on ``x`` and return its outputs by name; ExportError if the class or
+    the flag differs from ``Detector.score`` on an input whose score is not within 1e-5 of its threshold."""
+    _, ort = _onnx()
+    sess = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    got = dict(zip(OUTPUTS, sess.run(list(OUTPUTS), {INPUT: x.numpy()}), strict=True))
+    ref = det.score(x)
+    thr = det.thresholds[ref.pred.numpy()]
+    clear = np.abs(ref.score.numpy() - thr) > 1e-5
+    if (got["class"] != ref.pred.numpy()).any() or (
+        got["is_adversarial"][clear] != ref.is_adversarial.numpy()[clear]
+    ).any():
+        raise ExportError("the exported graph disagrees with the detector on a check input; nothing written")
+    return got
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Atomically (a temporary name, then a rename), readable by all: a Triton container often runs as another
+    user than the one who exported."""
+    atomic_write_bytes(path, data)
+    path.chmod(0o644)
+
+
+def build(artifact: str | Path, opset: int = OPSET, seed: int = 0) -> tuple[bytes, Detector]:
+    """The ONNX model of a calibrated L-GM artifact, with its metadata, checked; and the loaded detector.
+
+    Refuses (ExportError, NotCalibratedError or ValueError, one line each) a softmax artifact, an uncalibrated
+    one, or a missing onnx/onnxruntime."""
+    onnx, _ = _onnx()
+    art = Path(artifact)
+    det = Detector.load(art, "cpu")
+    graph = DetectorGraph(det).eval()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(4, *det.input_shape, generator=gen)
+    model = onnx.load_from_string(to_onnx_bytes(graph, x[:2], opset))
+    model.producer_name = "lgm-detect"
+    model.doc_string = "L-GM adversarial-example detector (lgm export): pixels in [0, 1] -> the /v2 outputs"
+    for key, value in metadata(det, art, opset).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    blob = model.SerializeToString()
+    check_against(det, blob, x)
+    return blob, det
+
+
+def triton_config(name: str, det: Detector, max_batch_size: int, instances: int, kind: str) -> str:
+    """``config.pbtxt`` for the exported graph (Triton's ``ModelConfig`` in protobuf text format)."""
+    c, h, w = det.input_shape
+
+    def dims(shape: tuple[str, ...]) -> str:
+        return "[ " + ", ".join(str(det.num_classes) if s == "K" else s for s in shape) + " ]"
+
+    lines = [
+        f'name: "{name}"',
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {max_batch_size}",
+        "input [",
+        f'  {{ name: "{INPUT}" data_type: TYPE_FP32 dims: [ {c}, {h}, {w} ] }}',
+        "]",
+        "output [",
+    ]
+    outs = []
+    for nm, (dt, shape) in OUTPUTS.items():
+        if shape:
+            outs.append(f'  {{ name: "{nm}" data_type: {TRITON_TYPES[dt]} dims: {dims(shape)} }}')
+        else:  # shape [N]: one element per item, reshaped to a scalar per item
+            outs.append(
+                f'  {{ name: "{nm}" data_type: {TRITON_TYPES[dt]} dims: [ 1 ] reshape: {{ shape: [ ] }} }}'
+            )
+    lines += [",\n".join(outs), "]"]
+    lines += [
+        "dynamic_batching { max_queue_delay_microseconds: 2000 }",
+        f"instance_group [ {{ count: {instances} kind: KIND_{kind.upper()} }} ]",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_triton_repo(
+    repo: str | Path, name: str, blob: bytes, det: Detector, max_batch_size: int, instances: int, kind: str
+) -> Path:
+    """``repo/<name>/config.pbtxt`` and ``repo/<name>/1/model.onnx``; returns the model's folder."""
+    folder = Path(repo) / name
+    _write(folder / "1" / "model.onnx", blob)
+    cfg = triton_config(name, det, max_batch_size, instances, kind)
+    _write(folder / "config.pbtxt", cfg.encode())
+    return folder
+
+
+def export(
+    artifact: str | Path,
+    out: str | Path | None = None,
+    triton_repo: str | Path | None = None,
+    name: str = "lgm",
+    opset: int = OPSET,
+    max_batch_size: int = 64,
+    instances: int = 1,
+    kind: str = "cpu",
+) -> list[Path]:
+    """What ``lgm export`` runs: the graph to ``out`` and/or a Triton repository; returns the files written."""
+    if out is None and triton_repo is None:
+        raise ExportError("say where to write: --out FILE.onnx and/or --triton-repo DIR")
+    if not MODEL_NAME.fullmatch(name):
+        raise ExportError(
+            f"--name {name!r}: use letters, digits, '_', '.' and '-' (a folder and a route name)"
+        )
+    if kind not in ("cpu", "gpu"):
+        raise ExportError(f"--instance-kind {kind!r}: choose cpu or gpu")
+    blob, det = build(artifact, opset)
+    written = []
+    if out is not None:
+        _write(Path(out), blob)
+        written.append(Path(out))
+    if triton_repo is not None:
+        folder = write_triton_repo(triton_repo, name, blob, det, max_batch_size, instances, kind)
+        written += [folder / "config.pbtxt", folder / "1" / "model.onnx"]
+    return written
