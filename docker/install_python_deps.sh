@@ -8,7 +8,8 @@
 #                  cuda: torch from PyPI, whose Linux x86_64 wheels are CUDA builds (gigabytes of nvidia-* wheels)
 #   TORCH_VERSION  e.g. 2.13.0
 #   TORCH_INDEX_URL  overrides the index torch comes from (e.g. https://download.pytorch.org/whl/cu126)
-#   WHEELHOUSE     a folder; if it holds any *.whl, every package comes from it alone (pip --no-index): no network
+#   WHEELHOUSE     a folder; if it holds any *.whl, every package comes from it alone (pip --no-index): no network;
+#                  its python-version (docker/make_wheelhouse.sh writes it) must be the venv's Python, X.Y.Z
 #   SRC            the project's source folder (pyproject.toml)
 #   DRY_RUN=1      print the pip commands instead of running them (tests use this)
 set -eu
@@ -36,6 +37,15 @@ pip="$VENV/bin/pip"
 common="--no-cache-dir --disable-pip-version-check"
 if ls "$WHEELHOUSE"/*.whl >/dev/null 2>&1; then
   echo "install_python_deps: offline, from the wheelhouse $WHEELHOUSE" >&2
+  # A wheelhouse holds what one exact interpreter needs (environment markers such as
+  # python_full_version < "3.11.3" differ between patch releases): docker/make_wheelhouse.sh stamps it.
+  made_for="$(cat "$WHEELHOUSE/python-version" 2>/dev/null || true)"
+  here="$("$VENV/bin/python" -c 'import platform; print(platform.python_version())')"
+  if [ "$made_for" != "$here" ]; then
+    echo "install_python_deps: the wheelhouse was made for Python ${made_for:-(no stamp: an older make_wheelhouse.sh)}," \
+      "this image runs $here: make it again for this base (WHEELHOUSE_PYTHON_VERSION=$here make wheelhouse)" >&2
+    exit 1
+  fi
   src="--no-index --find-links $WHEELHOUSE"
   torch_src="$src"
 else

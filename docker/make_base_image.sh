@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make the local base image `lgm-base:bookworm` (Debian bookworm minbase + python3 3.11 + python3-venv) with
-# debootstrap and `docker import`, for machines that reach no image registry. Needs root, debootstrap and a
+# Make the local base image `lgm-base:bookworm` (Debian bookworm minbase + python3 + python3-venv) with
+# debootstrap and `docker import`, for machines that reach no image registry. Its python3 must be the version
+# in docker/python-version (bookworm's 3.11.2), for which the wheelhouse is made; checked at the end. Needs root, debootstrap and a
 # Debian mirror (apt's). Elsewhere, build with the public `python:3.11-slim-bookworm` base instead (the default).
 #
 #   docker/make_base_image.sh [TAG]      (TAG defaults to lgm-base:bookworm; does nothing if it exists)
@@ -8,9 +9,23 @@ set -euo pipefail
 TAG="${1:-lgm-base:bookworm}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 SUITE="${DEBIAN_SUITE:-bookworm}"
+# The Python the wheelhouse is resolved for (docker/make_wheelhouse.sh): this base must ship exactly that one.
+WANT="$(sed -n 's/^\([0-9][0-9.]*\)$/\1/p' "$(dirname "$0")/python-version")"
+
+check_python() {
+  local have
+  have="$(docker run --rm --network none "$TAG" python3 -c 'import platform, venv; print(platform.python_version())')"
+  echo "base image $TAG: python $have"
+  [ "$have" = "$WANT" ] || {
+    echo "make_base_image: $TAG ships Python $have but docker/python-version says $WANT: the wheelhouse would be" \
+      "resolved for the wrong interpreter; set docker/python-version to $have" >&2
+    exit 1
+  }
+}
 
 if docker image inspect "$TAG" >/dev/null 2>&1; then
   echo "base image $TAG exists"
+  check_python
   exit 0
 fi
 command -v debootstrap >/dev/null || { echo "make_base_image: debootstrap is missing (apt-get install debootstrap)" >&2; exit 2; }
@@ -28,4 +43,4 @@ tar --numeric-owner -C "$ROOTFS" -c . | docker import \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'CMD ["python3"]' \
   - "$TAG"
-docker run --rm --network none "$TAG" python3 -c 'import sys, venv; print("base image python", sys.version.split()[0])'
+check_python

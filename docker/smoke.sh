@@ -56,16 +56,21 @@ use_pass() {  # use_pass bridge|host: the compose command and the service names 
 ms() { echo $(($(date +%s%N) / 1000000)); }
 secs() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); }  # milliseconds -> seconds, one decimal
 T0=$(ms)
+LOGS="${SMOKE_LOGS:-/tmp/lgm-smoke}"  # the builds' whole logs
+mkdir -p "$LOGS"
+STEP=""
 STARTED_DOCKERD=""
 STACK_UP=""
 log() { printf '[smoke %7ss] %s\n' "$(secs $(($(ms) - T0)))" "$*"; }
 step() {  # step NAME COMMAND...: run it, print its time
   local name="$1" t
   shift
+  STEP="$name"
   log "== $name"
   t=$(ms)
   "$@"
   log "   $name: ok ($(secs $(($(ms) - t))) s)"
+  STEP=""
 }
 
 cleanup() {
@@ -88,7 +93,7 @@ cleanup() {
     log "== stopping the dockerd this script started (pid $STARTED_DOCKERD)"
     kill "$STARTED_DOCKERD" && while kill -0 "$STARTED_DOCKERD" 2>/dev/null; do sleep 0.5; done
   fi
-  if [ "$rc" = 0 ]; then log "docker smoke: PASSED"; else log "docker smoke: FAILED (exit $rc)"; fi
+  if [ "$rc" = 0 ]; then log "docker smoke: PASSED"; else log "docker smoke: FAILED (exit $rc)${STEP:+ in step \"$STEP\"}"; fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -109,10 +114,14 @@ engine() {
 }
 
 wheelhouse() {
-  if ls wheelhouse/torch-*.whl >/dev/null 2>&1; then
-    log "   wheelhouse/ holds $(ls wheelhouse/*.whl | wc -l) wheels: using it"
+  # Resolved for the base image's own python3 (environment markers differ between patch releases), which
+  # docker/make_base_image.sh has checked against docker/python-version; made again when its stamp differs.
+  local pyv
+  pyv="$(docker run --rm --network none "$BASE_IMAGE" python3 -c 'import platform; print(platform.python_version())')"
+  if ls wheelhouse/torch-*.whl >/dev/null 2>&1 && [ "$(cat wheelhouse/python-version 2>/dev/null)" = "$pyv" ]; then
+    log "   wheelhouse/ holds $(ls wheelhouse/*.whl | wc -l) wheels for Python $pyv: using it"
   else
-    PYTHON="$PY" docker/make_wheelhouse.sh wheelhouse
+    PYTHON="$PY" WHEELHOUSE_PYTHON_VERSION="$pyv" docker/make_wheelhouse.sh wheelhouse
   fi
   # The .deb files are those the base image lacks: made again when the base image changed.
   if ls debs/haproxy_*.deb >/dev/null 2>&1 && [ "$(cat debs/base-image 2>/dev/null)" = "$BASE_IMAGE" ]; then
@@ -122,14 +131,25 @@ wheelhouse() {
   fi
 }
 
-build() {  # build TAG DOCKERFILE ARG=VALUE...: offline, the legacy builder's step lines only
-  local tag="$1" file="$2" args=()
+# ANSI colour and cursor codes (pip colours its `ERROR:` lines) and progress bars' carriage returns, so that
+# the filters below and a reader see the text.
+plain() { sed -u -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\r$//' -e 's/.*\r//'; }
+
+build() {  # build TAG DOCKERFILE ARG=VALUE...: offline, the legacy builder's step lines only; the whole log kept
+  local tag="$1" file="$2" args=() blog rc=0
   shift 2
   for a in "$@"; do args+=(--build-arg "$a"); done
+  blog="$LOGS/build-${tag//[^A-Za-z0-9_.-]/_}.log"
   DOCKER_BUILDKIT=0 docker build --network none -f "$file" --build-arg BASE_IMAGE="$BASE_IMAGE" "${args[@]}" \
-    -t "$tag" . 2>&1 | grep -E '^(Step |Successfully|install_python_deps|torch |HAProxy version|E: |ERROR)' \
-    | sed 's/^/    /'
-  [ "${PIPESTATUS[0]}" = 0 ]
+    -t "$tag" . 2>&1 | plain | tee "$blog" \
+    | { grep -E '^(Step |Successfully|install_python_deps|torch |HAProxy version|E: |ERROR)' || true; } \
+    | sed 's/^/    /' || rc=$?
+  if [ "$rc" != 0 ]; then
+    # The filter above shows progress, not necessarily the cause: the end of the log does.
+    log "   docker build of $tag failed (exit $rc); the last 40 lines of its log ($blog):"
+    tail -n 40 "$blog" | sed 's/^/    | /'
+    return "$rc"
+  fi
   log "   image $tag: $(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.2f GB", $1/1e9}')"
 }
 

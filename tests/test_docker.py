@@ -16,6 +16,7 @@ import importlib.util
 import io
 import json
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -233,6 +234,8 @@ def test_install_from_a_wheelhouse_is_offline(tmp_path):
     wh = tmp_path / "wheelhouse"
     wh.mkdir()
     (wh / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    # Made for this interpreter (the stand-in venv's python is this one): tests/test_wheelhouse.py has the rest.
+    (wh / "python-version").write_text(platform.python_version() + "\n")
     pip_lines = [
         ln
         for step in ("deps", "project")
@@ -932,6 +935,52 @@ def test_smoke_passes_name_services_of_their_compose_files():
         assert set(services.split()) <= set(defined), name
         assert "api" in services.split()
         assert any(s.startswith("lb") for s in services.split())  # the pass checks the load balancer
+
+
+def test_smoke_build_failure_prints_the_end_of_its_log_without_colour_codes(tmp_path):
+    """A failed image build shows its cause (pip's coloured `ERROR:` line among the log's last 40 lines), not
+    only the filtered step lines, then names the step: smoke.sh's own functions, with a stand-in docker."""
+    text = (ROOT / "docker" / "smoke.sh").read_text()
+    funcs = "\n".join(
+        re.search(rf"^{name}\(\) \{{.*?^\}}$|^{name}\(\) \{{[^\n]*\}}$", text, re.M | re.S).group(0)
+        for name in ("ms", "secs", "log", "step", "plain", "build")
+    )
+    cleanup_line = re.search(
+        r"^  if \[ \"\$rc\" = 0 \]; then log \"docker smoke: PASSED\".*$", text, re.M
+    ).group(0)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(
+        "#!/bin/bash\n"
+        'for i in $(seq 60); do echo "Step $i/60 : RUN something"; echo "noise $i"; done\n'
+        "printf 'Collecting redis\\r 50%%\\r100%%\\n'\n"
+        "printf '\\033[31mERROR: No matching distribution found for async-timeout>=4.0.3\\033[0m\\n'\n"
+        "echo \"The command '/bin/sh -c install_python_deps deps' returned a non-zero code: 1\"\n"
+        "exit 1\n"
+    )
+    (bin_dir / "docker").chmod(0o755)
+    script = tmp_path / "harness.sh"
+    script.write_text(
+        "set -euo pipefail\n"
+        f"{funcs}\nT0=$(ms); LOGS={tmp_path}; BASE_IMAGE=base; STEP=''\n"
+        f"trap 'rc=$?\n{cleanup_line}\nexit $rc' EXIT\n"
+        'step "api image build" build lgm-detect:cpu docker/Dockerfile WHEELHOUSE=wheelhouse\n'
+    )
+    proc = subprocess.run(
+        ["bash", str(script)],
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "\x1b" not in out and "\r" not in out
+    tail = out[out.index("the last 40 lines of its log") :]
+    assert "    | ERROR: No matching distribution found for async-timeout>=4.0.3" in tail
+    assert "noise 60" in tail and "returned a non-zero code: 1" in tail
+    assert out.rstrip().endswith('docker smoke: FAILED (exit 1) in step "api image build"')
+    assert "ERROR: No matching" in (tmp_path / "build-lgm-detect_cpu.log").read_text()
 
 
 def test_make_targets_run_the_docker_scripts_outside_make_test():
