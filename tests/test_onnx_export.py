@@ -142,6 +142,10 @@ def test_softmax_and_uncalibrated_artifacts_are_refused_in_one_line(
         assert err.startswith("lgm export: error:") and says in err and err.count("\n") == 1, err
         assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx"]  # no temporary file left
         assert out.read_bytes() == b"an earlier export"  # and nothing half-written over the old one
+    for args, says in (([], "--out FILE.onnx"), (["--out", str(out), "--name", "a/b"], "--name")):
+        assert main(["export", str(tiny_artifact), *args]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
 
 
 def _model_config_class():
@@ -231,3 +235,43 @@ def test_a_copy_with_another_name_exports_the_same_graph(served_artifact, export
     assert main(["export", str(copy), "--out", str(tmp_path / "m.onnx")]) == 0
     a, b = onnx.load(str(exported)), onnx.load(str(tmp_path / "m.onnx"))
     assert a.graph == b.graph
+
+
+VARIANTS = {
+    "per-class Gaussians, no likelihood statistic, one global threshold": dict(
+        gaussians="per_class", statistics=["boundary", "layers"], kind="global"
+    ),
+    "the head's own Gaussians, likelihood only": dict(gaussians="head", statistics=["likelihood"]),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS) + ["a logistic combination (roc mode's form)"])
+def test_every_detector_setting_exports(variant, tiny_artifact, served_artifact, tmp_path) -> None:
+    """The graph follows the detector's settings: Gaussians tied, per class or the head's (a per-class whitening),
+    any subset of statistics (no likelihood: threshold -inf), a global threshold, the logistic combination."""
+    from detector.calibration import calibrate
+    from detector.export import check_against, to_onnx_bytes
+
+    if variant in VARIANTS:
+        art = tmp_path / "art"
+        shutil.copytree(tiny_artifact, art)
+        calibrate(art, mode="clean", device="cpu", progress=False, **VARIANTS[variant])
+        det = Detector.load(art, "cpu")
+    else:  # the served detector's statistics, combined by a logistic regression's weights
+        base = Detector.load(served_artifact, "cpu")
+        sm = base.score_model
+        sm.combine, sm.weights, sm.bias = "logistic", [0.5 + 0.1 * i for i in range(len(sm.names))], -1.5
+        det = Detector(base.model, base.meta, base.calibration, sm, base.device)
+    x = torch.cat([v[:120] for v in _inputs(det, served_artifact).values()])
+    graph = DetectorGraph(det).eval()
+    with torch.no_grad():
+        mine = dict(zip(OUTPUTS, graph(x), strict=True))
+    ref = det.score(x)
+    assert torch.equal(mine["score"], ref.score) and torch.equal(mine["is_adversarial"], ref.is_adversarial)
+    assert torch.equal(mine["abnormality_score"], ref.abnormality) and torch.equal(
+        mine["threshold"], ref.threshold
+    )
+    got = check_against(det, to_onnx_bytes(graph, x[:2], 17), x)  # raises if a class or a clear flag differs
+    np.testing.assert_allclose(got["score"], ref.score.numpy(), atol=1e-2)
+    if "no likelihood" in variant:
+        assert np.isneginf(got["threshold"]).all()
