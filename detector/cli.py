@@ -82,7 +82,7 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="the ONNX file to write (FILE.onnx)")
     p.add_argument("--triton-repo", default=None, help="also write a Triton model repository DIR/<name>/")
     p.add_argument("--name", default="lgm", help="model name in the Triton repository (the /v2 route's name)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the graph")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the graph (13 to 20)")
     p.add_argument("--max-batch-size", type=int, default=64, help="Triton: largest batch (config.pbtxt)")
     p.add_argument("--instances", type=int, default=1, help="Triton: model instances (instance_group count)")
     p.add_argument("--instance-kind", default="cpu", choices=("cpu", "gpu"), help="Triton: instance kind")

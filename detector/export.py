@@ -37,6 +37,11 @@ from detector.store import DETECTOR_FILE, TENSOR_FILE
 from training.artifacts import META, WEIGHTS, atomic_write_bytes
 
 OPSET = 17  # ONNX Runtime >= 1.12 and Triton's onnxruntime backend (22.x on) run it
+OPSETS = range(13, 21)  # integer ReduceSum needs 13; PyTorch's TorchScript-based exporter writes up to 20
+SCORE_RTOL, SCORE_ATOL = (
+    1e-3,
+    2e-2,
+)  # ONNX Runtime's score against Detector.score's (measured: at most 8.5e-3)
 SOURCE_FILES = (WEIGHTS, META, DETECTOR_FILE, TENSOR_FILE)
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a Triton model folder and /v2 route name
 TRITON_TYPES = {"FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL"}
@@ -132,17 +137,21 @@ def to_onnx_bytes(graph: DetectorGraph, example: torch.Tensor, opset: int) -> by
 
 
 def check_against(det: Detector, model_bytes: bytes, x: torch.Tensor) -> dict[str, np.ndarray]:
-    """Run the ONNX model with ONNX Runtime on ``x`` and return its outputs by name; ExportError if the class or
-    the flag differs from ``Detector.score`` on an input whose score is not within 1e-5 of its threshold."""
+    """Run the ONNX model with ONNX Runtime on ``x`` and return its outputs by name. ExportError if a class differs
+    from ``Detector.score``'s, a score differs by more than float32 rounding can explain (``SCORE_RTOL``/``ATOL``:
+    the boundary statistic magnifies the logits' rounding, ``docs/deployment.md``), or a flag differs on an
+    input whose two scores lie on the same side of its threshold."""
     _, ort = _onnx()
     sess = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     got = dict(zip(OUTPUTS, sess.run(list(OUTPUTS), {INPUT: x.numpy()}), strict=True))
     ref = det.score(x)
-    thr = det.thresholds[ref.pred.numpy()]
-    clear = np.abs(ref.score.numpy() - thr) > 1e-5
-    if (got["class"] != ref.pred.numpy()).any() or (
-        got["is_adversarial"][clear] != ref.is_adversarial.numpy()[clear]
-    ).any():
+    score, thr = ref.score.numpy(), det.thresholds[ref.pred.numpy()]
+    same_side = (score > thr) == (got["score"] > thr)
+    if (
+        (got["class"] != ref.pred.numpy()).any()
+        or not np.allclose(got["score"], score, rtol=SCORE_RTOL, atol=SCORE_ATOL)
+        or (got["is_adversarial"][same_side] != ref.is_adversarial.numpy()[same_side]).any()
+    ):
         raise ExportError("the exported graph disagrees with the detector on a check input; nothing written")
     return got
 
@@ -237,6 +246,8 @@ def export(
         raise ExportError(
             f"--name {name!r}: use letters, digits, '_', '.' and '-' (a folder and a route name)"
         )
+    if opset not in OPSETS:
+        raise ExportError(f"--opset {opset}: this exporter writes opsets {OPSETS[0]} to {OPSETS[-1]}")
     if kind not in ("cpu", "gpu"):
         raise ExportError(f"--instance-kind {kind!r}: choose cpu or gpu")
     blob, det = build(artifact, opset)

@@ -77,8 +77,8 @@ class DetectorGraph(nn.Module):
         self.register_buffer("tail_knots", torch.tensor([t.values for t in tails], dtype=f64))  # (m, L)
         self.register_buffer("tail_levels", torch.tensor(tails[0].levels, dtype=f64))  # (L,)
         self.register_buffer("tail_beta", torch.tensor([t.beta for t in tails], dtype=f64))  # (m,)
-        self.register_buffer("thresholds", torch.as_tensor(det.thresholds, dtype=f64))  # (K,)
-        self.register_buffer("ll_thresholds", torch.as_tensor(det.ll_thresholds, dtype=torch.float32))
+        self.register_buffer("thresholds", torch.tensor(det.thresholds, dtype=f64))  # (K,), a copy
+        self.register_buffer("ll_thresholds", torch.tensor(det.ll_thresholds, dtype=torch.float32))
         q = det.calibration["quantiles"]
         per_class = np.maximum.accumulate(np.asarray(q["per_class"], dtype=np.float64), axis=1)
         self.register_buffer("quantiles", torch.as_tensor(per_class, dtype=f64))  # (K, Lq)

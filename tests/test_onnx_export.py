@@ -142,7 +142,8 @@ def test_softmax_and_uncalibrated_artifacts_are_refused_in_one_line(
         assert err.startswith("lgm export: error:") and says in err and err.count("\n") == 1, err
         assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx"]  # no temporary file left
         assert out.read_bytes() == b"an earlier export"  # and nothing half-written over the old one
-    for args, says in (([], "--out FILE.onnx"), (["--out", str(out), "--name", "a/b"], "--name")):
+    misuse = (([], "--out FILE.onnx"), (["--out", str(out), "--name", "a/b"], "--name"))
+    for args, says in (*misuse, (["--out", str(out), "--opset", "9"], "opsets 13 to 20")):
         assert main(["export", str(tiny_artifact), *args]) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1, err
@@ -275,3 +276,17 @@ def test_every_detector_setting_exports(variant, tiny_artifact, served_artifact,
     np.testing.assert_allclose(got["score"], ref.score.numpy(), atol=1e-2)
     if "no likelihood" in variant:
         assert np.isneginf(got["threshold"]).all()
+
+
+def test_the_export_check_catches_a_wrong_graph(detector) -> None:
+    """``check_against``, which every export passes before its file is written, can fail: a graph whose
+    thresholds or tail models are off is refused."""
+    from detector.export import ExportError, check_against, to_onnx_bytes
+
+    x = torch.rand(8, *detector.input_shape, generator=torch.Generator().manual_seed(3))
+    for tamper, change in (("thresholds", 1e3), ("tail_beta", 0.5)):  # flags off; every tail surprise off
+        graph = DetectorGraph(detector).eval()
+        buf = getattr(graph, tamper)
+        buf.add_(change) if tamper == "thresholds" else buf.mul_(change)
+        with pytest.raises(ExportError, match="disagrees"):
+            check_against(detector, to_onnx_bytes(graph, x[:2], 17), x)
