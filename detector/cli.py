@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from detector.harness.budgets import add_budget_args, budgets_from_args
-from training.configargs import add_arguments, given
+from training.configargs import add_arguments, from_args, given
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -52,23 +52,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from detector.export import export
+    from detector.export import ExportConfig, export
 
-    written = export(
-        args.artifact,
-        out=args.out,
-        triton_repo=args.triton_repo,
-        name=args.name,
-        opset=args.opset,
-        max_batch_size=args.max_batch_size,
-        instances=args.instances,
-        kind=args.instance_kind,
-    )
+    written = export(args.artifact, from_args(ExportConfig, args))
     print("wrote " + ", ".join(map(str, written)))
     return 0
 
 
 def _register_export(sub: argparse._SubParsersAction) -> None:
+    from detector.export import ExportConfig
+
     p = sub.add_parser(
         "export",
         help="write the calibrated detector as one ONNX graph (and a Triton model repository)",
@@ -79,13 +72,7 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "artifact", help="calibrated L-GM artifact folder (model.*, detector.json, detector.safetensors)"
     )
-    p.add_argument("--out", default=None, help="the ONNX file to write (FILE.onnx)")
-    p.add_argument("--triton-repo", default=None, help="also write a Triton model repository DIR/<name>/")
-    p.add_argument("--name", default="lgm", help="model name in the Triton repository (the /v2 route's name)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the graph (13 to 20)")
-    p.add_argument("--max-batch-size", type=int, default=64, help="Triton: largest batch (config.pbtxt)")
-    p.add_argument("--instances", type=int, default=1, help="Triton: model instances (instance_group count)")
-    p.add_argument("--instance-kind", default="cpu", choices=("cpu", "gpu"), help="Triton: instance kind")
+    add_arguments(p, ExportConfig)
     p.set_defaults(func=cmd_export)
 
 

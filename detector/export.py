@@ -25,6 +25,7 @@ import io
 import json
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,13 @@ from detector.onnx_graph import INPUT, OUTPUTS, DetectorGraph
 from detector.scoring import Detector
 from detector.store import DETECTOR_FILE, TENSOR_FILE
 from training.artifacts import META, WEIGHTS, atomic_write_bytes
+from training.configargs import check_options, option
 
 OPSET = 17  # ONNX Runtime >= 1.12 and Triton's onnxruntime backend (22.x on) run it
-OPSETS = range(13, 21)  # integer ReduceSum needs 13; PyTorch's TorchScript-based exporter writes up to 20
+MIN_OPSET, MAX_OPSET = (
+    13,
+    20,
+)  # integer ReduceSum needs 13; PyTorch's TorchScript-based exporter writes up to 20
 SCORE_RTOL, SCORE_ATOL = (
     1e-3,
     2e-2,
@@ -55,6 +60,37 @@ ONNX_TYPES = {
 
 class ExportError(ValueError):
     """The export cannot be made; the message is one line (``lgm export: error: ...``)."""
+
+
+@dataclass
+class ExportConfig:
+    """What ``lgm export`` can be told: each field declares its flag, help, group and bounds
+    (``training/configargs.py`` builds the command line from them)."""
+
+    out: str | None = option(None, "the ONNX file to write (FILE.onnx)", group="output")
+    triton_repo: str | None = option(
+        None,
+        "a Triton model repository to write: DIR/<name>/config.pbtxt and DIR/<name>/1/model.onnx",
+        group="output",
+    )
+    opset: int = option(OPSET, "ONNX opset of the graph", group="graph", ge=MIN_OPSET, le=MAX_OPSET)
+    name: str = option(
+        "lgm", "model name: the repository's folder and the /v2/models/{name} route", group="triton"
+    )
+    max_batch_size: int = option(
+        64, "largest batch Triton forms (config.pbtxt max_batch_size)", group="triton", ge=1
+    )
+    instances: int = option(1, "model instances (instance_group count)", group="triton", ge=1)
+    instance_kind: str = option("cpu", "where the instances run", group="triton", choices=("cpu", "gpu"))
+
+    def validate(self) -> None:
+        check_options(self)
+        if self.out is None and self.triton_repo is None:
+            raise ExportError("say where to write: --out FILE.onnx and/or --triton-repo DIR")
+        if not MODEL_NAME.fullmatch(self.name):
+            raise ExportError(
+                f"--name {self.name!r}: use letters, digits, '_', '.' and '-' (a folder and a route name)"
+            )
 
 
 def _onnx() -> tuple[Any, Any]:
@@ -229,33 +265,17 @@ def write_triton_repo(
     return folder
 
 
-def export(
-    artifact: str | Path,
-    out: str | Path | None = None,
-    triton_repo: str | Path | None = None,
-    name: str = "lgm",
-    opset: int = OPSET,
-    max_batch_size: int = 64,
-    instances: int = 1,
-    kind: str = "cpu",
-) -> list[Path]:
-    """What ``lgm export`` runs: the graph to ``out`` and/or a Triton repository; returns the files written."""
-    if out is None and triton_repo is None:
-        raise ExportError("say where to write: --out FILE.onnx and/or --triton-repo DIR")
-    if not MODEL_NAME.fullmatch(name):
-        raise ExportError(
-            f"--name {name!r}: use letters, digits, '_', '.' and '-' (a folder and a route name)"
-        )
-    if opset not in OPSETS:
-        raise ExportError(f"--opset {opset}: this exporter writes opsets {OPSETS[0]} to {OPSETS[-1]}")
-    if kind not in ("cpu", "gpu"):
-        raise ExportError(f"--instance-kind {kind!r}: choose cpu or gpu")
-    blob, det = build(artifact, opset)
+def export(artifact: str | Path, cfg: ExportConfig) -> list[Path]:
+    """What ``lgm export`` runs: the graph to ``cfg.out`` and/or a Triton repository; returns the files written."""
+    cfg.validate()
+    blob, det = build(artifact, cfg.opset)
     written = []
-    if out is not None:
-        _write(Path(out), blob)
-        written.append(Path(out))
-    if triton_repo is not None:
-        folder = write_triton_repo(triton_repo, name, blob, det, max_batch_size, instances, kind)
+    if cfg.out is not None:
+        _write(Path(cfg.out), blob)
+        written.append(Path(cfg.out))
+    if cfg.triton_repo is not None:
+        folder = write_triton_repo(
+            cfg.triton_repo, cfg.name, blob, det, cfg.max_batch_size, cfg.instances, cfg.instance_kind
+        )
         written += [folder / "config.pbtxt", folder / "1" / "model.onnx"]
     return written
