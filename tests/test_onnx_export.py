@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_service_common import detector_fixture, served_artifact_fixture  # noqa: F401
+from test_service_common import client_fixture, detector_fixture, served_artifact_fixture  # noqa: F401
 
 from detector.onnx_graph import OUTPUTS, DetectorGraph
 from detector.scoring import Detector
@@ -290,3 +290,30 @@ def test_the_export_check_catches_a_wrong_graph(detector) -> None:
         buf.add_(change) if tamper == "thresholds" else buf.mul_(change)
         with pytest.raises(ExportError, match="disagrees"):
             check_against(detector, to_onnx_bytes(graph, x[:2], 17), x)
+
+
+def test_the_graph_declares_what_lgm_serves_v2_metadata_declares(exported, client) -> None:
+    """``GET /v2/models/lgm`` of ``lgm serve`` and the graph agree on every input and output (name, datatype,
+    shape with -1 for the batch axis), the graph adding only ``score``: what Triton reports for the export."""
+    meta = client.get("/v2/models/lgm").json()
+    ort_type = {v: k for k, v in ORT_TYPES.items()}
+    sess = _session(exported)
+
+    def of_graph(t) -> dict:
+        shape = [-1 if isinstance(d, str) else d for d in t.shape]
+        return {"name": t.name, "datatype": ort_type[t.type], "shape": shape}
+
+    assert meta["inputs"] == [of_graph(t) for t in sess.get_inputs()]
+    assert meta["outputs"] == [of_graph(t) for t in sess.get_outputs() if t.name != "score"]
+
+
+def test_without_the_onnx_extra_the_command_says_what_to_install(
+    served_artifact, tmp_path, monkeypatch, capsys
+):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: importing it fails
+    assert main(["export", str(served_artifact), "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "onnxruntime is missing" in err and "lgm-detect[onnx]" in err and err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())
