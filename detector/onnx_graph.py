@@ -22,6 +22,7 @@ in PyTorch: nothing in the project scores through this module besides the export
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -60,7 +61,7 @@ class DetectorGraph(nn.Module):
     def __init__(self, det: Detector) -> None:
         super().__init__()
         sm = det.score_model.to("cpu")
-        self.model = det.model.cpu().eval()
+        self.model = copy.deepcopy(det.model).cpu().eval()  # the detector's own network stays where it is
         self.groups = list(sm.groups)
         self.n_layers = len(sm.layer_gaussians)
         self.combine = sm.combine

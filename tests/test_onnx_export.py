@@ -246,17 +246,28 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS) + ["a logistic combination (roc mode's form)"])
-def test_every_detector_setting_exports(variant, tiny_artifact, served_artifact, tmp_path) -> None:
+RESNET = "the CIFAR ResNet backbone (its stem and stage ends tapped)"
+LOGISTIC = "a logistic combination (roc mode's form)"
+
+
+@pytest.mark.parametrize("variant", [*VARIANTS, RESNET, LOGISTIC])
+def test_every_detector_setting_exports(
+    variant, tiny_artifact, tiny_config_factory, served_artifact, tmp_path
+) -> None:
     """The graph follows the detector's settings: Gaussians tied, per class or the head's (a per-class whitening),
-    any subset of statistics (no likelihood: threshold -inf), a global threshold, the logistic combination."""
+    any subset of statistics (no likelihood: threshold -inf), a global threshold, the logistic combination, and
+    either backbone."""
     from detector.calibration import calibrate
     from detector.export import check_against, to_onnx_bytes
+    from training.trainer import train
 
-    if variant in VARIANTS:
+    if variant in (*VARIANTS, RESNET):
         art = tmp_path / "art"
-        shutil.copytree(tiny_artifact, art)
-        calibrate(art, mode="clean", device="cpu", progress=False, **VARIANTS[variant])
+        if variant == RESNET:
+            train(tiny_config_factory(epochs=1, backbone="resnet", width=8), art)
+        else:
+            shutil.copytree(tiny_artifact, art)
+        calibrate(art, mode="clean", device="cpu", progress=False, **VARIANTS.get(variant, {}))
         det = Detector.load(art, "cpu")
     else:  # the served detector's statistics, combined by a logistic regression's weights
         base = Detector.load(served_artifact, "cpu")
