@@ -9,7 +9,9 @@ then renamed into place (a failed export leaves no file). The model's ``metadata
 artifact's files and their sha256, the detector's settings and the opset.
 
 ``onnx`` and ``onnxruntime`` are the optional extra ``lgm-detect[onnx]``, imported only here, inside the
-functions that need them: the server never loads them.
+functions that need them: a server on ``--engine torch`` (the default) never loads them. ``lgm serve --engine
+onnxruntime`` (``service/onnx_engine.py``) exports its loaded detector in memory with ``build_in_memory`` (no
+file) and runs it in a ``session`` made here.
 
 Triton (``--triton-repo DIR``): ``DIR/<name>/config.pbtxt`` (platform ``onnxruntime_onnx``, the input and outputs
 with their datatypes and per-item shapes, dynamic batching, an instance group) and ``DIR/<name>/1/model.onnx``,
@@ -93,13 +95,14 @@ class ExportConfig:
             )
 
 
-def _onnx() -> tuple[Any, Any]:
+def _onnx(who: str = "lgm export") -> tuple[Any, Any]:
+    """The ``onnx`` and ``onnxruntime`` modules, or an ExportError saying that ``who`` needs the extra."""
     try:
         import onnx
         import onnxruntime
     except ImportError as exc:
         raise ExportError(
-            f"lgm export needs onnx and onnxruntime ({exc.name} is missing): pip install 'lgm-detect[onnx]'"
+            f"{who} needs onnx and onnxruntime ({exc.name} is missing): pip install 'lgm-detect[onnx]'"
         ) from None
     return onnx, onnxruntime
 
@@ -199,27 +202,61 @@ def _write(path: Path, data: bytes) -> None:
     path.chmod(0o644)
 
 
-def build(artifact: str | Path, opset: int = OPSET, seed: int = 0) -> tuple[bytes, Detector]:
-    """The ONNX model of a calibrated L-GM artifact, with its metadata, checked; and the loaded detector.
-
-    Refuses (ExportError, NotCalibratedError or ValueError, one line each) a softmax artifact, an uncalibrated
-    one, or a missing onnx/onnxruntime."""
-    onnx, _ = _onnx()
-    art = Path(artifact)
-    det = Detector.load(art, "cpu")
+def _checked_model(det: Detector, opset: int, seed: int, props: dict[str, str], who: str) -> bytes:
+    """Trace ``DetectorGraph(det)``, add ``props`` as ``metadata_props``, pass ``onnx.checker`` and
+    ``check_against`` on a few random inputs; the model's bytes. ``det`` must be on the CPU."""
+    onnx, _ = _onnx(who)
     graph = DetectorGraph(det).eval()
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(4, *det.input_shape, generator=gen)
     model = onnx.load_from_string(to_onnx_bytes(graph, x[:2], opset))
     model.producer_name = "lgm-detect"
     model.doc_string = "L-GM adversarial-example detector (lgm export): pixels in [0, 1] -> the /v2 outputs"
-    for key, value in metadata(det, art, opset).items():
+    for key, value in props.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(model)
     blob = model.SerializeToString()
     check_against(det, blob, x)
-    return blob, det
+    return blob
+
+
+def build(artifact: str | Path, opset: int = OPSET, seed: int = 0) -> tuple[bytes, Detector]:
+    """The ONNX model of a calibrated L-GM artifact, with its metadata, checked; and the loaded detector.
+
+    Refuses (ExportError, NotCalibratedError or ValueError, one line each) a softmax artifact, an uncalibrated
+    one, or a missing onnx/onnxruntime."""
+    art = Path(artifact)
+    _onnx()  # a missing extra is said before the artifact is loaded
+    det = Detector.load(art, "cpu")
+    return _checked_model(det, opset, seed, metadata(det, art, opset), "lgm export"), det
+
+
+def build_in_memory(det: Detector, who: str, opset: int = OPSET, seed: int = 0) -> bytes:
+    """The checked ONNX model of an already loaded detector, made in memory and never written: what
+    ``lgm serve --engine onnxruntime`` runs (``service/onnx_engine.py``). The metadata names the weights and the
+    detector's settings only (no files are read). ``who`` names the caller in a missing-extra message."""
+    if det.device.type != "cpu":
+        raise ExportError(f"{who}: the detector must be loaded on the CPU, not {det.device}")
+    props = {
+        "lgm.weights_sha256": str(det.meta.get("weights_sha256")),
+        "lgm.detector": _json(det.info()),
+        "lgm.class_names": _json(det.class_names),
+        "lgm.opset": str(opset),
+    }
+    return _checked_model(det, opset, seed, props, who)
+
+
+def session(model: bytes, threads: int, who: str = "lgm export") -> Any:
+    """An ONNX Runtime ``InferenceSession`` over ``model`` on the CPU provider: ``threads`` intra-op threads, one
+    inter-op thread, operators run one after another (``ExecutionMode.ORT_SEQUENTIAL``), as the server runs
+    torch (``service/engine.py``)."""
+    _, ort = _onnx(who)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def triton_config(name: str, det: Detector, max_batch_size: int, instances: int, kind: str) -> str:

@@ -1,8 +1,9 @@
 """The FastAPI application: ``create_app(settings)``.
 
 Start-up (the lifespan): load the detector once (unless one is handed in, as ``lgm serve`` does after checking
-the artifact), set torch's thread count, warm up on the worker thread, start the micro-batcher, then report
-ready. Shutdown (uvicorn's SIGTERM handling): stop accepting, let in-flight requests finish (up to
+the artifact), make the engine that scores (``--engine``: ``torch``, or ``onnxruntime`` over the detector exported
+in memory, ``service/onnx_engine.py``), set its thread count, warm up on the worker thread, start the
+micro-batcher, then report ready. Shutdown (uvicorn's SIGTERM handling): stop accepting, let in-flight requests finish (up to
 ``graceful_timeout``), drain the batcher, stop the worker thread.
 
 With ``grpc_port`` set (default 8001), the lifespan also starts this worker's gRPC server (OIP v2 and
@@ -32,10 +33,11 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from detector.scoring import Detector
 from service import api_v1, api_v2, schemas
 from service.batcher import MicroBatcher
-from service.engine import Engine, model_version
+from service.engine import model_version
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
 from service.metrics import MetricsMiddleware
+from service.onnx_engine import create_engine, export
 from service.schemas import APIModels
 from service.settings import ServeSettings
 from service.state import ServiceState, get_state
@@ -74,8 +76,11 @@ async def start_grpc(state: ServiceState):  # noqa: ANN201 - grpc is imported on
     return server
 
 
-def create_app(settings: ServeSettings | None = None, detector: Detector | None = None) -> FastAPI:
-    """Build the app. ``detector``: an already loaded detector (else loaded from ``settings.artifact``)."""
+def create_app(
+    settings: ServeSettings | None = None, detector: Detector | None = None, onnx_model: bytes | None = None
+) -> FastAPI:
+    """Build the app. ``detector``: an already loaded detector (else loaded from ``settings.artifact``);
+    ``onnx_model``: its export for ``--engine onnxruntime`` (else exported in the lifespan)."""
     settings = settings or ServeSettings()
     if detector is not None:
         shape = detector.input_shape
@@ -92,8 +97,11 @@ def create_app(settings: ServeSettings | None = None, detector: Detector | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         det = detector
         if det is None:
-            det = await run_in_threadpool(Detector.load, settings.artifact, settings.device)
-        engine = Engine(det, threads=settings.torch_threads())
+            det = await run_in_threadpool(Detector.load, settings.artifact, settings.detector_device())
+        model = onnx_model
+        if settings.engine == "onnxruntime" and model is None:
+            model = await run_in_threadpool(export, det)
+        engine = create_engine(settings.engine, det, settings.torch_threads(), model)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(engine.executor, engine.warm_up, settings.max_batch_size)
         batcher = MicroBatcher(
@@ -106,13 +114,15 @@ def create_app(settings: ServeSettings | None = None, detector: Detector | None 
         )
         batcher.start()
         state.engine, state.batcher, state.model_version = engine, batcher, model_version(det.meta)
+        state.metrics.set_engine(engine.name)
         grpc_server = await start_grpc(state) if settings.grpc_port else None
         state.ready = True
         log.info(
-            "lgm: model %s version %s on %s, %d torch thread(s), batching %s (max %d images, %.1f ms)",
+            "lgm: model %s version %s on %s, engine %s with %d thread(s), batching %s (max %d images, %.1f ms)",
             settings.model_name,
             state.model_version,
             det.device,
+            engine.name,
             engine.threads,
             "on" if settings.batching else "off",
             settings.max_batch_size,

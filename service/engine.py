@@ -59,10 +59,15 @@ def set_torch_threads(n: int) -> None:
 
 
 class Engine:
-    """Owns the detector and the single worker thread it runs on.
+    """Owns the detector and the single worker thread it runs on; scores with PyTorch (``--engine torch``).
 
+    ``score`` is the one scoring call of every answer path (the micro-batcher calls it); ``forward`` is what an
+    engine computes, and ``service/onnx_engine.py``'s ``OnnxEngine`` replaces only it and the warm-up, so FGSM
+    (``fgsm``) and the model's description keep using the torch detector whatever the engine.
     ``forwards`` and ``batch_sizes`` count what the worker did (the tests check coalescing with them).
     """
+
+    name = "torch"
 
     def __init__(self, detector: Detector, threads: int = 1) -> None:
         self.detector = detector
@@ -93,12 +98,17 @@ class Engine:
 
     # -- on the worker thread ------------------------------------------------------------------------------
     def score(self, x: torch.Tensor) -> BatchResult:
-        """(N, C, H, W) in [0, 1] -> BatchResult. Runs on the worker thread."""
-        with torch.inference_mode():
-            s = self.detector.score(x, batch_size=max(512, int(x.shape[0])))
+        """(N, C, H, W) in [0, 1] -> BatchResult, by this engine, counted. Runs on the worker thread."""
+        res = self.forward(x)
         with self._lock:
             self.forwards += 1
             self.batch_sizes.append(int(x.shape[0]))
+        return res
+
+    def forward(self, x: torch.Tensor) -> BatchResult:
+        """One forward of ``Detector.score`` in PyTorch."""
+        with torch.inference_mode():
+            s = self.detector.score(x, batch_size=max(512, int(x.shape[0])))
         return BatchResult.from_scores(s)
 
     def fgsm(self, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -112,7 +122,7 @@ class Engine:
         sizes = sorted({1, min(8, max_batch_size), max_batch_size})
         for _ in range(rounds):
             for n in sizes:
-                self.detector.score(torch.rand(n, c, h, w))
+                self.forward(torch.rand(n, c, h, w))
         with self._lock:
             self.forwards = 0
             self.batch_sizes.clear()
@@ -140,6 +150,7 @@ def info(engine: Engine, model_name: str) -> dict[str, Any]:
         "metrics": meta.get("metrics"),
         "detector": det.info(),
         "device": str(det.device),
+        "engine": engine.name,
         "weights_sha256": meta.get("weights_sha256"),
     }
 

@@ -6,6 +6,7 @@
 - ``lgm_batch_size``: images per forward pass (shows the micro-batcher coalescing).
 - ``lgm_forward_duration_seconds``: time of one forward pass on the worker thread.
 - ``lgm_images_total`` and ``lgm_flagged_inputs_total``: images scored, and those flagged as adversarial.
+- ``lgm_engine_info{engine}``: the engine that scores the answers (``torch`` or ``onnxruntime``), once loaded.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.routing import Match
 
@@ -60,6 +61,7 @@ class Metrics:
         )
         self.images = Counter("lgm_images", "images scored", registry=r)
         self.flagged = Counter("lgm_flagged_inputs", "images flagged as adversarial", registry=r)
+        self.engine = Info("lgm_engine", "the engine that scores the answers", registry=r)
 
     def count_scored(self, is_adversarial: Any) -> None:
         """Count the images a request had scored, and those flagged (``is_adversarial``: (N,) bools)."""
@@ -67,6 +69,10 @@ class Metrics:
         n_flagged = int(is_adversarial.sum())
         if n_flagged:
             self.flagged.inc(n_flagged)
+
+    def set_engine(self, name: str) -> None:
+        """Name the engine that scores (``lgm_engine_info{engine="..."} 1``)."""
+        self.engine.info({"engine": name})
 
     def observe_batch(self, images: int, seconds: float) -> None:
         self.batch_size.observe(images)

@@ -28,6 +28,8 @@ SERVER_NAME = "lgm-detect"
 EXTENSIONS = ["binary_tensor_data"]  # advertised in GET /v2 and gRPC ServerMetadata
 OUTPUT_DTYPES = {"INT64": "<i8", "FP32": "<f4", "BOOL": "u1"}
 _BYTE_SCALE = np.float32(1.0 / 255.0)
+# the model metadata's platform by engine (``--engine``): Triton's names, as lgm export's config.pbtxt declares
+PLATFORMS = {"torch": "pytorch", "onnxruntime": "onnxruntime_onnx"}
 
 
 def check_model(st: ServiceState, name: str, version: str | None = None) -> None:
@@ -73,7 +75,7 @@ def model_metadata(st: ServiceState, name: str) -> dict[str, Any]:
     return {
         "name": name,
         "versions": [st.model_version],
-        "platform": "pytorch",
+        "platform": PLATFORMS.get(engine.name, engine.name),
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, c, h, w]}],
         "outputs": [
             {"name": nm, "datatype": dt, "shape": out_shapes.get(nm, [-1])} for nm, dt in OIP_OUTPUTS.items()

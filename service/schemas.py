@@ -108,7 +108,12 @@ class ModelInfo(BaseModel):
     lgm: dict[str, Any] | None
     metrics: dict[str, Any] | None
     detector: dict[str, Any] = Field(description="thresholds and calibration figures")
-    device: str
+    device: str = Field(
+        description="where the torch detector runs (FGSM; and scoring under the torch engine)"
+    )
+    engine: Literal["torch", "onnxruntime"] = Field(
+        description="what scores the answers: torch (eager PyTorch) or onnxruntime (the exported detector)"
+    )
     weights_sha256: str | None
 
 

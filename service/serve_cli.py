@@ -4,7 +4,9 @@ beat defaults; list flags take comma lists and may be repeated). With more than 
 builds the app from the same settings (handed over as ``LGM_*`` variables).
 
 The artifact is loaded and checked before uvicorn starts, so a missing, tampered or uncalibrated artifact stops
-start-up with one line (``lgm serve: error: ...``) and exit code 2.
+start-up with one line (``lgm serve: error: ...``) and exit code 2. Under ``--engine onnxruntime`` the detector is
+also exported (in memory, ``service/onnx_engine.py``) before uvicorn starts, so an artifact that cannot be
+exported, or a missing onnx extra, is one such line naming the engine; with several workers each exports its own.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from detector.scoring import Detector
     from service.app import create_app
+    from service.onnx_engine import WHO, export
 
     settings = settings_from_args(args)
     if settings.artifact is None:
@@ -59,7 +62,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from service.grpc_server import check_port_free
 
         check_port_free(settings.host, settings.grpc_port)
-    detector = Detector.load(settings.artifact, settings.device)  # ValueError with one line when unusable
+    try:  # ValueError with one line when unusable
+        detector = Detector.load(settings.artifact, settings.detector_device())
+    except ValueError as exc:
+        if settings.engine == "torch":
+            raise
+        raise ValueError(f"{WHO}: {str(exc).splitlines()[0]}") from None
+    onnx_model = export(detector) if settings.engine == "onnxruntime" else None  # one line naming the engine
     workers = settings.server_workers()
     common: dict[str, Any] = dict(
         host=settings.host,
@@ -70,10 +79,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
     )
     if workers == 1:
-        server = uvicorn.Server(uvicorn.Config(create_app(settings, detector=detector), **common))
+        app = create_app(settings, detector=detector, onnx_model=onnx_model)
+        server = uvicorn.Server(uvicorn.Config(app, **common))
         server.run()
         return 0 if server.started else 1
-    del detector  # each worker loads its own
+    del detector, onnx_model  # each worker loads (and exports) its own
     os.environ.update(settings_env(settings))
     uvicorn.run("service.app:create_app", factory=True, workers=workers, **common)
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field as _Field
-from pydantic import field_validator
+from pydantic import ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.networks import networks
@@ -72,6 +72,13 @@ class ServeSettings(BaseSettings):
     model_name: str = Field(
         "lgm", group="model", description="model name in responses and in the /v2/models/{name} routes"
     )
+    engine: Literal["torch", "onnxruntime"] = Field(
+        "torch",
+        group="model",
+        description="what scores every answer: torch (eager PyTorch) | onnxruntime (the detector exported in "
+        "memory at start-up by lgm export's exporter, run by ONNX Runtime on the CPU; needs lgm-detect[onnx]; "
+        "FGSM stays in PyTorch). The default stays torch until a benchmark decides: not yet measured",
+    )
     host: str = Field("127.0.0.1", group="network", description="interface to bind (0.0.0.0 for all)")
     port: int = Field(8000, group="network", ge=0, le=65535, description="TCP port")
     log_level: str = Field("info", group="network", description="uvicorn log level")
@@ -90,7 +97,8 @@ class ServeSettings(BaseSettings):
         group="processes and threads",
         ge=0,
         le=256,
-        description="torch CPU threads per worker (0: auto = the cores left over by the workers, at least 1)",
+        description="torch (or ONNX Runtime intra-op) CPU threads per worker (0: auto = the cores left over by "
+        "the workers, at least 1)",
     )
     batching: bool = Field(
         True, group="batching", description="coalesce concurrent requests into one forward pass"
@@ -221,6 +229,21 @@ class ServeSettings(BaseSettings):
         ):
             raise ValueError("use sqlite:///PATH, redis://HOST:PORT/DB, rediss:// or unix://")
         return value
+
+    @field_validator("engine")
+    @classmethod
+    def _engine_on_cpu(cls, value: str, info: ValidationInfo) -> str:
+        device = info.data.get("device", "auto")
+        if value == "onnxruntime" and device not in ("auto", "cpu"):
+            raise ValueError(
+                f"onnxruntime runs on the CPU here; drop --device {device} or use --engine torch"
+            )
+        return value
+
+    def detector_device(self) -> str:
+        """Where the torch detector loads: ``device``, except that ``auto`` is the CPU under ``--engine
+        onnxruntime`` (the export is made from a CPU detector, and FGSM then runs there too)."""
+        return "cpu" if self.engine == "onnxruntime" and self.device == "auto" else self.device
 
     @field_validator("trusted_proxies")
     @classmethod

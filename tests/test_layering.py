@@ -41,6 +41,14 @@ def test_the_server_loads_no_attack_baseline_or_evaluation_module():
     assert bad == [], f"service.app loads {bad}"
 
 
+def test_the_server_loads_no_onnx_package_until_asked_for():
+    """``import service.app`` (``--engine torch``, the default) loads neither onnx nor onnxruntime: only
+    ``lgm serve --engine onnxruntime`` calls the exporter's functions that import them (``service/onnx_engine.py``)."""
+    served = _loaded_after("import service.app")
+    bad = sorted(m for m in served if m.split(".")[0] in ("onnx", "onnxruntime"))
+    assert bad == [], f"service.app loads {bad}"
+
+
 def test_the_harness_is_loaded_when_asked_for():
     """The check above can fail: importing the evaluation does load the harness and its attack registry."""
     loaded = _loaded_after("import detector.harness.evaluation")
