@@ -248,3 +248,18 @@ def test_a_missing_extra_is_one_line_naming_the_engine(detector, monkeypatch) ->
         export(detector)
     msg = str(exc.value)
     assert msg.startswith("--engine onnxruntime needs onnx and onnxruntime") and "lgm-detect[onnx]" in msg
+
+
+def test_every_worker_gets_the_engine(served_artifact: Path, monkeypatch) -> None:
+    """With several workers, the settings travel as LGM_* variables (``settings_env``): the engine with them, and
+    ``--device auto`` loads the torch detector on the CPU under onnxruntime."""
+    from service.serve_cli import settings_env
+    from service.settings import ServeSettings
+
+    env = settings_env(ServeSettings(artifact=served_artifact, engine="onnxruntime"))
+    assert env["LGM_ENGINE"] == "onnxruntime" and env["LGM_DEVICE"] == "auto"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    worker = ServeSettings()
+    assert worker.engine == "onnxruntime" and worker.detector_device() == "cpu"
+    assert ServeSettings(engine="torch").detector_device() == "auto"  # torch keeps choosing CUDA when present
