@@ -9,6 +9,7 @@ import base64
 import re
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from test_front_door import README, _bash_lines, _check_answers
+from test_service_batching import _post
 from test_service_common import (  # noqa: F401
     ServerThread,
     as_png,
@@ -169,6 +171,23 @@ def test_no_answer_path_scores_in_torch_under_onnxruntime(clients, detector, mon
     assert c.post("/v1/perturb", json={"instance": {"b64": png}, "epsilon": 0.1}).status_code == 200
     with pytest.raises(AssertionError):  # the torch engine does score through it
         clients["torch"].post("/v1/predict", json={"instances": [{"b64": png}]})
+
+
+def test_concurrent_requests_are_coalesced_as_under_torch(served_artifact: Path, detector: Detector) -> None:
+    """The same micro-batcher: 24 concurrent one-image requests to a real server take far fewer ONNX Runtime
+    runs, and each request gets its own rows back."""
+    settings = settings_for(served_artifact, grpc_port=0, engine="onnxruntime", max_wait_ms=20.0)
+    app = create_app(settings, detector=detector)
+    x = digit_images(detector, 24)
+    with ServerThread(app) as srv, ThreadPoolExecutor(24) as pool:
+        engine = app.state.lgm.engine
+        assert isinstance(engine, OnnxEngine) and engine.forwards == 0
+        results = list(
+            pool.map(lambda v: _post(srv.port, "/v1/predict", {"instances": [{"array": v.tolist()}]}), x)
+        )
+    assert all(code == 200 for code, _ in results)
+    assert sum(engine.batch_sizes) == 24 and engine.forwards < 12, list(engine.batch_sizes)
+    assert [body["predictions"][0]["class_index"] for _, body in results] == detector.score(x).pred.tolist()
 
 
 def test_binary_oip_and_grpc_answer_as_the_torch_engine(
