@@ -1,9 +1,10 @@
 """The model side of the server: a loaded ``detector.scoring.Detector``, its worker thread, warm-up and FGSM.
 
-Everything torch does happens on one worker thread (``Engine.executor``), never on the event loop. The thread
-count is set on that thread and process-wide, on purpose: with a micro-batcher feeding one forward at a time,
-``cores - 1`` intra-op threads leave a core for the event loop (HTTP parsing, JSON, image decoding), which is
-what avoids the oversubscription that stalls CPU servers.
+Everything torch does happens on one worker thread (``Engine.executor``), never on the event loop, and so does
+ONNX Runtime's scoring under ``--engine onnxruntime`` (``service/onnx_engine.py``). The thread count is set on
+that thread and process-wide, on purpose: with a micro-batcher feeding one forward at a time, ``cores - 1``
+intra-op threads leave a core for the event loop (HTTP parsing, JSON, image decoding), which is what avoids the
+oversubscription that stalls CPU servers.
 """
 
 from __future__ import annotations

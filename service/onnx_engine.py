@@ -58,9 +58,11 @@ class OnnxEngine(Engine):
     name = "onnxruntime"
 
     def __init__(self, detector: Detector, threads: int = 1, model: bytes | None = None) -> None:
+        model = model if model is not None else export(detector)
+        sess = session(model, threads, WHO)  # before the torch side is set up: a failure changes nothing
         super().__init__(detector, threads)
-        self.model = model if model is not None else export(detector)
-        self.session: Any = session(self.model, threads, WHO)
+        self.model = model
+        self.session: Any = sess
 
     def forward(self, x: torch.Tensor) -> BatchResult:
         """One run of the exported graph: (N, C, H, W) float32 in [0, 1] -> BatchResult (same dtypes)."""
