@@ -66,8 +66,18 @@ def default_model() -> Path:
 @pytest.fixture(scope="module")
 def server(default_model):
     """``lgm serve`` on the default model, as ``make run`` starts it; yields its port."""
+    yield from _serve(default_model)
+
+
+@pytest.fixture(scope="module")
+def cifar_server():
+    """``lgm serve`` on the shipped CIFAR-10 model, as ``make run-cifar10`` starts it; yields its port."""
+    yield from _serve(ROOT / "models" / "cifar10")
+
+
+def _serve(model: Path):
     port = _free_port()
-    cmd = [str(BIN / "lgm"), "serve", str(default_model), "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [str(BIN / "lgm"), "serve", str(model), "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(
         [*cmd, "--workers", "1", "--threads", "1"],
         cwd=ROOT,
@@ -122,6 +132,13 @@ def _check_answers(files: list[str], body: dict) -> None:
     assert len(preds) == len(files), body
     for f, p in zip(files, preds, strict=True):
         name = Path(f).stem
+        if name.startswith("cifar10_"):  # cifar10_<class>.png and cifar10_<class>_adversarial.png
+            label = name.removeprefix("cifar10_").removesuffix("_adversarial")
+            if name.endswith("_adversarial"):
+                assert p["label"] != label and p["is_adversarial"], (f, p)
+            else:
+                assert p["label"] == label and not p["is_adversarial"], (f, p)
+            continue
         kind, label = name.rsplit("_", 1)
         if kind == "digit":
             assert p["label"] == label and not p["is_adversarial"], (f, p)
@@ -159,13 +176,16 @@ DOCUMENTED = (
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", DOCUMENTED)
-def test_documented_curl_commands_answer_as_documented(server, page):
+def test_documented_curl_commands_answer_as_documented(server, page, request):
+    """Each line against the model it is written for: the CIFAR-10 examples against models/cifar10
+    (``make run-cifar10``), every other against the default model."""
     lines = [
         c for c in _bash_lines((ROOT / page).read_text()) if c.startswith("curl ") and "/v1/predict" in c
     ]
     assert lines, f"{page} shows no curl to /v1/predict"
     for line in lines:
-        files, body = _curl(line, server)
+        port = request.getfixturevalue("cifar_server") if "examples/cifar10_" in line else server
+        files, body = _curl(line, port)
         assert files, f"{line}: posts no example image"
         _check_answers(files, body)
 
