@@ -22,7 +22,6 @@ with ``reshape: { shape: [ ] }``.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -39,6 +38,7 @@ from detector.scoring import Detector
 from detector.store import DETECTOR_FILE, TENSOR_FILE
 from training.artifacts import META, WEIGHTS, atomic_write_bytes
 from training.configargs import check_options, option
+from training.hashing import file_sha256
 
 OPSET = 17  # ONNX Runtime >= 1.12 and Triton's onnxruntime backend (22.x on) run it
 MIN_OPSET, MAX_OPSET = (
@@ -105,14 +105,6 @@ def _onnx(who: str = "lgm export") -> tuple[Any, Any]:
             f"{who} needs onnx and onnxruntime ({exc.name} is missing): pip install 'lgm-detect[onnx]'"
         ) from None
     return onnx, onnxruntime
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _json(value: Any) -> str:

