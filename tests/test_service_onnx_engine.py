@@ -132,17 +132,21 @@ def test_perturb_runs_fgsm_in_torch_and_scores_with_onnxruntime(clients, detecto
     _same_predictions([got["original"], got["perturbed"]], [want["original"], want["perturbed"]])
 
 
-def test_readme_request_gets_the_same_classes_and_flags() -> None:
-    """The README's curl (models/mnist-robust, a genuine and an attacked 7) under both engines; the
-    onnxruntime app is handed its export as ``lgm serve`` hands it over."""
-    [line] = [c for c in _bash_lines(README.read_text()) if c.startswith("curl ") and "/v1/predict" in c]
+@pytest.mark.parametrize("model", ["mnist-robust", "cifar10"])
+def test_readme_request_gets_the_same_classes_and_flags(model: str) -> None:
+    """Each of the README's curls (a genuine and an attacked image) against the shipped model it is written for
+    (models/mnist-robust; models/cifar10 for the CIFAR-10 pair) under both engines; the onnxruntime app is handed
+    its export as ``lgm serve`` hands it over."""
+    lines = [c for c in _bash_lines(README.read_text()) if c.startswith("curl ") and "/v1/predict" in c]
+    [line] = [c for c in lines if ("examples/cifar10_" in c) == (model == "cifar10")]
+    artifact = ROOT / "models" / model
     paths = re.findall(r"examples/[\w.-]+\.png", line)
     files = [("files", (Path(p).name, (ROOT / p).read_bytes(), "image/png")) for p in paths]
-    det = Detector.load(SHIPPED, "cpu")
+    det = Detector.load(artifact, "cpu")
     answers = {}
-    for engine, model in (("torch", None), ("onnxruntime", export(det))):
-        settings = settings_for(SHIPPED, grpc_port=0, engine=engine)
-        with TestClient(create_app(settings, detector=det, onnx_model=model)) as c:
+    for engine, onnx_model in (("torch", None), ("onnxruntime", export(det))):
+        settings = settings_for(artifact, grpc_port=0, engine=engine)
+        with TestClient(create_app(settings, detector=det, onnx_model=onnx_model)) as c:
             r = c.post("/v1/predict", files=files)
             assert r.status_code == 200, r.text
             answers[engine] = r.json()
