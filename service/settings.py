@@ -77,7 +77,8 @@ class ServeSettings(BaseSettings):
         group="model",
         description="what scores every answer: torch (eager PyTorch) | onnxruntime (the detector exported in "
         "memory at start-up by lgm export's exporter, run by ONNX Runtime on the CPU; needs lgm-detect[onnx]; "
-        "FGSM stays in PyTorch). The default stays torch until a benchmark decides: not yet measured",
+        "FGSM stays in PyTorch). onnxruntime scores faster in process (docs/service.md, Engines); the default "
+        "stays torch until served throughput is measured too",
     )
     host: str = Field("127.0.0.1", group="network", description="interface to bind (0.0.0.0 for all)")
     port: int = Field(8000, group="network", ge=0, le=65535, description="TCP port")
