@@ -260,18 +260,10 @@ def read_split_folders(root: Path, image_size: int | None = None):
     loaded_te = _open_images(files_te, root, digest)
     loaded_tr = _open_images(files_tr, root, digest)
     grey = all(im.mode in GREY_MODES for im in loaded_tr + loaded_te)
-    if image_size:
-        size: tuple[int, int] | None = (image_size, image_size)
-    else:
-        size = None
-        if loaded_te[0].size != loaded_tr[0].size:
-            w, h = loaded_tr[0].size
-            raise FormatError(
-                f"{files_te[0][0]}: image is {loaded_te[0].size[0]}x{loaded_te[0].size[1]} but the training "
-                f"images are {w}x{h}; pass --image-size N to resize every image to N x N"
-            )
-    xtr = _to_array(loaded_tr, files_tr, grey, size)
-    xte = _to_array(loaded_te, files_te, grey, size)
+    size = (image_size, image_size) if image_size else None
+    # one pass over train then test, so every image is held to the first training image's size
+    x = _to_array(loaded_tr + loaded_te, files_tr + files_te, grey, size)
+    xtr, xte = x[: len(files_tr)], x[len(files_tr) :]
     ytr = np.array([ci for _, ci in files_tr], dtype=np.int64)
     yte = np.array([ci for _, ci in files_te], dtype=np.int64)
     return (xtr, ytr), (xte, yte), classes, digest.hexdigest()
