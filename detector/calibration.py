@@ -40,7 +40,7 @@ from detector.tails import TailModel
 from training.artifacts import load_artifact
 from training.batched import batched, model_device
 from training.configargs import check_options, option
-from training.data import Split, load_dataset
+from training.data import Split, load_card_dataset
 from training.distributed import resolve_device
 from training.model import Classifier
 
@@ -276,7 +276,7 @@ def fit_clean(art_dir: str | Path, cfg: CalibrationConfig) -> CleanFit:
     model, meta = load_artifact(art, dev)
     lgm_head(model)
     d = meta["dataset"]
-    ds = load_dataset(d["name"], d.get("root"), int(d.get("split_seed", 0)), d.get("image_size"))
+    ds = load_card_dataset(d)
     sm = fit_gaussians(model, ds.train, cfg)
     x, y = ds.calibration.float(), ds.calibration.y
     clean = statistics_of(model, sm, x)

@@ -222,6 +222,14 @@ def load_dataset(
         raise DataError(str(exc)) from None
 
 
+def load_card_dataset(card: dict, root: str | Path | None = None) -> Dataset:
+    """The dataset a model card's ``dataset`` entry names (model.json: name, root, split seed, image size), with
+    the same splits it was trained on; ``root`` replaces the card's root (the files moved, or another machine)."""
+    return load_dataset(
+        card["name"], root or card.get("root"), int(card.get("split_seed", 0)), card.get("image_size")
+    )
+
+
 def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
     """Training augmentation on a float batch (N, C, H, W) in [0, 1].
 

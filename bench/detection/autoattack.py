@@ -47,7 +47,7 @@ from bench import provenance
 from detector.gradient import Float64Logits
 from detector.harness.metrics import wilson as harness_wilson
 from training.artifacts import atomic_write_json, load_artifact
-from training.data import load_dataset
+from training.data import load_card_dataset
 
 ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 # Croce & Hein 2020 (Table 2 and the RobustBench MNIST L-inf 0.3 leaderboard): clean and AutoAttack accuracy
@@ -162,7 +162,7 @@ def run_chunk(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     model, meta = load_artifact(args.artifact, "cpu")
     d = meta["dataset"]
-    ds = load_dataset(d["name"], d.get("root"), int(d.get("split_seed", 0)), d.get("image_size"))
+    ds = load_card_dataset(d)
     perm = order(args.seed, len(ds.test))
     stop = min(args.start + args.limit, args.n)
     idx = perm[args.start : stop]

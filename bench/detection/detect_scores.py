@@ -38,7 +38,7 @@ from detector.harness.bootstrap import paired_intervals
 from detector.harness.calibration_roc import calibrate_roc
 from detector.scoring import Detector
 from training.artifacts import atomic_write_json
-from training.data import load_dataset
+from training.data import load_card_dataset
 
 ALL = "likelihood,boundary,layers"
 VARIANTS: dict[str, dict] = {
@@ -84,7 +84,7 @@ def main() -> int:
     idx, y = first["index"], first["y"]
     src = Path(args.artifact)
     d = Detector.load(src, "cpu").meta["dataset"]
-    ds = load_dataset(d["name"], d.get("root"), int(d.get("split_seed", 0)), d.get("image_size"))
+    ds = load_card_dataset(d)
     x_clean = ds.test.x[idx].float().div(255.0)
     names = list(sets)
     rows = []

@@ -78,11 +78,11 @@ def eps_order(folder: Path, budget: float) -> list[float]:
 
 def load(art: str):
     from detector.scoring import Detector
-    from training.data import load_dataset
+    from training.data import load_card_dataset
 
     det = Detector.load(art, device="cpu")
     d = det.meta["dataset"]
-    ds = load_dataset(d["name"], d.get("root"), int(d.get("split_seed", 0)), d.get("image_size"))
+    ds = load_card_dataset(d)
     return det, ds
 
 

@@ -27,7 +27,7 @@ if __name__ == "__main__":  # run as a script: import from the repository root, 
 
 from detector.export import build, session
 from detector.onnx_graph import INPUT, OUTPUTS
-from training.data import load_dataset
+from training.data import load_card_dataset
 
 NEAR = 1e-5
 
@@ -65,10 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     model, det = build(args.artifact)
     sess = session(model, args.threads)
-    d = det.meta["dataset"]
-    ds = load_dataset(
-        d["name"], args.data_root or d.get("root"), int(d.get("split_seed", 0)), d.get("image_size")
-    )
+    ds = load_card_dataset(det.meta["dataset"], args.data_root)
     noise = torch.rand(args.noise, *det.input_shape, generator=torch.Generator().manual_seed(0))
     rows = {"test split": compare(det, sess, ds.test.float()), "uniform noise": compare(det, sess, noise)}
     for name, row in rows.items():

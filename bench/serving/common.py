@@ -18,7 +18,7 @@ import torch
 
 from detector.scoring import Detector
 from service.images import encode_png
-from training.data import load_dataset
+from training.data import load_card_dataset
 
 
 # -- set-up ------------------------------------------------------------------------------------------------------
@@ -39,7 +39,7 @@ def test_images(det: Detector, n: int = 256) -> tuple[torch.Tensor, list[str]]:
     """Real test-split images: as a float batch (N, C, H, W), and as one-line /v1/predict JSON bodies (n of
     them: past the split's size, copies with 4 random pixels nudged by 1/255, all distinct)."""
     ds = det.meta["dataset"]
-    data = load_dataset(ds["name"], ds.get("root"), ds.get("split_seed", 0), ds.get("image_size"))
+    data = load_card_dataset(ds)
     x = data.test.x[:n]  # (N, C, H, W) uint8
     if n > len(x):
         g = torch.Generator().manual_seed(0)

@@ -27,7 +27,7 @@ if __name__ == "__main__":  # run as a script: import from the repository root, 
 
 from detector.export import build, session
 from detector.onnx_graph import INPUT, OUTPUTS
-from training.data import load_dataset
+from training.data import load_card_dataset
 
 
 def images_per_second(fn: Callable[[torch.Tensor], object], xb: torch.Tensor, seconds: float) -> float:
@@ -62,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=200, help="one-image calls per latency cell")
     args = ap.parse_args(argv)
     model, det = build(args.artifact)
-    d = det.meta["dataset"]
-    ds = load_dataset(
-        d["name"], args.data_root or d.get("root"), int(d.get("split_seed", 0)), d.get("image_size")
-    )
+    ds = load_card_dataset(det.meta["dataset"], args.data_root)
     xb, x1 = ds.test.float()[: args.batch].contiguous(), ds.test.float()[:1].contiguous()
     print(
         f"{args.artifact}: {det.input_shape}, batch {args.batch}, {args.rounds} rounds, torch {torch.__version__}"

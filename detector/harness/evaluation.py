@@ -55,7 +55,7 @@ from detector.harness.metrics import DetectorScores, detector_metrics
 from detector.scoring import Detector
 from training.artifacts import load_meta
 from training.batched import batched
-from training.data import load_dataset
+from training.data import load_card_dataset
 from training.distributed import DistInfo, barrier, init_distributed, resolve_device, shutdown
 
 LGM = "lgm"
@@ -67,7 +67,7 @@ def prepare(cfg: EvalConfig, device: torch.device, info: DistInfo) -> Context:
     no baseline to run, the twin is neither trained nor loaded."""
     det = Detector.load(cfg.artifact, device)
     d = det.meta["dataset"]
-    ds = load_dataset(d["name"], d.get("root"), int(d.get("split_seed", 0)), d.get("image_size"))
+    ds = load_card_dataset(d)
     if not cfg.baseline_names:
         return Context(det, ds, None, None)
     if info.is_main:
