@@ -115,14 +115,14 @@ def test_calibration_never_touches_the_test_split(tiny_artifact: Path, tmp_path:
     shutil.copytree(tiny_artifact, art)
     reference = cal.calibrate(art)
     tensors = (art / "detector.safetensors").read_bytes()
-    real = cal.load_dataset
+    real = cal.load_card_dataset
 
     def without_test(*args, **kwargs):
         ds = real(*args, **kwargs)
         ds.test = _Untouchable()
         return ds
 
-    monkeypatch.setattr(cal, "load_dataset", without_test)
+    monkeypatch.setattr(cal, "load_card_dataset", without_test)
     blind = cal.calibrate(art)
     assert (art / "detector.safetensors").read_bytes() == tensors
 
