@@ -11,7 +11,8 @@ with KServe's fields beside it (the InferenceService CRD, serving.kserve.io/v1be
 validates against the core PodSpec schema, KServe's own fields against their types in that CRD, and KServe's
 rules for a custom predictor (predictor_custom.go) are checked one by one. With KSERVE_CRD=path/to/
 serving.kserve.io_inferenceservices.yaml (from KServe's config/crd/full/) it is also validated against the
-CRD's whole openAPIV3Schema.
+CRD's whole openAPIV3Schema, as is deploy/kserve-triton's (the exported graph on KServe's Triton runtime, whose
+own checks are in tests/test_deploy_triton.py).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 KUBECTL = shutil.which("kubectl")
 # The apply targets the deployment page names, and the two folders they are built from.
-TARGETS = ("overlays/cpu", "overlays/gpu", "kserve")
+TARGETS = ("overlays/cpu", "overlays/gpu", "kserve", "kserve-triton")
 KUSTOMIZATIONS = ("model", "redis", "base", *TARGETS)
 # The oldest Kubernetes these manifests claim (autoscaling/v2, policy/v1 and every field used exist there), or
 # the oldest whose schemas kubernetes-validate still ships, and the newest it ships.
@@ -280,11 +281,13 @@ def test_inference_service_check_catches_mistakes(mutate):
     reason="set KSERVE_CRD to KServe's config/crd/full/serving.kserve.io_inferenceservices.yaml to validate "
     "against the whole CRD",
 )
-def test_inference_service_validates_against_the_kserve_crd():
+@pytest.mark.parametrize("target", ["kserve", "kserve-triton"])
+def test_inference_service_validates_against_the_kserve_crd(target):
+    obj = find(RENDERED[target], "InferenceService")
     crd = yaml.safe_load(Path(os.environ["KSERVE_CRD"]).read_text())
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == isvc()["apiVersion"].split("/")[1])
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == obj["apiVersion"].split("/")[1])
     schema = version["schema"]["openAPIV3Schema"]
-    errors = list(jsonschema.Draft7Validator(schema).iter_errors(isvc()))
+    errors = list(jsonschema.Draft7Validator(schema).iter_errors(obj))
     assert not errors, [f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors]
 
 
