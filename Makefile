@@ -117,10 +117,12 @@ clean:
 wheelhouse:
 	PYTHON=$(BIN)/python docker/make_wheelhouse.sh wheelhouse
 
-# HAProxy's .deb files and those the base image lacks, for an offline build of the load balancer's image:
+# The .deb files the base image lacks, for offline builds of the load balancer's and Redis's images:
 # docker build -f docker/haproxy/Dockerfile --build-arg DEBS=debs ...  (needs a Docker engine; LGM_BASE_IMAGE)
+# docker build -f docker/redis/Dockerfile --build-arg DEBS=debs-redis ...
 debs:
 	docker/make_debs.sh debs
+	docker/make_debs.sh debs-redis redis-server
 
 # Build both images offline, run the compose stack (train + calibrate, api x3 behind HAProxy), post real digits,
 # kill a replica under load, run the host-network variant, tear down; needs root, docker.io, docker-compose,

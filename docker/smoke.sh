@@ -31,11 +31,13 @@ PY="${PY:-.venv/bin/python}"
 BASE_IMAGE="${LGM_BASE_IMAGE:-lgm-base:bookworm}"
 IMAGE="${LGM_IMAGE:-lgm-detect:cpu}"
 LB_IMAGE="${LGM_LB_IMAGE:-lgm-detect-lb:haproxy}"
+REDIS_IMAGE="${LGM_REDIS_IMAGE:-lgm-detect-redis:7}"
 PROJECT="${SMOKE_PROJECT:-lgmsmoke}"
 # Ports away from the usual 8000, so a developer's own `lgm serve` does not collide (host network).
 export LGM_PUBLISH_PORT="${SMOKE_PORT:-18000}" LGM_API_PORT="${SMOKE_API_PORT:-18001}"
 export LGM_API_2_PORT="${SMOKE_API_2_PORT:-18002}" LGM_LB_STATS_PORT="${SMOKE_STATS_PORT:-18404}"
-export LGM_IMAGE="$IMAGE" LGM_LB_IMAGE="$LB_IMAGE" LGM_BASE_IMAGE="$BASE_IMAGE" LGM_WHEELHOUSE=wheelhouse LGM_DEBS=debs
+export LGM_IMAGE="$IMAGE" LGM_LB_IMAGE="$LB_IMAGE" LGM_REDIS_IMAGE="$REDIS_IMAGE" LGM_BASE_IMAGE="$BASE_IMAGE"
+export LGM_WHEELHOUSE=wheelhouse LGM_DEBS=debs LGM_REDIS_DEBS=debs-redis
 REPLICAS="${SMOKE_REPLICAS:-3}"
 # A short training keeps the smoke quick on a shared 2-core machine; the default model trains longer.
 export LGM_TRAIN_ARGS="${SMOKE_TRAIN_ARGS:---dataset mnist5k --epochs 3 --threads 2 --quiet}"
@@ -47,8 +49,8 @@ BASE=(docker-compose -p "$PROJECT" --env-file .env.example -f docker-compose.yml
 COMPOSE=("${BASE[@]}")
 use_pass() {  # use_pass bridge|host: the compose command and the service names of that pass
   case "$1" in
-    bridge) COMPOSE=("${BASE[@]}"); SERVICES=(api lb); LB=lb; N_API=$REPLICAS ;;
-    host) COMPOSE=("${BASE[@]}" -f docker-compose.hostnet.yml); SERVICES=(api api-2 lb-host); LB=lb-host; N_API=2 ;;
+    bridge) COMPOSE=("${BASE[@]}"); SERVICES=(api lb redis); LB=lb; N_API=$REPLICAS ;;
+    host) COMPOSE=("${BASE[@]}" -f docker-compose.hostnet.yml); SERVICES=(api api-2 lb-host redis); LB=lb-host; N_API=2 ;;
     *) echo "smoke: unknown pass '$1' (bridge, host)" >&2; exit 2 ;;
   esac
 }
@@ -124,10 +126,17 @@ wheelhouse() {
     PYTHON="$PY" WHEELHOUSE_PYTHON_VERSION="$pyv" docker/make_wheelhouse.sh wheelhouse
   fi
   # The .deb files are those the base image lacks: made again when the base image changed.
-  if ls debs/haproxy_*.deb >/dev/null 2>&1 && [ "$(cat debs/base-image 2>/dev/null)" = "$BASE_IMAGE" ]; then
-    log "   debs/ holds $(ls debs/*.deb | wc -l) packages for $BASE_IMAGE: using it"
+  debs debs haproxy
+  debs debs-redis redis-server
+}
+
+debs() {  # debs DIR PACKAGE: DIR holds PACKAGE's .deb files for the base image, made again when it changed
+  if ls "$1/$2"_*.deb >/dev/null 2>&1 && [ "$(cat "$1/base-image" 2>/dev/null)" = "$BASE_IMAGE" ]; then
+    log "   $1/ holds $(ls "$1"/*.deb | wc -l) packages for $BASE_IMAGE: using it"
+  elif [ "$2" = haproxy ]; then
+    LGM_BASE_IMAGE="$BASE_IMAGE" docker/make_debs.sh "$1"
   else
-    LGM_BASE_IMAGE="$BASE_IMAGE" docker/make_debs.sh debs
+    LGM_BASE_IMAGE="$BASE_IMAGE" docker/make_debs.sh "$1" "$2"
   fi
 }
 
@@ -228,6 +237,10 @@ predict() {
   "$PY" docker/smoke_predict.py "$URL" --count "${SMOKE_DIGITS:-30}" --replicas "$N_API"
 }
 
+shared_history() {  # one client's near-duplicates, spread over the replicas, flag it: Redis is shared
+  "$PY" docker/smoke_predict.py "$URL" --shared-history --replicas "$N_API"
+}
+
 health() { docker inspect -f '{{.State.Health.Status}}' "$1"; }
 
 containers() {
@@ -245,7 +258,7 @@ containers() {
       n=$((n + 1))
     done
   done
-  [ "$n" = $((N_API + 1)) ] || { echo "smoke: $n containers, $((N_API + 1)) expected ($N_API api replicas and HAProxy)" >&2; return 1; }
+  [ "$n" = $((N_API + 2)) ] || { echo "smoke: $n containers, $((N_API + 2)) expected ($N_API api replicas, HAProxy, Redis)" >&2; return 1; }
   # sed reads all of it (head would close the pipe early: SIGPIPE, and pipefail fails the step)
   docker exec "$(lb_cid)" haproxy -v | sed -n '1s/^/    lb: /p'
 }
@@ -270,6 +283,7 @@ step "base image $BASE_IMAGE" docker/make_base_image.sh "$BASE_IMAGE"
 step "wheelhouse and .deb files" wheelhouse
 step "api image build (offline: --network none, pip --no-index)" build "$IMAGE" docker/Dockerfile WHEELHOUSE=wheelhouse
 step "lb image build (offline: --network none, HAProxy from the .deb files)" build "$LB_IMAGE" docker/haproxy/Dockerfile DEBS=debs
+step "redis image build (offline: --network none, redis-server from the .deb files)" build "$REDIS_IMAGE" docker/redis/Dockerfile DEBS=debs-redis
 step "ports free" ports_free
 first=1
 for pass in $PASSES; do
@@ -283,6 +297,7 @@ for pass in $PASSES; do
   [ "$first" = 1 ] || step "train found the model in the volume and did nothing" trained_once
   step "wait for /lb/ready and every replica in rotation" wait_ready
   step "POST real digits to /v1/predict" predict
+  step "query history shared by the replicas (Redis)" shared_history
   step "container checks" containers
   [ "$pass" != bridge ] || step "failover: kill -9 one replica under steady load" failover
   first=0
