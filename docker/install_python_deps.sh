@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install torch, the project and torchattacks into the virtual environment at $VENV (the Dockerfile's build
 # stage runs this), in two steps so that Docker caches the heavy one:
-#   install_python_deps deps      torch, then the project's dependencies as pyproject.toml lists them
+#   install_python_deps deps      torch, then the project's dependencies as pyproject.toml lists them (with
+#                                 the extras its [tool.lgm] image-extras names)
 #   install_python_deps project   the project itself and torchattacks, both without dependencies
 # Settings, all environment variables:
 #   TORCH_VARIANT  cpu (default): torch's CPU wheel (from the CPU index, or the wheelhouse)
@@ -63,7 +64,10 @@ case "$step" in
     reqs="$(mktemp)"
     "$VENV/bin/python" - "$SRC/pyproject.toml" >"$reqs" <<'PY'
 import sys, tomllib
-deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
+meta = tomllib.load(open(sys.argv[1], "rb"))
+deps = list(meta["project"]["dependencies"])
+for extra in meta.get("tool", {}).get("lgm", {}).get("image-extras", []):  # [tool.lgm] image-extras
+    deps += meta["project"]["optional-dependencies"][extra]
 print("\n".join(d for d in deps if not d.replace(" ", "").startswith("torch")))
 PY
     if [ "${DRY_RUN:-0}" = 1 ]; then sed 's/^/  requirement: /' "$reqs"; fi

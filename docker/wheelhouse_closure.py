@@ -68,12 +68,13 @@ def target_environment(python_version: str, machine: str = "x86_64") -> dict[str
 
 def image_requirements(torch_version: str, pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
     """What docker/install_python_deps.sh installs with dependencies: the CPU torch, then the project's
-    dependencies but torch as pyproject.toml lists them; installing the project itself builds it with the
+    dependencies but torch as pyproject.toml lists them (and its [tool.lgm] image-extras); installing the project itself builds it with the
     build system's requirements (and wheel). torchattacks goes in with --no-deps: not part of the graph."""
     project = tomllib.loads(pyproject.read_text())
-    deps = [
-        d for d in project["project"]["dependencies"] if canonicalize_name(Requirement(d).name) != "torch"
-    ]
+    listed = list(project["project"]["dependencies"])
+    for extra in project.get("tool", {}).get("lgm", {}).get("image-extras", []):  # the extras the image takes
+        listed += project["project"]["optional-dependencies"][extra]
+    deps = [d for d in listed if canonicalize_name(Requirement(d).name) != "torch"]
     return [f"torch=={torch_version}+cpu", *project["build-system"]["requires"], "wheel", *deps]
 
 

@@ -245,11 +245,6 @@ def test_the_inference_service_serves_what_the_job_writes(served_artifact, tmp_p
     assert [t.name for t in written.output] == [*OIP_OUTPUTS, "score"] == list(OUTPUTS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docker/install_python_deps.sh installs the project's core dependencies only: the image lacks the "
-    "onnx extra that `lgm export` (the export Job) needs. Remove this mark once it has it.",
-)
 def test_the_image_has_what_the_export_job_runs(tmp_path):
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
