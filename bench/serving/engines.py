@@ -5,7 +5,8 @@ For each thread count: images/s on full batches of ``--batch`` and the median la
 engines alternated over ``--rounds`` rounds (A B A B ...) so that the machine's drift touches both alike; the
 ratio onnxruntime / torch is taken within each round and the table prints its median and range over rounds.
 This is the in-process ceiling only: served throughput and latency through HTTP and gRPC are
-``bench/serving/serve.py``'s.
+``bench/serving/serve.py``'s (``--engines torch,onnxruntime``), which measures its ceilings with ``scorer`` and
+``images_per_second`` below.
 
     .venv/bin/python bench/serving/engines.py models/mnist-robust
     .venv/bin/python bench/serving/engines.py models/cifar10 --data-root ROOT
@@ -25,9 +26,27 @@ import torch
 if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from detector.export import build, session
+from detector.export import build, build_in_memory, session
 from detector.onnx_graph import INPUT, OUTPUTS
+from detector.scoring import Detector
 from training.data import load_card_dataset
+
+ENGINES = ("torch", "onnxruntime")  # lgm serve --engine
+
+
+def scorer(
+    det: Detector, engine: str, threads: int, model: bytes | None = None
+) -> Callable[[torch.Tensor], object]:
+    """``engine``'s scoring of a batch in this process, as ``lgm serve --engine`` runs it: ``Detector.score`` with
+    ``threads`` torch threads, or an ONNX Runtime session of ``threads`` intra-op threads over ``model`` (the
+    ``lgm export`` graph; exported in memory from ``det`` when None)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: one of {', '.join(ENGINES)}")
+    torch.set_num_threads(threads)
+    if engine == "torch":
+        return det.score
+    sess = session(model if model is not None else build_in_memory(det, "bench/serving"), threads)
+    return lambda x: sess.run(list(OUTPUTS), {INPUT: x.numpy()})
 
 
 def images_per_second(fn: Callable[[torch.Tensor], object], xb: torch.Tensor, seconds: float) -> float:
@@ -71,12 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads | torch img/s | onnxruntime img/s | ratio (median, range) | torch 1-image ms | ort 1-image ms | ratio"
     )
     for threads in (int(t) for t in args.threads.split(",")):
+        ort = scorer(det, "onnxruntime", threads, model)
         torch.set_num_threads(threads)
-        sess = session(model, threads)
-
-        def ort(x: torch.Tensor, sess=sess) -> object:
-            return sess.run(list(OUTPUTS), {INPUT: x.numpy()})
-
         cells: dict[str, list[float]] = {k: [] for k in ("t_ips", "o_ips", "t_ms", "o_ms")}
         with torch.inference_mode():
             for _ in range(args.rounds):

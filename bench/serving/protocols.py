@@ -14,6 +14,10 @@ Formats (each request carries one real test digit; wrk or h2load on loopback dri
 
 Peers (``bench/serving/peers.py``, in ``.venv-peers``, ``make .venv-peers``): LitServe with ``--peer-workers``
 worker processes, MLServer with a custom runtime; both batch dynamically with the same maximum batch and wait.
+
+With ``--engines torch,onnxruntime``, ``lgm`` is one server per engine (``lgm serve --engine``), up at once, each
+cell's runs interleaved across them (``bench/serving/paired.py``) and each engine's in-process ceiling measured
+in the same rounds; the load generators are ``bench/serving/loadgen.py``'s.
 """
 
 from __future__ import annotations
@@ -22,44 +26,23 @@ import argparse
 import base64
 import json
 import os
-import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from bench.serving import common
+from bench.serving import common, paired
 from bench.serving import report as serve_report
+from bench.serving.loadgen import LUA, h2load, write_wrk_files, wrk
 from bench.serving.proctree import cpu_seconds, tree
-from bench.serving.wrk import WRK_TAIL
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERS_PY = ROOT / ".venv-peers" / "bin" / "python"
-GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
-
-# wrk: every thread reads the request bodies (one data file, one index line per body: offset, length, path and
-# one header) and posts them in turn; ``done`` prints counts and latency percentiles as one JSON line.
-LUA = r"""
-local reqs, n = {}, 0
-function init(args)
-  local f = io.open(args[1], "rb")
-  local data = f:read("*a")
-  f:close()
-  for line in io.lines(args[2]) do
-    local off, len, path, hn, hv = line:match("^(%d+) (%d+) (%S+) (%S+) (%S+)$")
-    reqs[#reqs + 1] = wrk.format("POST", path, {[hn] = hv}, data:sub(off + 1, off + len))
-  end
-  n = math.random(#reqs)
-end
-"""
-LUA += WRK_TAIL
 
 
 # -- request bodies -------------------------------------------------------------------------------------------------
@@ -104,80 +87,6 @@ def grpc_body(img: np.ndarray) -> bytes:
     return b"\0" + len(raw).to_bytes(4, "big") + raw
 
 
-def write_wrk_files(
-    tmp: Path, name: str, items: list[tuple[bytes, str, str]], path: str
-) -> tuple[Path, Path]:
-    data, index, off = tmp / f"{name}.bin", tmp / f"{name}.idx", 0
-    with data.open("wb") as d, index.open("w") as ix:
-        for body, hn, hv in items:
-            d.write(body)
-            ix.write(f"{off} {len(body)} {path} {hn} {hv}\n")
-            off += len(body)
-    return data, index
-
-
-# -- load generators ----------------------------------------------------------------------------------------------
-def _run(cmd: list[str]) -> tuple[str, float]:
-    """Run a load generator; (stdout, its CPU seconds)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    chunks: list[str] = []
-    reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)
-    reader.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    reader.join()
-    err = proc.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{cmd[0]} failed: {err.strip()[-500:]}")
-    return "".join(chunks), usage.ru_utime + usage.ru_stime
-
-
-def wrk(port: int, files: tuple[Path, Path], lua: Path, conc: int, secs: int) -> dict:
-    threads = max(1, min(conc, os.cpu_count() or 1))
-    cmd = ["wrk", "-t", str(threads), "-c", str(conc), "-d", f"{secs}s", "--timeout", "30s", "-s", str(lua)]
-    out, cpu = _run([*cmd, f"http://127.0.0.1:{port}", "--", str(files[0]), str(files[1])])
-    r = json.loads(next(ln for ln in out.splitlines() if ln.startswith("{")))
-    errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
-    secs_run = r["duration_us"] / 1e6
-    return {
-        "rps": r["requests"] / secs_run,
-        "p50": r["p50_us"] / 1e3,
-        "p99": r["p99_us"] / 1e3,
-        "errors": errors,
-        "client_cpu_s": cpu,
-    }
-
-
-def h2load(port: int, body: Path, conc: int, secs: int, tmp: Path) -> dict:
-    threads = max(1, min(conc, os.cpu_count() or 1))
-    log = tmp / "h2load.log"
-    cmd = ["h2load", "-D", str(secs), "-c", str(conc), "-m", "1", "-t", str(threads), "-d", str(body)]
-    cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file", str(log)]
-    out, cpu = _run([*cmd, f"http://127.0.0.1:{port}{GRPC_PATH}"])
-    m = re.search(r"finished in ([\d.]+)m?s, ([\d.]+) req/s", out)
-    req = re.search(
-        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout",
-        out,
-    )
-    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
-    if not (m and req and codes):
-        raise SystemExit(f"h2load output not understood:\n{out[-800:]}")
-    durations = sorted(int(ln.split("\t")[2]) for ln in log.read_text().splitlines() if ln.count("\t") == 2)
-    pick = lambda q: durations[min(len(durations) - 1, int(q * len(durations)))] / 1e3  # noqa: E731
-    errors = (
-        int(req.group(5))
-        + int(req.group(6))
-        + int(req.group(7))
-        + sum(int(codes.group(i)) for i in (2, 3, 4))
-    )
-    return {
-        "rps": float(m.group(2)),
-        "p50": pick(0.5),
-        "p99": pick(0.99),
-        "errors": errors,
-        "client_cpu_s": cpu,
-    }
-
-
 # -- servers -------------------------------------------------------------------------------------------------------
 def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 180) -> None:
     deadline = time.time() + seconds
@@ -194,8 +103,11 @@ def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 180) -> None:
     raise SystemExit(f"not ready within {seconds:.0f} s: {url}")
 
 
-def start(kind: str, art: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, int, int]:
-    """A server of ``kind`` on free loopback ports: (process, HTTP port, gRPC port or 0)."""
+def start(
+    kind: str, art: Path, args: argparse.Namespace, engine: str | None = None
+) -> tuple[subprocess.Popen, int, int]:
+    """A server of ``kind`` on free loopback ports: (process, HTTP port, gRPC port or 0); ``engine``: lgm serve's
+    ``--engine`` (None: its default)."""
     port, gport = common.free_port(), common.free_port()
     wait = ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
     if kind == "lgm":
@@ -210,6 +122,7 @@ def start(kind: str, art: Path, args: argparse.Namespace) -> tuple[subprocess.Po
             "--grpc-port",
             str(gport),
         ]
+        cmd += ["--engine", engine] if engine else []
         proc = subprocess.Popen([*cmd, *wait, "--log-level", "warning", "--device", "cpu"], cwd=ROOT)
         wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
         return proc, port, gport
@@ -268,6 +181,21 @@ PLAN = {  # server -> formats it serves, and the HTTP path of each
 }
 
 
+def measure(started: tuple, fmt: str, files, conc: int, secs: int, tmp: Path) -> dict:  # noqa: ANN001
+    """One run of ``secs`` seconds against one server (``start``'s triple): wrk over ``files``, or h2load for
+    gRPC; with the CPU the server and the client used, per second of wall time."""
+    proc, port, gport = started
+    c0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+    if fmt == "grpc":
+        r = h2load(gport, tmp / "grpc.bin", conc, secs, tmp)
+    else:
+        r = wrk(port, files, tmp / "bodies.lua", conc, secs)
+    wall = time.perf_counter() - t0
+    r["server_cpu"] = (cpu_seconds(proc.pid) - c0) / wall
+    r["client_cpu"] = r.pop("client_cpu_s") / wall
+    return r
+
+
 def run(args: argparse.Namespace) -> dict:
     for tool in ("wrk", "h2load"):
         if shutil.which(tool) is None:
@@ -277,6 +205,7 @@ def run(args: argparse.Namespace) -> dict:
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if any(s != "lgm" for s in servers) and not PEERS_PY.exists():
         raise SystemExit("the peers need their own environment: make .venv-peers")
+    engines = common.engine_list(args.engines)
     concs = [int(c) for c in args.concurrency.split(",") if c.strip()]
     art = common.ensure_artifact(args.artifact)
     from detector.scoring import Detector
@@ -287,18 +216,22 @@ def run(args: argparse.Namespace) -> dict:
     want = int(det.score(x[:1]).pred[0])
     cores = len(os.sched_getaffinity(0))
     tmp = Path(tempfile.mkdtemp(prefix="lgm-bench-"))
-    lua = tmp / "bodies.lua"
-    lua.write_text(LUA)
+    (tmp / "bodies.lua").write_text(LUA)
     per_format = bodies(u8)
     (tmp / "grpc.bin").write_bytes(grpc_body(u8[0]))
 
-    ceils = [common.ceiling(det, x, args.max_batch_size, cores)]
+    ceils = common.Ceilings(det, x, args.max_batch_size, cores, engines)
     rows = []
     for kind in servers:
-        proc, port, gport = start(kind, art, args)
+        # lgm: one server per engine, up at once, each cell's runs interleaved (bench/serving/paired.py)
+        keys = [(kind, e) for e in (engines or [None])] if kind == "lgm" else [(kind, None)]
+        base = keys[0] if len(keys) > 1 else None
+        started: dict = {}
         try:
-            if "grpc" in PLAN[kind]:
-                check_grpc(gport, u8[0], want)
+            for key in keys:
+                started[key] = start(kind, art, args, key[1])
+                if "grpc" in PLAN[kind]:
+                    check_grpc(started[key][2], u8[0], want)
             for fmt, path in PLAN[kind].items():
                 files = (
                     None
@@ -306,42 +239,40 @@ def run(args: argparse.Namespace) -> dict:
                     else write_wrk_files(tmp, fmt.replace(" ", "_"), per_format[fmt], path)
                 )
                 for conc in concs:
-                    runs = []
-                    for rep in range(-1 if args.warmup else 0, max(1, args.repeats)):
-                        secs = args.warmup if rep < 0 else args.duration
-                        c0, t0 = cpu_seconds(proc.pid), time.perf_counter()
-                        r = (
-                            h2load(gport, tmp / "grpc.bin", conc, secs, tmp)
-                            if fmt == "grpc"
-                            else wrk(port, files, lua, conc, secs)
+
+                    def cell(
+                        key: tuple,
+                        secs: int = args.duration,
+                        srv: dict = started,
+                        at: tuple = (fmt, files, conc),
+                    ) -> dict:
+                        return measure(srv[key], *at, secs, tmp)
+
+                    warm = (lambda key, cell=cell: cell(key, args.warmup)) if args.warmup else None
+                    runs = paired.interleave(keys, cell, args.repeats, warm)
+                    for (_, engine), med in paired.rows(runs, base, lambda k: k[1]):
+                        tag = {"engine": engine} if engine else {}
+                        rows.append({"server": kind, **tag, "format": fmt, "concurrency": conc, **med})
+                        print(
+                            f"# {kind + (f' ({engine})' if engine else ''):8s} {fmt:9s} c={conc:3d}: "
+                            f"{med['rps']:7.0f} req/s, p50 {med['p50']:.2f} ms, p99 {med['p99']:.2f} ms, "
+                            f"server {med['server_cpu']:.2f} / client {med['client_cpu']:.2f} cores, "
+                            f"{med['errors']} errors",
+                            flush=True,
                         )
-                        wall = time.perf_counter() - t0
-                        r["server_cpu"] = (cpu_seconds(proc.pid) - c0) / wall
-                        r["client_cpu"] = r.pop("client_cpu_s") / wall
-                        if rep >= 0:
-                            runs.append(r)
-                    runs.sort(key=lambda r: r["rps"])
-                    med = dict(runs[len(runs) // 2])
-                    med.update(range=(runs[0]["rps"], runs[-1]["rps"]), errors=sum(r["errors"] for r in runs))
-                    rows.append({"server": kind, "format": fmt, "concurrency": conc, **med})
-                    print(
-                        f"# {kind:8s} {fmt:9s} c={conc:3d}: {med['rps']:7.0f} req/s, p50 {med['p50']:.2f} ms, "
-                        f"p99 {med['p99']:.2f} ms, server {med['server_cpu']:.2f} / client {med['client_cpu']:.2f} "
-                        f"cores, {med['errors']} errors",
-                        flush=True,
-                    )
         finally:
-            stop(proc)
-        ceils.append(common.ceiling(det, x, args.max_batch_size, cores))
-    return report(args, det, cores, ceils, rows)
+            for proc, _, _ in started.values():
+                stop(proc)
+        ceils.measure()
+    return report(args, det, cores, ceils.report(), engines, rows)
 
 
-def report(args: argparse.Namespace, det, cores: int, ceils: list[float], rows: list[dict]) -> dict:  # noqa: ANN001
-    """Print the run's table and targets (bench/serving/report.py) and return its report."""
+def report(args: argparse.Namespace, det, cores: int, ceiling: dict, engines, rows: list[dict]) -> dict:  # noqa: ANN001
+    """The run's report (bench/serving/report.py's protocols_table and protocols_targets render it)."""
     from service.settings import ServeSettings
 
     d = ServeSettings()
-    rep = {
+    return {
         "benchmark": "serve",
         "mode": "protocols",
         "model": serve_report.model_facts(det),
@@ -352,14 +283,10 @@ def report(args: argparse.Namespace, det, cores: int, ceils: list[float], rows: 
         "peer_workers": args.peer_workers,
         "default_layout": {"workers": d.server_workers(), "threads": d.torch_threads()},
         "query_policy": d.query_policy,
-        "ceiling": {"median": statistics.median(ceils), "all": ceils},
+        "ceiling": ceiling,
+        "engines": engines,
         "repeats": max(1, args.repeats),
         "duration": args.duration,
         "warmup": args.warmup,
         "rows": rows,
     }
-    print()
-    print(serve_report.protocols_table(rep))
-    print()
-    print(serve_report.protocols_targets(rep))
-    return rep

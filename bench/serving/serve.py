@@ -17,14 +17,26 @@ run by throughput (with its latencies and CPU) and the range of throughput over 
 the same ``Detector.score`` (``bench/serving/protocols.py``, ``bench/serving/peers.py``): /v1 base64 PNG JSON, /v2
 JSON, /v2 binary UINT8 and gRPC (h2load), with the ceiling in the same run.
 
+``--engines torch,onnxruntime`` compares ``lgm serve``'s scoring engines (``lgm serve --engine``): one server per
+engine, all up at once, their runs of each cell interleaved (``bench/serving/paired.py``, as ``--query-policies``
+does for policies) so that the machine's drift hits them alike, and each engine's in-process ceiling measured in
+the same rounds (``bench/serving/engines.py``'s scorers). The report gets an engine column and, per cell, the
+ratio of each engine to the first (throughput and p50, median over the pairs of runs). On /v1 alone (wrk) it is
+the load test below; with ``--protocols --servers lgm`` the same engines answer /v1, /v2 JSON, /v2 binary and
+gRPC: the command for p50 at concurrency 1 and throughput at 32 of both engines on every protocol is the second
+one below. Without ``--engines`` the server's default engine runs, not named, as before.
+
 ``--soak SECONDS`` instead keeps one server under ``--soak-concurrency`` connections for that long and samples
 its resident memory (all worker processes) every few seconds: start (after a warm-up), peak, end, errors.
 
     python bench/serving/serve.py --artifact artifacts/mnist5k
     python bench/serving/serve.py --artifact artifacts/mnist5k --soak 600
     python bench/serving/serve.py --artifact artifacts/mnist5k --protocols      (needs make .venv-peers, h2load)
+    python bench/serving/serve.py --artifact models/mnist-robust --engines torch,onnxruntime --concurrency 1,32
+    python bench/serving/serve.py --artifact models/mnist-robust --engines torch,onnxruntime --protocols \
+        --servers lgm --concurrency 1,32
 
-Needs ``wrk`` (``apt-get install wrk``). Loopback only; every run is bounded in time. Without ``--artifact`` a
+Needs ``wrk`` (``apt-get install wrk``; ``--protocols`` also h2load, ``nghttp2-client``). Loopback only; every run is bounded in time. Without ``--artifact`` a
 1-epoch mnist5k model is trained and calibrated into a temporary folder.
 """
 
@@ -34,7 +46,6 @@ import argparse
 import os
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,15 +53,15 @@ import time
 from pathlib import Path
 
 import httpx
-import torch
 
 if __name__ == "__main__":  # run as a script: import from the repository root, not this folder
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 from bench import provenance
+from bench.serving import paired
 from bench.serving import protocols as serve_protocols
 from bench.serving import report as serve_report
-from bench.serving.common import ceiling, ensure_artifact, free_port, test_images
+from bench.serving.common import Ceilings, engine_list, ensure_artifact, free_port, test_images
 from bench.serving.wrk import LUA, run_cell, soak
 from detector.scoring import Detector
 from service.settings import ServeSettings
@@ -95,6 +106,13 @@ def parse_args() -> argparse.Namespace:
         "cells interleaved so that the machine's drift hits them alike (default: the server's own setting)",
     )
     p.add_argument(
+        "--engines",
+        default="",
+        help="comma-separated lgm serve --engine values (torch,onnxruntime): one server each, up at once, their "
+        "cells interleaved, each engine's in-process ceiling in the same rounds, ratios to the first engine "
+        "(default: the server's own engine, not passed)",
+    )
+    p.add_argument(
         "--images",
         type=int,
         default=256,
@@ -121,11 +139,18 @@ def parse_layout(text: str) -> tuple[int, int] | None:
 
 
 def start_server(
-    art: Path, port: int, layout: tuple[int, int] | None, args: argparse.Namespace, policy: str | None = None
+    art: Path,
+    port: int,
+    layout: tuple[int, int] | None,
+    args: argparse.Namespace,
+    policy: str | None = None,
+    engine: str | None = None,
 ):
     """``lgm serve`` in a subprocess; ``policy``: its query-attack defence (``LGM_QUERY_POLICY``), with the query
-    history in a fresh SQLite file (``proc.query_store``)."""
+    history in a fresh SQLite file (``proc.query_store``); ``engine``: its ``--engine`` (None: its default)."""
     cmd = [sys.executable, "-m", "service", "serve", str(art), "--host", "127.0.0.1", "--port", str(port)]
+    if engine is not None:
+        cmd += ["--engine", engine]
     cmd += ["--max-batch-size", str(args.max_batch_size), "--log-level", "warning", "--device", "cpu"]
     cmd += [
         "--grpc-port",
@@ -159,11 +184,15 @@ def start_server(
 def main() -> None:
     args = parse_args()
     t0, code = time.perf_counter(), provenance.checkout()  # the code measured is the code at the start
+    engines = engine_list(args.engines)  # a wrong name stops here, before any set-up
+    if args.soak and engines and len(engines) > 1:
+        raise SystemExit("--soak runs one server: give --engines one engine")
     if args.protocols:
         if args.max_wait_ms is None:
             args.max_wait_ms = ServeSettings().max_wait_ms
         rep = serve_protocols.run(args)
-        finish(args, rep, "reports/bench_serve_protocols", t0, code)
+        text = serve_report.protocols_table(rep) + "\n\n" + serve_report.protocols_targets(rep)
+        finish(args, rep, "reports/bench_serve_protocols", t0, code, text)
         return
     if shutil.which("wrk") is None:
         raise SystemExit("bench/serving/serve.py needs wrk: apt-get install wrk")
@@ -180,7 +209,7 @@ def main() -> None:
     if args.soak:
         layout = parse_layout(args.soak_layout)
         port = free_port()
-        proc = start_server(art, port, layout, args)
+        proc = start_server(art, port, layout, args, engine=engines[0] if engines else None)
         try:
             rep = soak(port, proc.pid, bodies_file, args)
         finally:
@@ -190,51 +219,44 @@ def main() -> None:
             from service.stateful.store import SQLiteStore
 
             rep["store"] = SQLiteStore(proc.query_store).size()
-        print()
-        print(serve_report.soak_text(rep))
-        finish(args, rep, "reports/bench_serve_soak", t0, code)
+        finish(args, rep, "reports/bench_serve_soak", t0, code, serve_report.soak_text(rep))
         return
 
-    ceils_all = [ceiling(det, x, args.max_batch_size, cores)]
-    ceil_one = ceiling(det, x, args.max_batch_size, 1)
-    torch.set_num_threads(1)
-    rows = []
-    layouts = [s.strip() for s in args.layouts.split(",") if s.strip()]
     policies = [s.strip() for s in args.query_policies.split(",") if s.strip()] or [None]
-    for name in layouts:
+    if engines and len(engines) > 1 and len(policies) > 1:
+        raise SystemExit("--engines and --query-policies: compare one of the two at a time")
+    ceils = Ceilings(det, x, args.max_batch_size, cores, engines)
+    # One server per (engine, policy); with several, each run is paired with the first one's run just before it.
+    variants = [(e, p) for e in (engines or [None]) for p in policies]
+    base = variants[0] if len(variants) > 1 else None
+    by_engine = engines is not None and len(engines) > 1
+    rows = []
+    for name in [s.strip() for s in args.layouts.split(",") if s.strip()]:
         layout = parse_layout(name)
         procs = {}
         try:
-            for pol in policies:
+            for engine, pol in variants:
                 port = free_port()
-                procs[pol] = (port, start_server(art, port, layout, args, pol))
+                procs[engine, pol] = (port, start_server(art, port, layout, args, pol, engine))
             for conc in concs:
-                runs: dict = {pol: [] for pol in policies}
-                for _ in range(max(1, args.repeats)):
-                    for pol, (port, proc) in procs.items():
-                        r = run_cell(port, proc.pid, bodies_file, conc, args)
-                        runs[pol].append(r)
-                        print(
-                            f"# {name}{f' query_policy={pol}' if pol else ''} concurrency {conc:3d}: "
-                            f"{r['rps']:.0f} req/s, p50 {r['p50']:.2f} ms, "
-                            f"server {r['server_cpu']:.2f} / client {r['client_cpu']:.2f} cores",
-                            flush=True,
-                        )
-                for pol in policies:
-                    rs = sorted(runs[pol], key=lambda r: r["rps"])
-                    med = dict(rs[len(rs) // 2])
-                    med["range"] = (rs[0]["rps"], rs[-1]["rps"])
-                    med["errors"] = sum(r["errors"] for r in rs)
-                    med["policy"] = pol
-                    if pol != policies[0]:  # throughput against the first policy's run just before it
-                        pairs = sorted(
-                            a["rps"] / b["rps"] for a, b in zip(runs[pol], runs[policies[0]], strict=True)
-                        )
-                        med["pair_ratio"] = (statistics.median(pairs), pairs[0], pairs[-1], policies[0])
-                        med["pair_ratios"] = (
-                            pairs  # every pair, for the median's interval (bench/serving/report.py)
-                        )
-                    rows.append((name, conc, med))
+
+                def cell(v: tuple, conc: int = conc, name: str = name, procs: dict = procs) -> dict:
+                    port, proc = procs[v]
+                    r = run_cell(port, proc.pid, bodies_file, conc, args)
+                    tags = (f" engine={v[0]}" if v[0] else "") + (f" query_policy={v[1]}" if v[1] else "")
+                    print(
+                        f"# {name}{tags} concurrency {conc:3d}: {r['rps']:.0f} req/s, p50 {r['p50']:.2f} ms, "
+                        f"server {r['server_cpu']:.2f} / client {r['client_cpu']:.2f} cores",
+                        flush=True,
+                    )
+                    return r
+
+                runs = paired.interleave(variants, cell, args.repeats)
+                for (engine, pol), row in paired.rows(runs, base, lambda v: v[0] if by_engine else v[1]):
+                    row["policy"] = pol
+                    if engine is not None:
+                        row["engine"] = engine
+                    rows.append((name, conc, row))
         finally:
             for _, proc in procs.values():
                 proc.terminate()  # SIGTERM: uvicorn's graceful shutdown
@@ -244,8 +266,7 @@ def main() -> None:
                     from service.stateful.store import SQLiteStore
 
                     print(f"# query history after the run ({store}): {SQLiteStore(store).size()}", flush=True)
-        ceils_all.append(ceiling(det, x, args.max_batch_size, cores))
-        torch.set_num_threads(1)
+        ceils.measure()
     default = ServeSettings()
     rep = {
         "benchmark": "serve",
@@ -254,7 +275,8 @@ def main() -> None:
         "cores": cores,
         "max_batch_size": args.max_batch_size,
         "default_layout": {"workers": default.server_workers(), "threads": default.torch_threads()},
-        "ceiling": {"median": statistics.median(ceils_all), "all": ceils_all, "one_thread": ceil_one},
+        "ceiling": ceils.report(),
+        "engines": engines,
         "repeats": max(1, args.repeats),
         "duration": args.duration,
         "warmup": args.warmup,
@@ -262,18 +284,20 @@ def main() -> None:
         "clients": args.clients,
         "rows": [{"layout": name, "concurrency": conc, **r} for name, conc, r in rows],
     }
+    finish(args, rep, "reports/bench_serve", t0, code, serve_report.load_table(rep))
+
+
+def finish(args: argparse.Namespace, rep: dict, default_out: str, t0: float, code: dict, text: str) -> None:
+    """Print the run's tables (``text``, bench/serving/report.py's), and write them as ``report.md`` beside
+    ``report.json`` and ``provenance.json`` into ``--out`` (or the mode's default folder)."""
+    from training.artifacts import atomic_write_bytes, atomic_write_json
+
     print()
-    print(serve_report.load_table(rep))
-    finish(args, rep, "reports/bench_serve", t0, code)
-
-
-def finish(args: argparse.Namespace, rep: dict, default_out: str, t0: float, code: dict) -> None:
-    """Write ``report.json`` and ``provenance.json`` into ``--out`` (or the mode's default folder)."""
-    from training.artifacts import atomic_write_json
-
+    print(text)
     out = Path(args.out or default_out)
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/serving/serve.py", *sys.argv[1:]])
     atomic_write_json(out / "report.json", rep)
+    atomic_write_bytes(out / "report.md", f"{text}\n\nCommand: `{command}`\n".encode())
     prov = provenance.write(out, command, time.perf_counter() - t0, None, code)
     print()
     print(f"Command: `{command}`")

@@ -1,0 +1,110 @@
+"""The load generators of ``bench/serving/serve.py --protocols``: Debian's ``wrk`` posting prepared bodies of any
+request format (a data file and an index of offsets, paths and one header each), and nghttp2's ``h2load``
+repeating one gRPC call (one HTTP/2 POST with a 5-byte length prefix). Each returns one run's throughput, p50 and
+p99 latency, errors, and the CPU seconds the generator itself used."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import threading
+from pathlib import Path
+
+from bench.serving.wrk import WRK_TAIL
+
+GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+# wrk: every thread reads the request bodies (one data file, one index line per body: offset, length, path and
+# one header) and posts them in turn; ``done`` prints counts and latency percentiles as one JSON line.
+LUA = r"""
+local reqs, n = {}, 0
+function init(args)
+  local f = io.open(args[1], "rb")
+  local data = f:read("*a")
+  f:close()
+  for line in io.lines(args[2]) do
+    local off, len, path, hn, hv = line:match("^(%d+) (%d+) (%S+) (%S+) (%S+)$")
+    reqs[#reqs + 1] = wrk.format("POST", path, {[hn] = hv}, data:sub(off + 1, off + len))
+  end
+  n = math.random(#reqs)
+end
+"""
+LUA += WRK_TAIL
+
+
+def write_wrk_files(
+    tmp: Path, name: str, items: list[tuple[bytes, str, str]], path: str
+) -> tuple[Path, Path]:
+    """The data file and index ``LUA`` reads: (body, header name, header value) items posted to ``path``."""
+    data, index, off = tmp / f"{name}.bin", tmp / f"{name}.idx", 0
+    with data.open("wb") as d, index.open("w") as ix:
+        for body, hn, hv in items:
+            d.write(body)
+            ix.write(f"{off} {len(body)} {path} {hn} {hv}\n")
+            off += len(body)
+    return data, index
+
+
+def _run(cmd: list[str]) -> tuple[str, float]:
+    """Run a load generator; (stdout, its CPU seconds)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    reader.join()
+    err = proc.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[0]} failed: {err.strip()[-500:]}")
+    return "".join(chunks), usage.ru_utime + usage.ru_stime
+
+
+def wrk(port: int, files: tuple[Path, Path], lua: Path, conc: int, secs: int) -> dict:
+    """One wrk run over the bodies in ``files`` (``write_wrk_files``), ``lua`` holding ``LUA``."""
+    threads = max(1, min(conc, os.cpu_count() or 1))
+    cmd = ["wrk", "-t", str(threads), "-c", str(conc), "-d", f"{secs}s", "--timeout", "30s", "-s", str(lua)]
+    out, cpu = _run([*cmd, f"http://127.0.0.1:{port}", "--", str(files[0]), str(files[1])])
+    r = json.loads(next(ln for ln in out.splitlines() if ln.startswith("{")))
+    errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    secs_run = r["duration_us"] / 1e6
+    return {
+        "rps": r["requests"] / secs_run,
+        "p50": r["p50_us"] / 1e3,
+        "p99": r["p99_us"] / 1e3,
+        "errors": errors,
+        "client_cpu_s": cpu,
+    }
+
+
+def h2load(port: int, body: Path, conc: int, secs: int, tmp: Path) -> dict:
+    """One h2load run repeating the gRPC call in ``body``; latencies from its per-request log in ``tmp``."""
+    threads = max(1, min(conc, os.cpu_count() or 1))
+    log = tmp / "h2load.log"
+    cmd = ["h2load", "-D", str(secs), "-c", str(conc), "-m", "1", "-t", str(threads), "-d", str(body)]
+    cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file", str(log)]
+    out, cpu = _run([*cmd, f"http://127.0.0.1:{port}{GRPC_PATH}"])
+    m = re.search(r"finished in ([\d.]+)m?s, ([\d.]+) req/s", out)
+    req = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout",
+        out,
+    )
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not (m and req and codes):
+        raise SystemExit(f"h2load output not understood:\n{out[-800:]}")
+    durations = sorted(int(ln.split("\t")[2]) for ln in log.read_text().splitlines() if ln.count("\t") == 2)
+    pick = lambda q: durations[min(len(durations) - 1, int(q * len(durations)))] / 1e3  # noqa: E731
+    errors = (
+        int(req.group(5))
+        + int(req.group(6))
+        + int(req.group(7))
+        + sum(int(codes.group(i)) for i in (2, 3, 4))
+    )
+    return {
+        "rps": float(m.group(2)),
+        "p50": pick(0.5),
+        "p99": pick(0.99),
+        "errors": errors,
+        "client_cpu_s": cpu,
+    }
