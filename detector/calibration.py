@@ -34,7 +34,7 @@ from detector.gaussians import KINDS as GAUSSIAN_KINDS
 from detector.gaussians import SHRINKAGE, ClassGaussians
 from detector.layers import split_layers
 from detector.scoring import THRESHOLD_UNITS, Detector, deployed_thresholds, lgm_head
-from detector.statistics import GROUPS, ScoreModel
+from detector.statistics import DEFAULT_GROUPS, GROUPS, ScoreModel
 from detector.store import save_detector
 from detector.tails import TailModel
 from training.artifacts import load_artifact
@@ -97,7 +97,21 @@ class CalibrationConfig:
         dashes=True,
     )
     statistics: list[str] = option(
-        list(GROUPS), "comma list of the statistics scored", group="calibration", choices=GROUPS
+        list(DEFAULT_GROUPS), "comma list of the statistics scored", group="calibration", choices=GROUPS
+    )
+    stability_sigma: float = option(
+        8 / 255,
+        "stability statistic: standard deviation of its noise patterns, in [0, 1] pixels",
+        group="calibration",
+        gt=0,
+        le=1,
+    )
+    stability_draws: int = option(
+        4,
+        "stability statistic: noise patterns (forward passes per input besides its own)",
+        group="calibration",
+        ge=1,
+        le=64,
     )
     attacks: list[str] = option(
         ["fgsm", "pgd"], "roc mode: attacks run on the calibration split", group="calibration"
@@ -198,7 +212,12 @@ def fit_gaussians(model: Classifier, train: Split, cfg: CalibrationConfig) -> Sc
     else:
         final = ClassGaussians.fit(feats.numpy(), y, k, tied=cfg.gaussians == "tied", shrinkage=cfg.shrinkage)
     layer_g = [ClassGaussians.fit(h.numpy(), y, k, tied=True, shrinkage=cfg.shrinkage) for h in layers]
-    return ScoreModel(list(cfg.statistics), final, layer_g)
+    noise = None
+    if "stability" in cfg.statistics:  # drawn once, from the seed: the deployed score is deterministic
+        gen = torch.Generator().manual_seed(cfg.seed)
+        shape = (cfg.stability_draws, *(int(s) for s in train.x.shape[1:]))
+        noise = torch.randn(shape, generator=gen, dtype=torch.float32) * cfg.stability_sigma
+    return ScoreModel(list(cfg.statistics), final, layer_g, noise=noise)
 
 
 def statistics_of(
@@ -249,8 +268,14 @@ class CleanFit:
             "split": "calibration",
             "target_fpr": self.cfg.target_fpr,
             "threshold_units": THRESHOLD_UNITS,
-            "score": {"gaussians": self.cfg.gaussians, "shrinkage": self.cfg.shrinkage},
+            "score": {"gaussians": self.cfg.gaussians, "shrinkage": self.cfg.shrinkage, **self._stability()},
         }
+
+    def _stability(self) -> dict[str, Any]:
+        """The stability statistic's settings, when it is scored (its noise patterns go to the tensor file)."""
+        if "stability" not in self.cfg.statistics:
+            return {}
+        return {"stability": {"sigma": self.cfg.stability_sigma, "draws": self.cfg.stability_draws}}
 
     def clean_detector(self) -> Detector:
         """The clean-mode detector of this fit (what roc mode's adaptive attack aims at), not saved."""

@@ -70,6 +70,9 @@ class DetectorGraph(nn.Module):
         _buffers(self, "feature", sm.gaussians)
         for i, g in enumerate(sm.layer_gaussians):
             _buffers(self, f"layer{i + 1}", g)
+        self.has_noise = sm.noise is not None
+        if sm.noise is not None:  # the stability statistic's fixed noise patterns
+            self.register_buffer("stability_noise", sm.noise.detach().cpu().float().clone())
         tails = sm.tails
         if any(t.levels != tails[0].levels for t in tails):
             raise ValueError("the tail models must share their bulk levels")
@@ -95,6 +98,7 @@ class DetectorGraph(nn.Module):
             combine=self.combine,
             weights=self.weights,
             bias=self.bias,
+            noise=self.stability_noise if self.has_noise else None,
         )
 
     def surprises(self, v: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,13 @@ and predicted class k = argmax z, each statistic is larger when x looks less lik
 - ``layer<l>``: -log N(h_l(x); mu^l_k, Sigma^l), the likelihood of block l's output under class k's Gaussian
   (Lee et al. 2018's feature ensemble, scored under the predicted class rather than the closest one: early
   layers of an adversarial input still look like its true class).
+- ``stability`` (opt-in): how much of the predicted class's logit margin m(x) = z_k(x) - max_{j != k} z_j(x)
+  the input loses under small fixed noise, mean_i (m(x) - m(clip(x + n_i))) / (|m(x)| + 1), for M noise patterns
+  n_i ~ N(0, sigma^2 I) drawn once at calibration and stored with the detector (so the score is deterministic and
+  exportable). Adversarial inputs found by small-budget attacks sit just past a decision boundary, in a region
+  the attack made and noise leaves (the instability that Hu et al. 2019, "A New Defense Against Adversarial
+  Images: Turning a Weakness into a Strength", and Roth et al. 2019, "The Odds are Odd", test for); clean
+  inputs keep their margin. It costs M more forward passes per input.
 
 Each statistic s_i becomes a surprise -log P_clean(S_i > s_i) (``detector/tails.py``), and the score is
 - ``max`` (clean mode): the largest surprise, i.e. flag on the most extreme statistic. Its threshold is set on
@@ -33,7 +40,8 @@ from detector.tails import TailModel, TailStack
 from training.model import Classifier
 from training.modes import eval_mode
 
-GROUPS = ("likelihood", "boundary", "layers")
+GROUPS = ("likelihood", "boundary", "layers", "stability")
+DEFAULT_GROUPS = ("likelihood", "boundary", "layers")  # what `lgm calibrate` scores unless told
 COMBINERS = ("max", "logistic")
 MIN_ODDS = 1e-6  # log-odds floor of the boundary statistic (caps it at -log(1e-6) = 13.8)
 
@@ -43,7 +51,31 @@ def statistic_names(groups: list[str], n_layers: int) -> list[str]:
     names = [g for g in ("likelihood", "boundary") if g in groups]
     if "layers" in groups:
         names += [f"layer{i + 1}" for i in range(n_layers)]
+    if "stability" in groups:
+        names.append("stability")
     return names
+
+
+def margin(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """z_k - max_{j != k} z_j per row: the log-odds of class k against the runner-up."""
+    other = logits.masked_fill(torch.nn.functional.one_hot(k, logits.shape[1]).bool(), float("-inf"))
+    return _at(logits, k) - other.amax(1)
+
+
+def stability(
+    model: Classifier, x: torch.Tensor, logits: torch.Tensor, k: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """mean_i (m(x) - m(clip(x + n_i))) / (|m(x)| + 1) for the noise patterns ``noise`` (M, C, H, W); ``logits``
+    are the network's at x, k the class the margins are taken for. One batched pass over the N * M noisy copies
+    (the caller runs the network in eval mode)."""
+    n, m = x.shape[0], noise.shape[0]
+    noisy = (
+        (x.unsqueeze(1) + noise.to(x.dtype).unsqueeze(0)).clamp(0.0, 1.0).flatten(0, 1)
+    )  # (N * M, C, H, W)
+    zn = model(noisy).float().reshape(n, m, -1)
+    m0 = margin(logits, k)
+    mn = margin(zn.flatten(0, 1), k.repeat_interleave(m)).reshape(n, m)
+    return ((m0.unsqueeze(1) - mn) / (m0.abs().unsqueeze(1) + 1.0)).mean(1)
 
 
 def _at(t: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
@@ -61,6 +93,7 @@ class ScoreModel:
     combine: str = "max"
     weights: list[float] | None = None  # logistic combination
     bias: float = 0.0
+    noise: torch.Tensor | None = None  # (M, C, H, W): the ``stability`` statistic's fixed noise patterns
     _stack: TailStack | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -76,6 +109,7 @@ class ScoreModel:
             self.combine,
             self.weights,
             self.bias,
+            None if self.noise is None else self.noise.to(device),
         )
 
     # -- statistics --------------------------------------------------------------------------------------------
@@ -93,18 +127,22 @@ class ScoreModel:
             else:
                 logits, feats = model(x, return_features=True)
                 layers = []
-        logits = logits.float()
-        k = logits.argmax(1) if cls is None else cls
+            logits = logits.float()
+            k = logits.argmax(1) if cls is None else cls
+            if "stability" in self.groups:
+                if self.noise is None:
+                    raise ValueError("the stability statistic needs its noise patterns (ScoreModel.noise)")
+                unstable = stability(model, x, logits, k, self.noise)
         ll = self.gaussians.log_density(feats)  # (N, K)
         cols = []
         if "likelihood" in self.groups:
             cols.append(-_at(ll, k))
         if "boundary" in self.groups:
-            other = logits.masked_fill(torch.nn.functional.one_hot(k, logits.shape[1]).bool(), float("-inf"))
-            odds = _at(logits, k) - other.amax(1)
-            cols.append(-torch.log(odds.clamp(min=MIN_ODDS)))
+            cols.append(-torch.log(margin(logits, k).clamp(min=MIN_ODDS)))
         for g, h in zip(self.layer_gaussians, layers, strict=True):
             cols.append(-_at(g.log_density(h), k))
+        if "stability" in self.groups:
+            cols.append(unstable)
         return logits, ll, torch.stack([c.to(ll.dtype) for c in cols], dim=1)
 
     # -- combination -------------------------------------------------------------------------------------------

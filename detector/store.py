@@ -44,6 +44,8 @@ def score_tensors(sm: ScoreModel) -> dict[str, torch.Tensor]:
     out = sm.gaussians.tensors("feature")
     for i, g in enumerate(sm.layer_gaussians):
         out.update(g.tensors(f"layer{i + 1}"))
+    if sm.noise is not None:
+        out["stability.noise"] = sm.noise
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
@@ -124,6 +126,7 @@ def load_detector(art_dir: str | Path, meta: dict[str, Any]) -> tuple[dict[str, 
             combine=s["combine"],
             weights=s.get("weights"),
             bias=float(s.get("bias", 0.0)),
+            noise=tensors["stability.noise"] if "stability" in s["groups"] else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise _refuse(path, f": incomplete score settings ({exc})", art) from None
