@@ -37,7 +37,7 @@ from service.engine import model_version
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
 from service.metrics import MetricsMiddleware
-from service.onnx_engine import create_engine, export
+from service.onnx_engine import create_engine, prepare
 from service.schemas import APIModels
 from service.settings import ServeSettings
 from service.state import ServiceState, get_state
@@ -98,10 +98,10 @@ def create_app(
         det = detector
         if det is None:
             det = await run_in_threadpool(Detector.load, settings.artifact, settings.detector_device())
-        model = onnx_model
-        if settings.engine == "onnxruntime" and model is None:
-            model = await run_in_threadpool(export, det)
-        engine = create_engine(settings.engine, det, settings.torch_threads(), model)
+        name, model = await run_in_threadpool(
+            prepare, settings.engine, settings.resolved_engine(), det, onnx_model
+        )
+        engine = create_engine(name, det, settings.torch_threads(), model)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(engine.executor, engine.warm_up, settings.max_batch_size)
         batcher = MicroBatcher(

@@ -19,6 +19,7 @@ importing this module loads neither, and a server on ``--engine torch`` never ca
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from detector.scoring import Detector
 from service.engine import BatchResult, Engine
 
 ENGINES = ("torch", "onnxruntime")
+log = logging.getLogger("lgm.engine")
 WHO = "--engine onnxruntime"  # how a start-up error names the engine
 # the outputs a BatchResult holds, in its field order (the graph's "score" is not served)
 FIELDS = ("class", "probabilities", "log_likelihood", "abnormality_score", "is_adversarial", "threshold")
@@ -44,6 +46,23 @@ def export(detector: Detector) -> bytes:
         raise ValueError(str(exc) if str(exc).startswith(WHO) else f"{WHO}: {exc}") from None
     except ValueError as exc:
         raise ValueError(f"{WHO} cannot export this artifact: {str(exc).splitlines()[0]}") from None
+
+
+def prepare(
+    requested: str, resolved: str, detector: Detector, model: bytes | None = None
+) -> tuple[str, bytes | None]:
+    """The engine to build and its export: (``resolved``, the export) as asked; when ``auto`` resolved to
+    onnxruntime and the export fails, one warning and (``torch``, None); an explicit ``--engine onnxruntime``
+    fails with the export's one-line error."""
+    if resolved != "onnxruntime":
+        return resolved, None
+    try:
+        return resolved, model if model is not None else export(detector)
+    except ValueError as exc:
+        if requested != "auto":
+            raise
+        log.warning("engine auto: scoring with torch, as %s", str(exc).splitlines()[0])
+        return "torch", None
 
 
 class OnnxEngine(Engine):

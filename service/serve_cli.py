@@ -53,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from detector.scoring import Detector
     from service.app import create_app
-    from service.onnx_engine import WHO, export
+    from service.onnx_engine import WHO, prepare
 
     settings = settings_from_args(args)
     if settings.artifact is None:
@@ -62,13 +62,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from service.grpc_server import check_port_free
 
         check_port_free(settings.host, settings.grpc_port)
+    engine = settings.resolved_engine()
     try:  # ValueError with one line when unusable
         detector = Detector.load(settings.artifact, settings.detector_device())
     except ValueError as exc:
-        if settings.engine == "torch":
+        if engine == "torch":
             raise
         raise ValueError(f"{WHO}: {str(exc).splitlines()[0]}") from None
-    onnx_model = export(detector) if settings.engine == "onnxruntime" else None  # one line naming the engine
+    # an explicit onnxruntime engine that cannot export: one line naming it; auto falls back to torch
+    engine, onnx_model = prepare(settings.engine, engine, detector)
+    if engine != settings.resolved_engine():
+        settings = settings.model_copy(update={"engine": engine})
     workers = settings.server_workers()
     common: dict[str, Any] = dict(
         host=settings.host,

@@ -72,13 +72,14 @@ class ServeSettings(BaseSettings):
     model_name: str = Field(
         "lgm", group="model", description="model name in responses and in the /v2/models/{name} routes"
     )
-    engine: Literal["torch", "onnxruntime"] = Field(
-        "torch",
+    engine: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto",
         group="model",
         description="what scores every answer: torch (eager PyTorch) | onnxruntime (the detector exported in "
         "memory at start-up by lgm export's exporter, run by ONNX Runtime on the CPU; needs lgm-detect[onnx]; "
-        "FGSM stays in PyTorch). onnxruntime scores faster in process (docs/service.md, Engines); the default "
-        "stays torch until served throughput is measured too",
+        "FGSM stays in PyTorch) | auto: onnxruntime on the CPU when the onnx extra is installed, which served "
+        "1.3-2.6x torch's requests per second on every route measured (docs/service.md, Engines), else torch "
+        "(on a GPU, without the extra, or when the export fails: one warning says why)",
     )
     host: str = Field("127.0.0.1", group="network", description="interface to bind (0.0.0.0 for all)")
     port: int = Field(8000, group="network", ge=0, le=65535, description="TCP port")
@@ -241,10 +242,28 @@ class ServeSettings(BaseSettings):
             )
         return value
 
+    def resolved_engine(self) -> str:
+        """The engine ``engine`` names; ``auto``: onnxruntime when the detector runs on the CPU (``--device cpu``,
+        or ``auto`` with no CUDA device) and onnx and onnxruntime are installed, else torch."""
+        if self.engine != "auto":
+            return self.engine
+        if self.device not in ("auto", "cpu"):
+            return "torch"
+        import importlib.util
+
+        if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
+            return "torch"
+        if self.device == "auto":
+            import torch
+
+            if torch.cuda.is_available():
+                return "torch"
+        return "onnxruntime"
+
     def detector_device(self) -> str:
-        """Where the torch detector loads: ``device``, except that ``auto`` is the CPU under ``--engine
-        onnxruntime`` (the export is made from a CPU detector, and FGSM then runs there too)."""
-        return "cpu" if self.engine == "onnxruntime" and self.device == "auto" else self.device
+        """Where the torch detector loads: ``device``, except that ``auto`` is the CPU under the onnxruntime
+        engine (the export is made from a CPU detector, and FGSM then runs there too)."""
+        return "cpu" if self.resolved_engine() == "onnxruntime" and self.device == "auto" else self.device
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -64,7 +64,9 @@ def _same_predictions(got: list[dict], want: list[dict]) -> None:
 def clients_fixture(served_artifact: Path, detector: Detector) -> Iterator[dict[str, TestClient]]:
     """One app per engine on the tiny model (the onnxruntime one exports in its lifespan), no gRPC."""
     with (
-        TestClient(create_app(settings_for(served_artifact, grpc_port=0), detector=detector)) as torch_c,
+        TestClient(
+            create_app(settings_for(served_artifact, grpc_port=0, engine="torch"), detector=detector)
+        ) as torch_c,
         TestClient(
             create_app(settings_for(served_artifact, grpc_port=0, engine="onnxruntime"), detector=detector)
         ) as ort_c,
@@ -286,3 +288,42 @@ def test_every_worker_gets_the_engine(served_artifact: Path, monkeypatch) -> Non
     worker = ServeSettings()
     assert worker.engine == "onnxruntime" and worker.detector_device() == "cpu"
     assert ServeSettings(engine="torch").detector_device() == "auto"  # torch keeps choosing CUDA when present
+
+
+def test_auto_is_onnxruntime_on_the_cpu_with_the_extra_and_torch_otherwise(monkeypatch) -> None:
+    """The default engine, ``auto``, is what the served benchmark favoured (bench/serving/serve.py --engines):
+    onnxruntime on the CPU when onnx and onnxruntime are installed; torch on CUDA or without the extra."""
+    import importlib.util
+
+    from service.settings import ServeSettings
+
+    assert ServeSettings().engine == "auto"
+    assert ServeSettings(device="cpu").resolved_engine() == "onnxruntime"
+    assert ServeSettings(device="cuda").resolved_engine() == "torch"
+    assert ServeSettings(device="cpu", engine="torch").resolved_engine() == "torch"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert ServeSettings().resolved_engine() == "torch" and ServeSettings().detector_device() == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ServeSettings().resolved_engine() == "onnxruntime" and ServeSettings().detector_device() == "cpu"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda m, *a: None if m == "onnxruntime" else real(m, *a)
+    )
+    assert ServeSettings(device="cpu").resolved_engine() == "torch"
+
+
+def test_auto_falls_back_to_torch_when_the_export_fails_and_explicit_onnxruntime_does_not(
+    detector: Detector, monkeypatch, caplog
+) -> None:
+    from service import onnx_engine
+
+    def broken(_det):
+        raise ValueError("--engine onnxruntime cannot export this artifact: no")
+
+    monkeypatch.setattr(onnx_engine, "export", broken)
+    with caplog.at_level("WARNING", logger="lgm.engine"):
+        assert onnx_engine.prepare("auto", "onnxruntime", detector) == ("torch", None)
+    assert "scoring with torch" in caplog.text and "cannot export" in caplog.text
+    with pytest.raises(ValueError, match="cannot export"):
+        onnx_engine.prepare("onnxruntime", "onnxruntime", detector)
+    assert onnx_engine.prepare("auto", "torch", detector) == ("torch", None)
