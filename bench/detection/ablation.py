@@ -18,6 +18,8 @@ The calibration inputs scored here also set the detector's tail models and thres
 CIFAR-10's split; the few hundred here are among them): a small optimism in the flagged shares, none in AUROC's
 ranking of a statistic against itself. Figures for reports come from the test split (``lgm evaluate``).
 
+    mkdir -p artifacts/cifar10-stability && cp models/cifar10/model.* artifacts/cifar10-stability/
+    lgm calibrate artifacts/cifar10-stability --statistics likelihood,boundary,layers,stability
     .venv/bin/python bench/detection/ablation.py models/cifar10 artifacts/cifar10-stability --data-root data/cifar10
 """
 
