@@ -18,6 +18,8 @@ from typing import Any
 from service.settings import ServeSettings
 from training.configargs import add_arguments, given, one_line_error
 
+WORKER_HEALTHCHECK_S = 60  # seconds: see serve()'s multi-worker branch
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -89,7 +91,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0 if server.started else 1
     del detector, onnx_model  # each worker loads (and exports) its own
     os.environ.update(settings_env(settings))
-    uvicorn.run("service.app:create_app", factory=True, workers=workers, **common)
+    # uvicorn's supervisor kills a worker that has not answered its ping for this long. Its default, 5 s, is
+    # shorter than a worker's start on a busy machine: importing torch and onnxruntime and exporting the detector
+    # hold the interpreter for seconds, and several replicas starting at once on 2 cores (the compose stack) had
+    # every worker killed and restarted in a loop. A worker that truly hangs is still replaced, later.
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        workers=workers,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+        **common,
+    )
     return 0
 
 

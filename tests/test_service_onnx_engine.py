@@ -6,6 +6,7 @@ exported are one line naming the engine."""
 from __future__ import annotations
 
 import base64
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -327,3 +328,21 @@ def test_auto_falls_back_to_torch_when_the_export_fails_and_explicit_onnxruntime
     with pytest.raises(ValueError, match="cannot export"):
         onnx_engine.prepare("onnxruntime", "onnxruntime", detector)
     assert onnx_engine.prepare("auto", "torch", detector) == ("torch", None)
+
+
+def test_workers_get_time_to_start_before_uvicorn_calls_them_hung(served_artifact: Path, monkeypatch) -> None:
+    """With several workers, uvicorn's supervisor kills a worker that misses its ping for timeout_worker_healthcheck
+    seconds (default 5): shorter than importing torch and onnxruntime and exporting on a busy machine, which had
+    the compose stack's workers killed and restarted in a loop. ``lgm serve`` gives them a minute."""
+    import uvicorn
+
+    from service.cli import main
+
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # settings_env writes the workers' settings here
+    argv = ["serve", str(served_artifact), "--workers", "2", "--grpc-port", "0", "--port", "0"]
+    assert main(argv) == 0
+    (call,) = calls
+    assert call["workers"] == 2 and call["factory"] is True
+    assert call["timeout_worker_healthcheck"] >= 30
