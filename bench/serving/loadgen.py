@@ -79,12 +79,23 @@ def wrk(port: int, files: tuple[Path, Path], lua: Path, conc: int, secs: int) ->
 
 
 def h2load(port: int, body: Path, conc: int, secs: int, tmp: Path) -> dict:
-    """One h2load run repeating the gRPC call in ``body``; latencies from its per-request log in ``tmp``."""
+    """One h2load run repeating the gRPC call in ``body``; latencies from its per-request log in ``tmp``.
+
+    h2load opens ``--log-file`` with O_APPEND: the log left by the previous run is removed first, or every run's
+    percentiles would be those of all the runs before it too (both engines, every concurrency)."""
     threads = max(1, min(conc, os.cpu_count() or 1))
     log = tmp / "h2load.log"
+    log.unlink(missing_ok=True)
     cmd = ["h2load", "-D", str(secs), "-c", str(conc), "-m", "1", "-t", str(threads), "-d", str(body)]
     cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file", str(log)]
     out, cpu = _run([*cmd, f"http://127.0.0.1:{port}{GRPC_PATH}"])
+    return {**parse_h2load(out, log.read_text()), "client_cpu_s": cpu}
+
+
+def parse_h2load(out: str, log: str) -> dict:
+    """Throughput and errors from h2load's summary ``out``; p50 and p99 from its per-request ``log`` (one line a
+    request: start time, status, microseconds to the end of the response). The summary's "time for request" line
+    has min, max, mean and sd, no percentiles. The log must hold exactly the requests the summary counts as done."""
     m = re.search(r"finished in ([\d.]+)m?s, ([\d.]+) req/s", out)
     req = re.search(
         r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout",
@@ -93,7 +104,9 @@ def h2load(port: int, body: Path, conc: int, secs: int, tmp: Path) -> dict:
     codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
     if not (m and req and codes):
         raise SystemExit(f"h2load output not understood:\n{out[-800:]}")
-    durations = sorted(int(ln.split("\t")[2]) for ln in log.read_text().splitlines() if ln.count("\t") == 2)
+    durations = sorted(int(ln.split("\t")[2]) for ln in log.splitlines() if ln.count("\t") == 2)
+    if not durations or len(durations) != int(req.group(3)):
+        raise SystemExit(f"h2load's log has {len(durations)} requests, its summary {req.group(3)} done")
     pick = lambda q: durations[min(len(durations) - 1, int(q * len(durations)))] / 1e3  # noqa: E731
     errors = (
         int(req.group(5))
@@ -101,10 +114,4 @@ def h2load(port: int, body: Path, conc: int, secs: int, tmp: Path) -> dict:
         + int(req.group(7))
         + sum(int(codes.group(i)) for i in (2, 3, 4))
     )
-    return {
-        "rps": float(m.group(2)),
-        "p50": pick(0.5),
-        "p99": pick(0.99),
-        "errors": errors,
-        "client_cpu_s": cpu,
-    }
+    return {"rps": float(m.group(2)), "p50": pick(0.5), "p99": pick(0.99), "errors": errors}
