@@ -4,12 +4,13 @@
 
 The server is started as ``bench/serving/serve.py --protocols`` starts it (``protocols.start``: the same flags, so
 its default layout of workers and its default query policy) and gets the same request bodies through the same
-wrk script (``protocols.bodies``, ``loadgen.wrk``). After ``--warmup`` seconds of load,
-``py-spy record --subprocesses --rate RATE -d DURATION --format raw`` samples every worker process while the load
-goes on. py-spy counts only Python threads that are running (not those waiting on the event loop's poll or a
-lock), so the samples stand for the server's CPU time; the native threads of ONNX Runtime or torch are not
-sampled, but with one intra-op thread per worker (the default layout on 2 cores) their work runs on the calling
-Python thread, where it is counted. Each sample goes to one category: scoring (``model`` when a frame of
+wrk script (``protocols.bodies``, ``loadgen.wrk``). After ``--warmup`` seconds of load, ``py-spy record
+--subprocesses --rate RATE -d DURATION --format raw --nonblocking`` samples every worker process while the load goes
+on. py-spy counts a Python thread when it is running or runnable (not while it waits on the event loop's poll or a
+lock), so the shares are of that demand, not exact CPU seconds; the server's CPU per thread from /proc (each
+worker's main thread, its event loop, against the others, where the micro-batcher's executor runs the model) is
+printed beside them. ONNX Runtime's and torch's native threads are not sampled, but with one intra-op thread per
+worker (the default layout on 2 cores) their work runs on the calling Python thread, where it is counted. Each sample goes to one category: scoring (``model`` when a frame of
 onnxruntime or ``torch/nn/modules`` is on the stack, else ``scoring, other``), otherwise the innermost frame that
 matches a rule in ``RULES``. Prints a Markdown table of shares, the largest own-time functions outside the model,
 and writes the raw samples and a JSON summary to ``--out``. Needs ``py-spy`` (``pip install py-spy``) and ptrace.
