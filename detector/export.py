@@ -84,6 +84,15 @@ class ExportConfig:
     )
     instances: int = option(1, "model instances (instance_group count)", group="triton", ge=1)
     instance_kind: str = option("cpu", "where the instances run", group="triton", choices=("cpu", "gpu"))
+    threads: int = option(
+        0,
+        "ONNX Runtime threads per instance (config.pbtxt's intra_op_thread_count; inter-op 1); set it to the "
+        "container's CPU limit over --instances, since Triton's default is one thread per core of the node, "
+        "not of the container (0: leave Triton's default)",
+        group="triton",
+        ge=0,
+        le=1024,
+    )
 
     def validate(self) -> None:
         check_options(self)
@@ -251,7 +260,9 @@ def session(model: bytes, threads: int, who: str = "lgm export") -> Any:
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
-def triton_config(name: str, det: Detector, max_batch_size: int, instances: int, kind: str) -> str:
+def triton_config(
+    name: str, det: Detector, max_batch_size: int, instances: int, kind: str, threads: int = 0
+) -> str:
     """``config.pbtxt`` for the exported graph (Triton's ``ModelConfig`` in protobuf text format)."""
     c, h, w = det.input_shape
 
@@ -280,16 +291,28 @@ def triton_config(name: str, det: Detector, max_batch_size: int, instances: int,
         "dynamic_batching { max_queue_delay_microseconds: 2000 }",
         f"instance_group [ {{ count: {instances} kind: KIND_{kind.upper()} }} ]",
     ]
+    if threads:  # Triton's onnxruntime backend reads these parameters (strings) when it makes each session
+        lines += [
+            f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{threads}" }} }}',
+            'parameters { key: "inter_op_thread_count" value: { string_value: "1" } }',
+        ]
     return "\n".join(lines) + "\n"
 
 
 def write_triton_repo(
-    repo: str | Path, name: str, blob: bytes, det: Detector, max_batch_size: int, instances: int, kind: str
+    repo: str | Path,
+    name: str,
+    blob: bytes,
+    det: Detector,
+    max_batch_size: int,
+    instances: int,
+    kind: str,
+    threads: int = 0,
 ) -> Path:
     """``repo/<name>/config.pbtxt`` and ``repo/<name>/1/model.onnx``; returns the model's folder."""
     folder = Path(repo) / name
     _write(folder / "1" / "model.onnx", blob)
-    cfg = triton_config(name, det, max_batch_size, instances, kind)
+    cfg = triton_config(name, det, max_batch_size, instances, kind, threads)
     _write(folder / "config.pbtxt", cfg.encode())
     return folder
 
@@ -304,7 +327,14 @@ def export(artifact: str | Path, cfg: ExportConfig) -> list[Path]:
         written.append(Path(cfg.out))
     if cfg.triton_repo is not None:
         folder = write_triton_repo(
-            cfg.triton_repo, cfg.name, blob, det, cfg.max_batch_size, cfg.instances, cfg.instance_kind
+            cfg.triton_repo,
+            cfg.name,
+            blob,
+            det,
+            cfg.max_batch_size,
+            cfg.instances,
+            cfg.instance_kind,
+            cfg.threads,
         )
         written += [folder / "config.pbtxt", folder / "1" / "model.onnx"]
     return written

@@ -243,6 +243,12 @@ def test_the_inference_service_serves_what_the_job_writes(served_artifact, tmp_p
     # A client of lgm serve's /v2 sees the same input and outputs (the graph adds `score`).
     assert [t.name for t in written.input] == [INPUT]
     assert [t.name for t in written.output] == [*OIP_OUTPUTS, "score"] == list(OUTPUTS)
+    # ONNX Runtime's threads per instance: the container's CPU limit shared by its instances, not Triton's
+    # default of one per core of the node.
+    params = {k: v.string_value for k, v in written.parameters.items()}
+    limit = int(model["resources"]["limits"]["cpu"])
+    count = sum(g.count for g in written.instance_group)
+    assert params == {"intra_op_thread_count": str(limit // count), "inter_op_thread_count": "1"}
 
 
 def test_the_image_has_what_the_export_job_runs(tmp_path):

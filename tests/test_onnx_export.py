@@ -197,6 +197,13 @@ def test_triton_repository_config_matches_the_graph(served_artifact, exported, d
     assert [(g.count, cfg.instance_group[0].Kind.Name(g.kind)) for g in cfg.instance_group] == [
         (2, "KIND_CPU")
     ]
+    assert not cfg.parameters  # no --threads: Triton's own default
+    assert main([*args, "--threads", "3"]) == 0
+    threaded = text_format.Parse((folder / "config.pbtxt").read_text(), _model_config_class()())
+    assert {k: v.string_value for k, v in threaded.parameters.items()} == {
+        "intra_op_thread_count": "3",
+        "inter_op_thread_count": "1",
+    }
     sess = _session(folder / "1" / "model.onnx")
     dtype = cfg.DESCRIPTOR.fields_by_name["input"].message_type.fields_by_name["data_type"].enum_type
 
