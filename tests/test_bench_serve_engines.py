@@ -186,3 +186,15 @@ def test_protocols_report_names_the_engine_of_each_lgm_row():
     targets = serve_report.protocols_targets(rep).splitlines()
     assert "- lgm (torch) v2 binary, c=1: p50 3.30 ms; target < 2 ms" in targets
     assert "- lgm (onnxruntime) v2 binary, c=1: p50 1.40 ms; target < 2 ms" in targets
+
+
+def test_without_engines_the_ceiling_is_that_of_the_engine_lgm_serve_defaults_to(detector, monkeypatch):
+    """The servers' default engine is ``auto``; the ceiling measures the engine it resolves to on the CPU."""
+    from bench.serving.common import Ceilings
+    from service.onnx_engine import ENGINES
+    from service.settings import ServeSettings
+
+    x = torch.rand(8, *detector.input_shape, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr("bench.serving.common.engine_ceilings", lambda *a: dict.fromkeys(a[4], 1.0))
+    c = Ceilings(detector, x, 4, 1, None)
+    assert c.engines == [ServeSettings(device="cpu").resolved_engine()] and c.engines[0] in ENGINES

@@ -78,7 +78,8 @@ class Ceilings:
 
         self.det, self.x, self.batch, self.cores = det, x, batch, cores
         self.explicit = engines is not None
-        self.engines = list(engines) if engines else [ServeSettings().engine]
+        # the engine the servers of this benchmark (--device cpu) resolve their default, auto, to
+        self.engines = list(engines) if engines else [ServeSettings(device="cpu").resolved_engine()]
         self.model = None
         if "onnxruntime" in self.engines:  # exported once, as lgm serve --engine onnxruntime does at start-up
             from detector.export import build_in_memory
