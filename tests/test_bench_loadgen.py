@@ -57,7 +57,7 @@ def test_each_run_reads_its_own_requests_only(tmp_path: Path, monkeypatch: pytes
         return SUMMARY, 0.1
 
     runs = [slow, LOG]
-    monkeypatch.setattr(loadgen, "_run", fake_run)
+    monkeypatch.setattr(loadgen, "run_loadgen", fake_run)
     first = loadgen.h2load(1, tmp_path / "grpc.bin", 1, 2, tmp_path)
     second = loadgen.h2load(1, tmp_path / "grpc.bin", 1, 2, tmp_path)
     assert first["p50"] == 9.002

@@ -5,14 +5,11 @@ p99 latency, errors, and the CPU seconds the generator itself used."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
-import threading
 from pathlib import Path
 
-from bench.serving.wrk import WRK_TAIL
+from bench.serving.wrk import WRK_TAIL, figures, parse_wrk, run_loadgen
 
 GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -47,35 +44,12 @@ def write_wrk_files(
     return data, index
 
 
-def _run(cmd: list[str]) -> tuple[str, float]:
-    """Run a load generator; (stdout, its CPU seconds)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    chunks: list[str] = []
-    reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)
-    reader.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    reader.join()
-    err = proc.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{cmd[0]} failed: {err.strip()[-500:]}")
-    return "".join(chunks), usage.ru_utime + usage.ru_stime
-
-
 def wrk(port: int, files: tuple[Path, Path], lua: Path, conc: int, secs: int) -> dict:
     """One wrk run over the bodies in ``files`` (``write_wrk_files``), ``lua`` holding ``LUA``."""
     threads = max(1, min(conc, os.cpu_count() or 1))
     cmd = ["wrk", "-t", str(threads), "-c", str(conc), "-d", f"{secs}s", "--timeout", "30s", "-s", str(lua)]
-    out, cpu = _run([*cmd, f"http://127.0.0.1:{port}", "--", str(files[0]), str(files[1])])
-    r = json.loads(next(ln for ln in out.splitlines() if ln.startswith("{")))
-    errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
-    secs_run = r["duration_us"] / 1e6
-    return {
-        "rps": r["requests"] / secs_run,
-        "p50": r["p50_us"] / 1e3,
-        "p99": r["p99_us"] / 1e3,
-        "errors": errors,
-        "client_cpu_s": cpu,
-    }
+    out, cpu = run_loadgen([*cmd, f"http://127.0.0.1:{port}", "--", str(files[0]), str(files[1])])
+    return {**figures(parse_wrk(out)), "client_cpu_s": cpu}
 
 
 def h2load(port: int, body: Path, conc: int, secs: int, tmp: Path) -> dict:
@@ -88,7 +62,7 @@ def h2load(port: int, body: Path, conc: int, secs: int, tmp: Path) -> dict:
     log.unlink(missing_ok=True)
     cmd = ["h2load", "-D", str(secs), "-c", str(conc), "-m", "1", "-t", str(threads), "-d", str(body)]
     cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file", str(log)]
-    out, cpu = _run([*cmd, f"http://127.0.0.1:{port}{GRPC_PATH}"])
+    out, cpu = run_loadgen([*cmd, f"http://127.0.0.1:{port}{GRPC_PATH}"])
     return {**parse_h2load(out, log.read_text()), "client_cpu_s": cpu}
 
 

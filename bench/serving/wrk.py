@@ -48,8 +48,40 @@ end
 LUA += WRK_TAIL
 
 
-def wrk(port: int, bodies_file: Path, conc: int, seconds: int, clients: int = 0) -> dict:
-    """One wrk run; its JSON summary (from the Lua ``done`` hook) plus the CPU wrk itself used."""
+def run_loadgen(cmd: list[str]) -> tuple[str, float]:
+    """Run a load generator (wrk, h2load) to its end; (stdout, the CPU seconds it used itself, from wait4)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    reader.join()
+    err = proc.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[0]} failed: {err.strip()[-500:]}")
+    return "".join(chunks), usage.ru_utime + usage.ru_stime
+
+
+def parse_wrk(out: str) -> dict:
+    """wrk's stdout -> the JSON summary the Lua ``done`` hook writes (counts, duration, latency percentiles)."""
+    line = next((ln for ln in out.splitlines() if ln.startswith("{")), None)
+    if line is None:
+        raise SystemExit(f"wrk printed no summary: {out.strip()[-500:]}")
+    return json.loads(line)
+
+
+def figures(r: dict) -> dict:
+    """A wrk summary -> requests/s, p50 and p99 (ms) and errors of every kind."""
+    return {
+        "rps": r["requests"] / (r["duration_us"] / 1e6),
+        "p50": r["p50_us"] / 1e3,
+        "p99": r["p99_us"] / 1e3,
+        "errors": r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"],
+    }
+
+
+def wrk(port: int, bodies_file: Path, conc: int, seconds: int, clients: int = 0) -> tuple[dict, float]:
+    """One wrk run: its JSON summary (``parse_wrk``) and the CPU seconds wrk itself used."""
     threads = max(1, min(conc, os.cpu_count() or 1))
     cmd = ["wrk", "-t", str(threads), "-c", str(conc), "-d", f"{seconds}s", "--timeout", "30s"]
     cmd += [
@@ -60,38 +92,17 @@ def wrk(port: int, bodies_file: Path, conc: int, seconds: int, clients: int = 0)
         str(bodies_file),
         str(clients),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out_chunks: list[str] = []
-    reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()), daemon=True)
-    reader.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    reader.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read()
-    line = next((ln for ln in "".join(out_chunks).splitlines() if ln.startswith("{")), None)
-    if proc.returncode != 0 or line is None:
-        raise SystemExit(f"wrk failed ({proc.returncode}): {err.strip()}")
-    r = json.loads(line)
-    r["client_cpu"] = usage.ru_utime + usage.ru_stime
-    return r
+    out, cpu = run_loadgen(cmd)
+    return parse_wrk(out), cpu
 
 
 def run_cell(port: int, pid: int, bodies_file: Path, conc: int, args: argparse.Namespace) -> dict:
     if args.warmup > 0:
         wrk(port, bodies_file, conc, args.warmup, args.clients)
     c0, t0 = cpu_seconds(pid), time.perf_counter()
-    r = wrk(port, bodies_file, conc, args.duration, args.clients)
+    r, client_cpu = wrk(port, bodies_file, conc, args.duration, args.clients)
     wall = time.perf_counter() - t0
-    secs = r["duration_us"] / 1e6
-    errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
-    return {
-        "rps": r["requests"] / secs,
-        "p50": r["p50_us"] / 1e3,
-        "p99": r["p99_us"] / 1e3,
-        "errors": errors,
-        "server_cpu": (cpu_seconds(pid) - c0) / wall,
-        "client_cpu": r["client_cpu"] / wall,
-    }
+    return {**figures(r), "server_cpu": (cpu_seconds(pid) - c0) / wall, "client_cpu": client_cpu / wall}
 
 
 def soak(port: int, pid: int, bodies_file: Path, args: argparse.Namespace) -> dict:
@@ -110,7 +121,8 @@ def soak(port: int, pid: int, bodies_file: Path, args: argparse.Namespace) -> di
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    r = wrk(port, bodies_file, args.soak_concurrency, args.soak, args.clients)
+    r, _ = wrk(port, bodies_file, args.soak_concurrency, args.soak, args.clients)
+    f = figures(r)
     stop.set()
     sampler.join()
     samples.append((time.perf_counter() - t0, rss_mib(pid)))
@@ -124,12 +136,12 @@ def soak(port: int, pid: int, bodies_file: Path, args: argparse.Namespace) -> di
         "clients": args.clients,
         "images": args.images,
         "requests": r["requests"],
-        "rps": r["requests"] / (r["duration_us"] / 1e6),
-        "errors": socket_errors + r["status"] + r["timeout"],
+        "rps": f["rps"],
+        "errors": f["errors"],
         "status": r["status"],
         "timeout": r["timeout"],
         "socket": socket_errors,
-        "p50": r["p50_us"] / 1e3,
-        "p99": r["p99_us"] / 1e3,
+        "p50": f["p50"],
+        "p99": f["p99"],
         "rss": [[round(t, 1), round(mib, 1)] for t, mib in samples],
     }
