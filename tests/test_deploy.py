@@ -225,8 +225,10 @@ def isvc() -> dict:
     return find(RENDERED["kserve"], "InferenceService")
 
 
-def check_inference_service(obj: dict, version: str) -> None:
-    """Raise AssertionError or jsonschema.ValidationError for an InferenceService that KServe would reject."""
+def check_isvc_envelope(obj: dict, version: str) -> tuple[dict, dict, bool]:
+    """What every InferenceService must pass, whatever serves it: its kind, top-level fields, metadata, a
+    predictor whose KServe fields validate and whose replica bounds are ordered. Returns (predictor, its KServe
+    fields, whether it runs as a RawDeployment, which may declare more than one port)."""
     assert (obj["apiVersion"], obj["kind"]) == ISVC
     assert set(obj) <= {"apiVersion", "kind", "metadata", "spec"}, sorted(obj)
     _schema_validator("objectmeta-meta-v1", version).validate(obj["metadata"])
@@ -235,6 +237,15 @@ def check_inference_service(obj: dict, version: str) -> None:
     predictor = spec["predictor"]
     ours = {k: v for k, v in predictor.items() if k in KSERVE_PREDICTOR_FIELDS}
     jsonschema.validate(ours, {"type": "object", "properties": KSERVE_PREDICTOR_FIELDS})
+    if "minReplicas" in ours and "maxReplicas" in ours:
+        assert ours["minReplicas"] <= ours["maxReplicas"]
+    raw = obj["metadata"].get("annotations", {}).get("serving.kserve.io/deploymentMode") == "RawDeployment"
+    return predictor, ours, raw
+
+
+def check_inference_service(obj: dict, version: str) -> None:
+    """Raise AssertionError or jsonschema.ValidationError for an InferenceService that KServe would reject."""
+    predictor, ours, raw = check_isvc_envelope(obj, version)
     # The rest is a core PodSpec: unknown fields, wrong types and missing required ones fail here.
     _schema_validator("podspec-v1", version).validate({k: v for k, v in predictor.items() if k not in ours})
     # A custom predictor (predictor_custom.go): the serving container is `kserve-container` (the only one, or
@@ -245,12 +256,9 @@ def check_inference_service(obj: dict, version: str) -> None:
     assert protocol in (None, "v1", "v2"), protocol
     # Knative's serverless mode routes one port (http1 or h2c); a RawDeployment may declare both.
     names = [p.get("name") for p in first.get("ports", [])]
-    raw = obj["metadata"].get("annotations", {}).get("serving.kserve.io/deploymentMode") == "RawDeployment"
     assert (
         len(names) <= (2 if raw else 1) and set(names) <= {"http1", "h2c"} and len(set(names)) == len(names)
     )
-    if "minReplicas" in ours and "maxReplicas" in ours:
-        assert ours["minReplicas"] <= ours["maxReplicas"]
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
