@@ -73,7 +73,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"{WHO}: {str(exc).splitlines()[0]}") from None
     # an explicit onnxruntime engine that cannot export: one line naming it; auto falls back to torch
     chosen, onnx_model = prepare(settings.engine, engine, detector)
-    if chosen != engine:  # auto fell back to torch: the workers' settings say so, and none of them exports again
+    # auto fell back to torch: the workers' settings say so, and none of them tries the export again
+    if chosen != engine:
         settings = settings.model_copy(update={"engine": chosen})
     workers = settings.server_workers()
     common: dict[str, Any] = dict(
