@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -49,6 +50,7 @@ def test_deterministic_for_a_seed(tiny_artifact: Path, tiny_config_factory, tmp_
     [
         {"variance": "diagonal", "lkd_form": "paper", "learn_priors": True, "optimizer": "adam"},
         {"head": "softmax", "optimizer": "sgd", "lr_schedule": "step", "lr": 0.05},
+        {"backbone": "resnet", "depth": 8, "optimizer": "sgd", "channels_last": True, "cpu_bf16": True},
     ],
 )
 def test_resume_equals_uninterrupted(tiny_config_factory, tmp_path: Path, overrides: dict) -> None:
@@ -138,3 +140,28 @@ def test_lr_schedules(tiny_config_factory) -> None:
     step = tiny_config_factory(epochs=4, lr=1.0, lr_schedule="step")
     assert [lr_at(step, e) for e in range(4)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
     assert lr_at(tiny_config_factory(lr_schedule="none", lr=0.3), 5) == 0.3
+
+
+def test_cpu_speed_flags_autocast_and_layout(tiny_config_factory, tmp_path: Path) -> None:
+    """--cpu-bf16 runs the backbone in bfloat16 on the CPU (the head stays float32); --channels-last stores the
+    convolutions NHWC while training; the artifact they write reloads to the accuracy the run recorded."""
+    from training.artifacts import load_artifact
+    from training.data import load_dataset
+    from training.model import accuracy
+    from training.trainer import Run
+
+    cfg = tiny_config_factory(epochs=1, backbone="resnet", depth=8, channels_last=True, cpu_bf16=True)
+    with Run(cfg, tmp_path / "probe") as run:
+        conv = next(m for m in run.core.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        x = torch.rand(4, *run.core.spec.input_shape)
+        with run.autocast():
+            logits, feats = run.core(x, return_features=True)
+        assert feats.dtype == torch.bfloat16 and logits.dtype == torch.float32
+    with Run(tiny_config_factory(epochs=1), tmp_path / "plain") as run, run.autocast():
+        assert run.core.features(torch.rand(4, *run.core.spec.input_shape)).dtype == torch.float32
+    meta = train(dataclasses.replace(cfg, epochs=4), tmp_path / "art")
+    assert meta["metrics"]["test_accuracy"] > 0.5  # it learned, so the reload check below means something
+    model, _ = load_artifact(tmp_path / "art")
+    ds = load_dataset(cfg.dataset, cfg.data_root, cfg.split_seed, cfg.image_size)
+    assert round(accuracy(model, ds.test, torch.device("cpu")), 6) == meta["metrics"]["test_accuracy"]

@@ -86,10 +86,13 @@ def build_spec(cfg: TrainConfig, ds: Dataset) -> ModelSpec:
     )
 
 
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bfloat16 where the GPU has it, else float16; None (full precision) on the CPU or when disabled."""
+def amp_dtype(device: torch.device, enabled: bool, cpu_bf16: bool = False) -> torch.dtype | None:
+    """Autocast's dtype: on CUDA (``enabled``) bfloat16 where the GPU has it, else float16; on the CPU
+    bfloat16 only when asked (``cpu_bf16``); None means full precision."""
     if device.type == "cuda" and enabled:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_bf16:
+        return torch.bfloat16
     return None
 
 
@@ -121,7 +124,9 @@ class Run:
             self.core = Classifier(build_spec(cfg, self.ds)).to(device)
             self.optim = make_optimizer(self.core, cfg)
             self.schedule = AlphaSchedule(cfg.alpha, cfg.alpha_factor, cfg.alpha_every, cfg.alpha_cap)
-            self.amp_dtype = amp_dtype(device, cfg.amp)
+            if cfg.channels_last:  # convolutions in NHWC; the inputs follow in train_epoch
+                self.core.to(memory_format=torch.channels_last)
+            self.amp_dtype = amp_dtype(device, cfg.amp, cfg.cpu_bf16)
             self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
             self.model: torch.nn.Module = self.core
             if self.dist.enabled:
@@ -144,7 +149,7 @@ class Run:
 
     def autocast(self):
         if self.amp_dtype is not None:
-            return torch.autocast("cuda", dtype=self.amp_dtype)
+            return torch.autocast(self.device.type, dtype=self.amp_dtype)
         return torch.autocast("cpu", enabled=False)
 
     def log(self, msg: str) -> None:
@@ -188,6 +193,8 @@ class Run:
                 x = augment_batch(
                     x, ds.augment, gen
                 )  # random draws on the CPU generator, gather on the device
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             y = ds.train.y[idx].to(device, non_blocking=True)
             alpha, eps = self.schedule(epoch * steps + step), eps_at(cfg, epoch * steps + step, steps)
             loss, logits = self.objective(x, y, alpha, eps, gen)
