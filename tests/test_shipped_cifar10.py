@@ -6,12 +6,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shlex
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from shipped_checks import assert_trained_with, recorded_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "cifar10"
@@ -31,16 +31,9 @@ def test_every_shipped_file_matches_its_recorded_sha256() -> None:
 def test_the_model_was_made_by_the_recorded_training_line_on_the_named_data() -> None:
     """The recorded ``lgm train`` line, parsed by lgm's own parser, is the config model.json was trained with
     (all but --data-root, which names a folder on the machine that trained it), on the data its digest names."""
-    from service.cli import build_parser
-    from training.config import TrainConfig
-    from training.configargs import from_args
-
-    argv = shlex.split(PROVENANCE["train_command"])
-    assert argv[:2] == ["lgm", "train"] and "--out" not in argv
-    cfg: TrainConfig = from_args(TrainConfig, build_parser().parse_args([*argv[1:], "--out", "unused"]))
+    cfg = recorded_config(PROVENANCE["train_command"])
     meta = json.loads((SHIPPED / "model.json").read_text())
-    trained = dict(meta["train"], data_root=cfg.data_root)
-    assert trained == json.loads(json.dumps(cfg.to_dict()))
+    assert_trained_with(dict(meta["train"], data_root=cfg.data_root), cfg)
     assert meta["dataset"]["name"] == "folder" and meta["dataset"]["digest"] == JPEG_COPY_DIGEST
     assert meta["dataset"]["sizes"] == {"train": 45000, "calibration": 5000, "test": 10000}
     assert len(meta["history"]) == cfg.epochs

