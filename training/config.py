@@ -104,13 +104,13 @@ class TrainConfig:
     amp: bool = _run(True, "mixed precision on CUDA")
     cpu_bf16: bool = _run(
         False,
-        "bfloat16 autocast on the CPU (the head and the loss stay float32); 1.8x faster ResNet-20 steps on a "
-        "CPU with AVX512-BF16 (bench/training/cpu_speed.py), a different rounding from a float32 run",
+        "bfloat16 autocast on the CPU (the head and the loss stay float32): faster on a CPU with AVX512-BF16 "
+        "or AMX (bench/training/cpu_speed.py measures it), rounded differently from a float32 run",
     )
     channels_last: bool = _run(
         False,
-        "channels-last memory layout for the convolutions: 1.4x faster ResNet-20 steps on the CPU, the same "
-        "function up to float rounding",
+        "channels-last memory layout for the convolutions: faster on the CPU (bench/training/cpu_speed.py), "
+        "the same function up to float rounding",
     )
     threads: int = _run(
         0,

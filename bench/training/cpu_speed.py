@@ -53,11 +53,11 @@ def cpu_bf16_flags() -> str:
 class Stepper:
     """One model + optimiser in one layout; ``step()`` returns the seconds of one training step."""
 
-    def __init__(self, depth: int, batch: int, channels_last: bool, bf16: bool) -> None:
+    def __init__(self, depth: int, width: int, batch: int, channels_last: bool, bf16: bool) -> None:
         torch.manual_seed(0)
         spec = ModelSpec(
             backbone="resnet",
-            backbone_args={"depth": depth, "feature_norm": True},
+            backbone_args={"depth": depth, "width": width, "feature_norm": True},
             head="lgm",
             feat_dim=32,
             input_shape=(3, 32, 32),
@@ -96,13 +96,14 @@ def interval(ratios: list[float], seed: int = 0) -> tuple[float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--depth", type=int, default=20, help="ResNet depth (6n+2)")
+    ap.add_argument("--width", type=int, default=16, help="channels of the first stage (16: ResNet-20's)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=15, help="timed rounds; each times every variant once")
     ap.add_argument("--steps", type=int, default=3, help="steps per variant per round (their median counts)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    steppers = {k: Stepper(args.depth, args.batch, *v) for k, v in VARIANTS.items()}
+    steppers = {k: Stepper(args.depth, args.width, args.batch, *v) for k, v in VARIANTS.items()}
     for s in steppers.values():  # warm-up: oneDNN picks its kernels on the first steps
         s.step(), s.step()
     times: dict[str, list[float]] = {k: [] for k in steppers}
@@ -110,7 +111,7 @@ def main() -> int:
         for k, s in steppers.items():
             times[k].append(statistics.median(s.step() for _ in range(args.steps)))
     print(
-        f"ResNet-{args.depth}, batch {args.batch}, {args.threads} threads, {args.rounds} rounds; "
+        f"ResNet-{args.depth} (width {args.width}), batch {args.batch}, {args.threads} threads, {args.rounds} rounds; "
         f"torch {torch.__version__}; CPU bfloat16 instructions: {cpu_bf16_flags()}"
     )
     print("| variant | median step (ms) | speed-up over float32 [95% interval] |")
