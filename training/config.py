@@ -98,6 +98,16 @@ class TrainConfig:
         choices=ADV_LKD_MODES,
     )
     trades_beta: float = _adv(6.0, "trades: weight of the KL term", ge=0)
+    keep_best: str = _adv(
+        "last",
+        "last (the final epoch's weights) | pgd (the epoch with the highest PGD accuracy on held-out calibration "
+        "inputs, against robust overfitting: Rice et al. 2020; training/best.py)",
+        choices=("last", "pgd"),
+    )
+    best_check_inputs: int = _adv(500, "keep-best pgd: calibration inputs checked after each epoch", ge=1)
+    best_check_steps: int = _adv(
+        10, "keep-best pgd: PGD steps of the check, at the full --adv-eps", ge=1, le=1000
+    )
 
     seed: int = _run(0, "seed of initialisation, shuffling and augmentation")
     device: str = _run("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
@@ -122,6 +132,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ValueError with one line naming the flag of the first option out of range."""
         check_options(self)
+        if self.keep_best == "pgd" and self.adversarial == "none":
+            raise ValueError("--keep-best pgd needs adversarial training (--adversarial pgd or trades)")
         if self.adversarial != "none" and self.adv_warmup >= self.epochs:
             raise ValueError(
                 f"--adv-warmup must be below --epochs (eps would never reach --adv-eps), got {self.adv_warmup}"

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from training.adversarial import AdversarialObjective, eps_at
 from training.artifacts import read_json, save_artifact
+from training.best import BestKeeper, heldout_pgd_accuracy
 from training.card import final_metrics, model_card
 from training.checkpoint import CKPT_META, has_checkpoint, load_checkpoint, save_checkpoint
 from training.config import RUN_ONLY, TrainConfig
@@ -233,6 +234,9 @@ class Run:
         model.json's dict (empty on ranks other than 0); ``{"stopped_at_epoch": e}`` when ``stop_after`` ends
         the run early without an artifact (tests simulate a killed run with it)."""
         cfg = self.cfg
+        keeper = BestKeeper(self.out) if cfg.keep_best == "pgd" and self.dist.is_main else None
+        if keeper is not None and self.start_epoch == 0:
+            keeper.clear()  # a fresh run: an earlier run's best in this folder is not this run's
         for epoch in range(self.start_epoch, cfg.epochs):
             if stop_after is not None and epoch >= stop_after:
                 return {"stopped_at_epoch": epoch}
@@ -241,11 +245,23 @@ class Run:
             stats["seconds"] = time.perf_counter() - t0
             stats["epoch"] = epoch + 1
             stats["calibration_accuracy"] = accuracy(self.core, self.ds.calibration, self.device)
+            if keeper is not None:  # held-out robustness, then keep these weights if they are the best so far
+                stats["heldout_pgd_accuracy"] = heldout_pgd_accuracy(
+                    self.core,
+                    self.ds.calibration,
+                    cfg.adv_eps,
+                    cfg.best_check_steps,
+                    cfg.best_check_inputs,
+                    self.device,
+                )
+                keeper.offer(epoch + 1, round(stats["heldout_pgd_accuracy"], 6), self.core)
             self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()})
             if self.dist.is_main:
                 info = {"epoch": epoch + 1, "history": self.history, "config": cfg.to_dict()}
                 save_checkpoint(self.out, self.core, self.optim, info)
                 eps = f"  eps {stats['eps']:.3f}" if "eps" in stats else ""
+                if "heldout_pgd_accuracy" in stats:
+                    eps += f"  held-out PGD acc {stats['heldout_pgd_accuracy']:.4f}"
                 self.log(
                     f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.4f}  train acc {stats['train_accuracy']:.4f}"
                     f"  calib acc {stats['calibration_accuracy']:.4f}  alpha {stats['alpha']:.3f}{eps}"
@@ -254,7 +270,10 @@ class Run:
             barrier(self.dist)
         meta: dict[str, Any] = {}
         if self.dist.is_main:
+            kept = keeper.restore(self.core) if keeper is not None else None
             metrics = final_metrics(self.core, self.ds, self.device, self.history)
+            if kept is not None:
+                metrics["kept_epoch"] = kept["epoch"]
             card = model_card(cfg, self.ds, self.history, metrics, self.dist.world_size, self.device)
             meta = save_artifact(self.out, self.core, card)
         barrier(self.dist)
