@@ -1,12 +1,13 @@
-"""Benchmark: AutoAttack (Croce & Hein, ICML 2020) at L-inf 0.3 on the official MNIST test set, beside the
-rows its authors publish for MNIST.
+"""Benchmark: AutoAttack (Croce & Hein, ICML 2020) on the test split of the dataset an artifact was trained
+on, at the dataset's L-inf budget, beside the rows published for that dataset.
 
 "Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks": the
 standard version runs, in this order and each only on the inputs every earlier attack failed on,
 
 - APGD-CE: 100 iterations, 1 restart, rho 0.75;
-- APGD-T: the targeted DLR loss, 100 iterations, each of the 9 most likely wrong classes as target;
-- FAB-T: 100 iterations, 9 target classes, 1 restart (alpha_max 0.1, eta 1.05, beta 0.9);
+- APGD-T: the targeted DLR loss, 100 iterations, each of the K - 1 most likely wrong classes as target (K: the
+  network's classes; 9 for MNIST and CIFAR-10, as in the authors' release; the loss needs K >= 4);
+- FAB-T: 100 iterations, K - 1 target classes, 1 restart (alpha_max 0.1, eta 1.05, beta 0.9);
 - Square: 5,000 queries, p_init 0.8, the schedule not rescaled to the query budget.
 
 Each attack is torchattacks 3.5.1's own (``APGD``, ``APGDT``, ``FAB``, ``Square``) with the authors' standard
@@ -17,15 +18,30 @@ head's logits are hundreds of nats apart and a float32 cross-entropy saturates).
 when it is classified correctly clean and after every attack; every adversarial example is checked to lie in
 the L-inf ball and in [0, 1] and to be misclassified by the plain float32 network.
 
-Inputs: the first N (default 1,000) digits of a fixed permutation of the 10,000 official test digits,
-``numpy.random.default_rng(seed).permutation(10000)`` (seed 0). The run is resumable in chunks: each chunk
-[start, start + limit) of that order is saved in --cache as JSON as soon as it is done, so locked runs can stay
-short; the table is printed over every input of the first N that any chunk has covered (the count is stated).
+The data are the artifact's own: its card (model.json: the dataset's name, root, split seed, class names)
+loaded with the splits it was trained on; ``--data-root`` replaces the card's root when the files moved or
+the recorded root is relative. The budget defaults to the dataset's (``detector/harness/budgets.py``: L-inf
+0.3 for grey digits, 8/255 for colour images); ``--eps`` overrides it. Beside our row
+(``bench/detection/autoattack_rows.py``):
 
-    .venv/bin/python bench/detection/autoattack.py models/mnist-robust --start 0 --limit 200     # one chunk
-    .venv/bin/python bench/detection/autoattack.py models/mnist-robust --report-only             # the table so far
+- MNIST (official test set, L-inf 0.3): Madry et al. 2018, TRADES and Gowal et al. 2020 as Croce & Hein and
+  RobustBench publish them; target robust accuracy >= 93% (above TRADES' 92.81%), clean accuracy >= 99.0%;
+- CIFAR-10 (the ``cifar10`` dataset or an image folder of it, L-inf 8/255): RobustBench's rows without extra
+  data, Wong et al. 2020 (PreAct ResNet-18), Engstrom et al. 2019 (ResNet-50), Rice et al. 2020
+  (WideResNet-34-20), each network's parameter count beside ours; no target;
+- any other dataset or budget: our row alone.
 
-Target (the project's): robust accuracy >= 93% (above TRADES' published 92.81%), clean accuracy >= 99.0%.
+Inputs: the first N (default 1,000) of a fixed permutation of the test split,
+``numpy.random.default_rng(seed).permutation(test split size)`` (seed 0). The run is resumable in chunks:
+each chunk [start, start + limit) of that order is saved in --cache as JSON as soon as it is done, so locked
+runs can stay short; the table is printed over every input of the first N that any chunk has covered (the
+count is stated). Report: ``reports/autoattack`` for MNIST, ``reports/autoattack_cifar10`` for CIFAR-10,
+``reports/autoattack_NAME`` otherwise; chunks in its ``chunks/``.
+
+    .venv/bin/python bench/detection/autoattack.py models/mnist-robust --start 0 --limit 200  # one chunk
+    .venv/bin/python bench/detection/autoattack.py models/mnist-robust --report-only  # the table so far
+    .venv/bin/python bench/detection/autoattack.py models/cifar10 --data-root data/cifar10 --limit 100
+    .venv/bin/python bench/detection/autoattack.py models/cifar10 --report-only
 """
 
 from __future__ import annotations
@@ -44,32 +60,29 @@ if __name__ == "__main__":  # run as a script: import from the repository root, 
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 from bench import provenance
+from bench.detection import autoattack_rows as rows
+from bench.detection.autoattack_rows import TARGET_HEADER as TARGET_HEADER  # re-exported: detector_suite.py
+from bench.detection.autoattack_rows import format_report as format_report  # and bench/records' renderers
+from bench.detection.autoattack_rows import pct as pct
+from bench.detection.autoattack_rows import target_row as target_row
+from bench.detection.autoattack_rows import wilson as wilson
 from detector.gradient import Float64Logits
-from detector.harness.metrics import wilson as harness_wilson
 from training.artifacts import atomic_write_json, load_artifact
 from training.data import load_card_dataset
 
 ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
-# Croce & Hein 2020 (Table 2 and the RobustBench MNIST L-inf 0.3 leaderboard): clean and AutoAttack accuracy
-PUBLISHED = (
-    ("Madry et al. 2018 (PGD adversarial training)", 98.53, 88.50),
-    ("Zhang et al. 2019 (TRADES)", 99.48, 92.81),
-    ("Gowal et al. 2020 (uncovering the limits)", 99.26, 96.34),
-)
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval of k / n (detector/harness/metrics.py; (0, 1) when n is 0)."""
-    return tuple(harness_wilson(k, n) or (0.0, 1.0))  # type: ignore[return-value]
 
 
 def make_attacks(model: torch.nn.Module, eps: float, num_classes: int, seed: int, steps: int, queries: int):
-    """The standard AutoAttack ensemble from torchattacks' attacks with the authors' settings. APGD-CE, APGD-T
-    and Square see float64 logits; FAB-T sees the network's own float32 logits (torchattacks' FAB mixes its
-    float32 buffers with the logits' dtype and fails on float64; it linearises logit differences, which do not
-    saturate as a softmax does)."""
+    """The standard AutoAttack ensemble from torchattacks' attacks with the authors' settings; APGD-T and
+    FAB-T target the ``num_classes - 1`` most likely wrong classes. APGD-CE, APGD-T and Square see float64
+    logits; FAB-T sees the network's own float32 logits (torchattacks' FAB mixes its float32 buffers with the
+    logits' dtype and fails on float64; it linearises logit differences, which do not saturate as a softmax
+    does)."""
     import torchattacks as ta
 
+    if num_classes < 4:  # the targeted DLR loss divides by z_1 - (z_3 + z_4) / 2
+        raise ValueError(f"AutoAttack's APGD-T needs at least 4 classes, the model has {num_classes}")
     net = Float64Logits(model)
     return {
         "apgd-ce": ta.APGD(
@@ -161,9 +174,8 @@ def cache_dir(args: argparse.Namespace) -> Path:
 def run_chunk(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     model, meta = load_artifact(args.artifact, "cpu")
-    d = meta["dataset"]
-    ds = load_card_dataset(d)
-    perm = order(args.seed, len(ds.test))
+    ds = load_card_dataset(meta["dataset"], getattr(args, "data_root", None))
+    perm = order(args.seed, len(ds.test))  # the test split's own size
     stop = min(args.start + args.limit, args.n)
     idx = perm[args.start : stop]
     x, y = ds.test.float()[idx], ds.test.y[idx]
@@ -218,9 +230,21 @@ def collect(args: argparse.Namespace) -> dict:
     }
 
 
-def pct(k: int, n: int) -> str:
-    """k / n as a percentage with its 95% Wilson interval, as every table of these benchmarks shows it."""
-    return _pct(k, n)
+def verdict(lo: float, hi: float, target: float) -> str:
+    return "met" if lo >= target else ("missed" if hi < target else "not decided at this sample size")
+
+
+def params(artifact: str) -> int:
+    """Our network's parameter count (every parameter of the loaded model, the L-GM head's means included)."""
+    model, _ = load_artifact(artifact, "cpu")
+    return sum(p.numel() for p in model.parameters())
+
+
+def default_eps(card: dict) -> float:
+    """The dataset's L-inf budget (``detector/harness/budgets.py``: 0.3 grey digits, 8/255 colour images)."""
+    from detector.harness.budgets import default_budgets
+
+    return default_budgets(card["name"]).eps
 
 
 def report(args: argparse.Namespace) -> dict:
@@ -234,23 +258,28 @@ def report(args: argparse.Namespace) -> dict:
     n_clean = sum(got["clean"][k] for k in keys)
     n_rob = sum(got["robust"][k] for k in keys)
     model_json = json.loads((Path(args.artifact) / "model.json").read_text())
-    name = model_json["dataset"]["name"]
+    card, shape = model_json["dataset"], model_json.get("arch", {}).get("input_shape")
+    lit = rows.published(rows.literature(card, shape), args.eps)
     left = n_clean
     robust_after = {}
     for a in ATTACKS:
         left -= sum(1 for k in keys if got["broken_by"][k] == a)
         robust_after[a] = left
     lo, hi = wilson(n_rob, n)
+    target = lit["target"]
     out = {
         "benchmark": "autoattack",
         "artifact": str(args.artifact),
         "weights_sha256": model_json["weights_sha256"],
-        "split": "MNIST official test set" if name == "mnist" else f"{name} test split",
+        "split": rows.title(card, shape),
+        "items": rows.items(card),
         "eps": args.eps,
         "norm": "Linf",
-        "version": "standard",
+        "version": "standard" if (args.steps, args.queries) == (100, 5000) else "custom",
+        "steps": args.steps,
+        "queries": args.queries,
         "implementation": "torchattacks 3.5.1 APGD / APGDT / FAB / Square, authors' standard settings",
-        "order": f"numpy.random.default_rng({args.seed}).permutation({model_json['dataset']['sizes']['test']})",
+        "order": f"numpy.random.default_rng({args.seed}).permutation({card['sizes']['test']})",
         "n": n,
         "n_asked": args.n,
         "n_clean": n_clean,
@@ -263,93 +292,53 @@ def report(args: argparse.Namespace) -> dict:
         "robust_after": robust_after,
         "attack_seconds": got["seconds"],
         "wall_seconds": got["wall"],
-        "published": [{"model": m, "clean": c, "autoattack": r} for m, c, r in PUBLISHED],
-        "target_robust_accuracy": 0.93,
-        "target": "met" if lo >= 0.93 else ("missed" if hi < 0.93 else "not decided at this sample size"),
+        "published": lit["rows"],
+        "target_robust_accuracy": target,
+        "target": None if target is None else verdict(lo, hi, target),
     }
+    if "arch" in model_json:  # our network beside the published ones (their rows carry theirs)
+        out["architecture"] = rows.architecture(model_json["arch"])
+        out["params"] = params(args.artifact)
+    if lit["source"]:
+        out["published_source"] = lit["source"]
     print(format_report(out))
     dest = Path(args.out)
     atomic_write_json(dest / "report.json", out)
     cmd = f".venv/bin/python bench/detection/autoattack.py {args.artifact} --report-only"
     if args.n != 1000:
         cmd += f" --n {args.n}"
+    if args.eps != default_eps(card):
+        cmd += f" --eps {args.eps}"
     # the chunks' own attack time is the measurement's; the report step itself takes a second
     extra = {"report_seconds": round(time.perf_counter() - t0, 1), "chunk_commits": got["commits"]}
     provenance.write(dest, cmd, got["wall"], extra)
     return out
 
 
-def _pct(k: int, n: int) -> str:
-    lo, hi = wilson(k, n)
-    return f"{100 * k / max(n, 1):.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
-
-
-def format_report(out: dict) -> str:
-    """The benchmark's tables, from its report.json alone: what it prints and what docs/mnist-benchmark.md
-    shows are this one function."""
-    n, n_clean, n_rob = out["n"], out["n_clean"], out["n_robust"]
-    sample = f"the first {n}" if out["first_n_contiguous"] else f"{n} of the first {out['n_asked']}"
-    lo, hi = out["robust_interval"]
-    lines = [
-        f"AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square 5,000 queries; torchattacks 3.5.1's attacks with "
-        f"the authors' settings), L-{out['norm'][1:]} {out['eps']:g}, {out['split']}: {n} digits ({sample} of "
-        f"{out['order'].replace('numpy.random.', 'numpy ')}), model {out['artifact']}, CPU, "
-        f"{out['wall_seconds']:.0f} s",
-        "",
-        "| model | clean accuracy | AutoAttack robust accuracy | inputs |",
-        "|---|---|---|---|",
-        f"| this project: {out['artifact']} | {_pct(n_clean, n)} | {_pct(n_rob, n)} | {n} |",
-        *(
-            f"| {p['model']}, published | {p['clean']:.2f}% | {p['autoattack']:.2f}% | 10,000 |"
-            for p in out["published"]
-        ),
-        "",
-        "Robust accuracy after each attack of the ensemble (cumulative, same inputs):",
-        "",
-        "| after | robust | attack s |",
-        "|---|---|---|",
-        f"| clean | {_pct(n_clean, n)} | |",
-        *(f"| {a} | {_pct(k, n)} | {out['attack_seconds'][a]:.0f} |" for a, k in out["robust_after"].items()),
-        "",
-        f"Brackets: 95% Wilson intervals over the {n} inputs. Target robust accuracy >= "
-        f"{100 * out['target_robust_accuracy']:.0f}%: {out['target']} ({100 * n_rob / n:.2f}%, interval "
-        f"[{100 * lo:.1f}, {100 * hi:.1f}]).",
-    ]
-    return "\n".join(lines)
-
-
-TARGET_HEADER = "| target | figure | verdict |\n|---|---|---|\n"
-
-
-def target_row(out: dict) -> str:
-    """The AutoAttack row of docs/mnist-benchmark.md's targets table."""
-    lo, hi = out["robust_interval"]
-    t = 100 * out["target_robust_accuracy"]
-    verdict = {
-        "met": "met",
-        "missed": "missed",
-    }.get(out["target"], f"not decided: the interval straddles {t:.0f}%")
-    return TARGET_HEADER + (
-        f"| AutoAttack robust accuracy >= {t:.0f}% (above TRADES' 92.81%) | {_pct(out['n_robust'], out['n'])}, "
-        f"{'first ' if out['first_n_contiguous'] else ''}{out['n']} digits | {verdict} |"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("artifact", nargs="?", default="models/mnist-robust", help="artifact folder")
-    p.add_argument("--n", type=int, default=1000, help="the first N digits of the permutation are the sample")
+    p.add_argument("--data-root", default=None, help="the dataset's folder, when not the one its card names")
+    p.add_argument("--n", type=int, default=1000, help="the first N inputs of the permutation are the sample")
     p.add_argument("--start", type=int, default=0, help="first position of this chunk in the permutation")
     p.add_argument("--limit", type=int, default=None, help="inputs in this chunk (default: up to N)")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutation and of the attacks")
-    p.add_argument("--eps", type=float, default=0.3, help="L-inf budget in [0, 1] pixels")
+    p.add_argument("--eps", type=float, default=None, help="L-inf budget (default: 0.3 grey, 8/255 colour)")
     p.add_argument("--steps", type=int, default=100, help="APGD / APGD-T / FAB iterations (standard: 100)")
     p.add_argument("--queries", type=int, default=5000, help="Square's queries (standard: 5,000)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--cache", type=Path, default=Path("reports/autoattack/chunks"), help="chunk results")
-    p.add_argument("--out", default="reports/autoattack", help="folder of report.json")
+    p.add_argument(
+        "--cache", type=Path, default=None, help="chunk results (default: the default --out/chunks)"
+    )
+    p.add_argument("--out", default=None, help="report.json's folder (default: reports/autoattack[_DATASET])")
     p.add_argument("--report-only", action="store_true", help="print the table from the chunks done so far")
     args = p.parse_args(argv)
+    model_json = json.loads((Path(args.artifact) / "model.json").read_text())
+    card, shape = model_json["dataset"], model_json.get("arch", {}).get("input_shape")
+    args.eps = default_eps(card) if args.eps is None else args.eps
+    args.n = min(args.n, card.get("sizes", {}).get("test", args.n))  # a test split smaller than N: all of it
+    args.out = args.out or str(rows.default_out(card, shape))
+    args.cache = args.cache or rows.default_out(card, shape) / "chunks"  # MNIST: reports/autoattack/chunks
     if not args.report_only:
         if args.limit is None:
             args.limit = args.n - args.start
