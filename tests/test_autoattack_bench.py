@@ -138,6 +138,8 @@ def test_targets_are_the_other_classes(model: str, classes: int, colour_artifact
     assert net.spec.num_classes == classes
     attacks = aa.make_attacks(net, 0.3, classes, 0, 3, 10)
     assert attacks["apgd-t"].n_target_classes == attacks["fab-t"].n_target_classes == classes - 1
+    many = aa.make_attacks(net, 0.3, 100, 0, 3, 10)  # CIFAR-100: the standard version's 9 targets, not 99
+    assert many["apgd-t"].n_target_classes == many["fab-t"].n_target_classes == 9
     with pytest.raises(ValueError, match="at least 4 classes"):
         aa.make_attacks(net, 0.3, 3, 0, 3, 10)
 

@@ -5,9 +5,9 @@ on, at the dataset's L-inf budget, beside the rows published for that dataset.
 standard version runs, in this order and each only on the inputs every earlier attack failed on,
 
 - APGD-CE: 100 iterations, 1 restart, rho 0.75;
-- APGD-T: the targeted DLR loss, 100 iterations, each of the K - 1 most likely wrong classes as target (K: the
-  network's classes; 9 for MNIST and CIFAR-10, as in the authors' release; the loss needs K >= 4);
-- FAB-T: 100 iterations, K - 1 target classes, 1 restart (alpha_max 0.1, eta 1.05, beta 0.9);
+- APGD-T: the targeted DLR loss, 100 iterations, each of the min(K - 1, 9) most likely wrong classes as target
+  (K: the network's classes; 9 for MNIST and CIFAR-10, as in the authors' release; the loss needs K >= 4);
+- FAB-T: 100 iterations, min(K - 1, 9) target classes, 1 restart (alpha_max 0.1, eta 1.05, beta 0.9);
 - Square: 5,000 queries, p_init 0.8, the schedule not rescaled to the query budget.
 
 Each attack is torchattacks 3.5.1's own (``APGD``, ``APGDT``, ``FAB``, ``Square``) with the authors' standard
@@ -73,9 +73,13 @@ from training.data import load_card_dataset
 ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
+MAX_TARGETS = 9  # the standard version's target classes (Croce & Hein 2020)
+
+
 def make_attacks(model: torch.nn.Module, eps: float, num_classes: int, seed: int, steps: int, queries: int):
     """The standard AutoAttack ensemble from torchattacks' attacks with the authors' settings; APGD-T and
-    FAB-T target the ``num_classes - 1`` most likely wrong classes. APGD-CE, APGD-T and Square see float64
+    FAB-T target the ``min(num_classes - 1, 9)`` most likely wrong classes (the standard version's 9 targets,
+    fewer where there are fewer wrong classes; CIFAR-100 keeps 9, not 99). APGD-CE, APGD-T and Square see float64
     logits; FAB-T sees the network's own float32 logits (torchattacks' FAB mixes its float32 buffers with the
     logits' dtype and fails on float64; it linearises logit differences, which do not saturate as a softmax
     does)."""
@@ -84,7 +88,7 @@ def make_attacks(model: torch.nn.Module, eps: float, num_classes: int, seed: int
     if num_classes < 4:  # the targeted DLR loss divides by z_1 - (z_3 + z_4) / 2
         raise ValueError(f"AutoAttack's APGD-T needs at least 4 classes, the model has {num_classes}")
     net = Float64Logits(model)
-    return {
+    attacks = {
         "apgd-ce": ta.APGD(
             net, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, loss="ce", rho=0.75
         ),
@@ -112,6 +116,9 @@ def make_attacks(model: torch.nn.Module, eps: float, num_classes: int, seed: int
             resc_schedule=False,
         ),
     }
+    for name in ("apgd-t", "fab-t"):
+        attacks[name].n_target_classes = min(num_classes - 1, MAX_TARGETS)
+    return attacks
 
 
 @torch.no_grad()

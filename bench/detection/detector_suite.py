@@ -47,7 +47,8 @@ if __name__ == "__main__":  # run as a script: import from the repository root, 
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 from bench import provenance
-from bench.detection.autoattack import TARGET_HEADER, order, pct, wilson
+from bench.detection.autoattack import TARGET_HEADER, default_eps, order, pct, wilson
+from bench.detection.autoattack_rows import items
 
 ADAPTIVE = ("adaptive", "adaptive_multitarget", "adaptive_orthogonal")
 SANITY_EPS = (1, 4 / 3, 5 / 3, 2)  # PGD's eps as multiples of the budget (MNIST's 0.3: 0.3, 0.4, 0.5, 0.6)
@@ -56,18 +57,6 @@ SANITY_EPS = (1, 4 / 3, 5 / 3, 2)  # PGD's eps as multiples of the budget (MNIST
 def dataset_card(artifact: str) -> dict:
     """The dataset entry of the artifact's card (model.json): name, class names, split sizes."""
     return json.loads((Path(artifact) / "model.json").read_text())["dataset"]
-
-
-def budget_eps(dataset: str) -> float:
-    """The dataset's default L-inf budget (``detector/harness/budgets.py``)."""
-    from detector.harness.budgets import default_budgets
-
-    return default_budgets(dataset).eps
-
-
-def items(card: dict) -> str:
-    """What the tables call the test inputs: digits when the card's classes are 0-9, images otherwise."""
-    return "digits" if card.get("class_names") == [str(i) for i in range(10)] else "images"
 
 
 def eps_order(folder: Path, budget: float) -> list[float]:
@@ -222,7 +211,7 @@ def report(args: argparse.Namespace) -> dict:
     if c_path.is_file():
         out["clean"] = json.loads(c_path.read_text())
         wall += out["clean"].get("seconds", 0.0)
-    for eps in eps_order(cache(args), budget_eps(name)):
+    for eps in eps_order(cache(args), default_eps(card)):
         m = merged(cache(args) / f"adaptive-eps{eps:g}")
         commits |= m["commits"]
         att = [v for v in m["inputs"].values() if v[0]]
@@ -383,8 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None, help="chunk folder (default: OUT/chunks)")
     p.add_argument("--out", default=None, help="report folder (default: reports/DATASET_detector)")
     args = p.parse_args(argv)
-    name = dataset_card(args.artifact)["name"]
-    args.eps = args.eps or budget_eps(name)
+    card = dataset_card(args.artifact)
+    name = card["name"]
+    args.eps = args.eps or default_eps(card)
     args.out = args.out or str(default_out(name))
     args.cache = args.cache or Path(args.out) / "chunks"
     torch.set_num_threads(args.threads)
