@@ -28,3 +28,27 @@ def test_clean_and_adaptive_chunks(tiny_artifact: Path, tmp_path: Path) -> None:
     per = a["per_attack_detect_or_correct"]
     assert a["detect_or_correct"] <= min(per.values())  # the worst per input is at most each attack's figure
     assert a["detect_or_correct"] < 0.5  # a 3-epoch digits model: its detector does not stop these attacks
+
+
+def _report(targets_key: str | None, with_key: bool = True) -> dict:
+    out = {
+        "artifact": "a",
+        "split": "the test split",
+        "threads": 1,
+        "items": "images",
+        "clean": {"n": 1000, "correct": 800, "flagged": 40},
+    }
+    if with_key:
+        out["targets"] = detector_suite.TARGETS.get(targets_key or "")
+    return out
+
+
+def test_targets_follow_the_dataset() -> None:
+    """MNIST's targets for MNIST (and for reports written before targets were stored), CIFAR-10's for CIFAR-10,
+    none for other datasets."""
+    cifar = detector_suite.format_report(_report("cifar10"))
+    assert "clean accuracy >= 75.0%: met" in cifar and "adversarially trained CIFAR-10" in cifar
+    assert "clean accuracy >= 99.0%: missed" in detector_suite.format_report(_report(None, with_key=False))
+    other = detector_suite.format_report(_report(None))
+    assert "Target" not in other and "80.00%" in other
+    assert detector_suite.target_rows(_report(None)) == ""

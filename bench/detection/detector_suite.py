@@ -27,8 +27,9 @@ locked runs stay short; the table covers every input any chunk has done. Report:
     .venv/bin/python bench/detection/detector_suite.py models/mnist-robust sanity --limit 100
     .venv/bin/python bench/detection/detector_suite.py models/mnist-robust report
 
-Targets (the project's, set for MNIST): clean accuracy >= 99.0%, clean FPR <= 5%, detect-or-correct >= 98%
-under the worst adaptive attack per input.
+Targets (the project's, by dataset: ``TARGETS``): for MNIST clean accuracy >= 99.0%, clean FPR <= 5%,
+detect-or-correct >= 98% under the worst adaptive attack per input; for an adversarially trained CIFAR-10 model
+75%, 5% and 60%; none for other datasets.
 """
 
 from __future__ import annotations
@@ -48,9 +49,26 @@ if __name__ == "__main__":  # run as a script: import from the repository root, 
 
 from bench import provenance
 from bench.detection.autoattack import TARGET_HEADER, default_eps, order, pct, wilson
-from bench.detection.autoattack_rows import items
+from bench.detection.autoattack_rows import items, literature
 
 ADAPTIVE = ("adaptive", "adaptive_multitarget", "adaptive_orthogonal")
+# The project's targets by dataset (autoattack_rows.literature's keys): MNIST's for the shipped robust MNIST model,
+# CIFAR-10's for an adversarially trained CIFAR-10 model (a network without adversarial training misses them).
+TARGETS = {
+    "mnist": {"clean_accuracy": 0.99, "clean_fpr": 0.05, "detect_or_correct": 0.98, "set_for": ""},
+    "cifar10": {
+        "clean_accuracy": 0.75,
+        "clean_fpr": 0.05,
+        "detect_or_correct": 0.60,
+        "set_for": "an adversarially trained CIFAR-10 model",
+    },
+}
+
+
+def _set_for(t: dict) -> str:
+    return f" (set for {t['set_for']})" if t.get("set_for") else ""
+
+
 SANITY_EPS = (1, 4 / 3, 5 / 3, 2)  # PGD's eps as multiples of the budget (MNIST's 0.3: 0.3, 0.4, 0.5, 0.6)
 
 
@@ -197,7 +215,9 @@ def report(args: argparse.Namespace) -> dict:
     """Merge the cached chunks into ``--out/report.json`` (+ ``provenance.json``) and print its tables."""
     card = dataset_card(args.artifact)
     name = card["name"]
+    shape = json.loads((Path(args.artifact) / "model.json").read_text()).get("arch", {}).get("input_shape")
     out: dict = {
+        "targets": TARGETS.get(literature(card, shape) or ""),
         "benchmark": f"{name}_detector",
         "artifact": args.artifact,
         "split": "the official MNIST test set" if name == "mnist" else f"the {name} test split",
@@ -258,32 +278,45 @@ def _items(out: dict) -> str:
     return out.get("items", "digits")  # reports written before "items" are all of MNIST
 
 
-def clean_verdicts(c: dict) -> tuple[str, str]:
+def _targets(out: dict) -> dict | None:
+    """The report's targets; reports written before they were stored are all of MNIST."""
+    return out.get("targets", TARGETS["mnist"])
+
+
+def clean_verdicts(c: dict, t: dict) -> tuple[str, str]:
     acc, fpr = c["correct"] / c["n"], c["flagged"] / c["n"]
-    return ("met" if acc >= 0.99 else "missed"), ("met" if fpr <= 0.05 else "missed")
+    return (
+        "met" if acc >= t["clean_accuracy"] else "missed",
+        "met" if fpr <= t["clean_fpr"] else "missed",
+    )
 
 
-def doc_verdict(row: dict) -> str:
+def doc_verdict(row: dict, t: dict) -> str:
     lo, hi = wilson(row["detect_or_correct_count"], row["attacked"])
-    return "met" if lo >= 0.98 else ("missed" if hi < 0.98 else "not decided at this sample size")
+    goal = t["detect_or_correct"]
+    return "met" if lo >= goal else ("missed" if hi < goal else "not decided at this sample size")
 
 
 def format_report(out: dict) -> str:
     """The benchmark's tables, from its report.json alone: what it prints and what docs/mnist-benchmark.md
     shows are this one function."""
     lines = [f"Deployed detector of {out['artifact']} on {out['split']} (CPU, {out['threads']} threads)", ""]
-    c = out.get("clean")
+    c, t = out.get("clean"), _targets(out)
     if c:
-        acc_v, fpr_v = clean_verdicts(c)
         lines += [
             f"| clean test {_items(out)} | accuracy | clean FPR (flagged) |",
             "|---:|---|---|",
             f"| {c['n']} | {pct(c['correct'], c['n'])} | {pct(c['flagged'], c['n'])} |",
             "",
-            f"Targets: clean accuracy >= 99.0%: {acc_v} ({100 * c['correct'] / c['n']:.2f}%); clean FPR <= 5%: "
-            f"{fpr_v} ({100 * c['flagged'] / c['n']:.2f}%)",
-            "",
         ]
+        if t:
+            acc_v, fpr_v = clean_verdicts(c, t)
+            lines += [
+                f"Targets{_set_for(t)}: clean accuracy >= {100 * t['clean_accuracy']:.1f}%: {acc_v} "
+                f"({100 * c['correct'] / c['n']:.2f}%); clean FPR <= {100 * t['clean_fpr']:.0f}%: "
+                f"{fpr_v} ({100 * c['flagged'] / c['n']:.2f}%)",
+                "",
+            ]
     rows = _adaptive(out)
     if rows:
         lines += [
@@ -302,12 +335,14 @@ def format_report(out: dict) -> str:
             )
         r = rows[0]
         lo, hi = wilson(r["detect_or_correct_count"], r["attacked"])
-        lines += [
-            "",
-            f"Target detect-or-correct >= 98% at eps {r['eps']:g}: {doc_verdict(r)} "
-            f"({100 * r['detect_or_correct_count'] / r['attacked']:.1f}%, [{100 * lo:.1f}, {100 * hi:.1f}], "
-            f"{r['attacked']} attacked inputs)",
-        ]
+        if t:
+            lines += [
+                "",
+                f"Target{_set_for(t)} detect-or-correct >= {100 * t['detect_or_correct']:.0f}% at eps "
+                f"{r['eps']:g}: {doc_verdict(r, t)} "
+                f"({100 * r['detect_or_correct_count'] / r['attacked']:.1f}%, [{100 * lo:.1f}, {100 * hi:.1f}], "
+                f"{r['attacked']} attacked inputs)",
+            ]
     s = out.get("sanity")
     if s:
         lines += [
@@ -327,24 +362,28 @@ def _square(row: dict) -> str:
 
 def target_rows(out: dict) -> str:
     """The detector's rows of docs/mnist-benchmark.md's targets table."""
-    lines = []
-    c = out.get("clean")
+    lines: list[str] = []
+    c, t = out.get("clean"), _targets(out)
+    if not t:
+        return ""
     if c:
-        acc_v, fpr_v = clean_verdicts(c)
+        acc_v, fpr_v = clean_verdicts(c, t)
         lines += [
-            f"| clean accuracy >= 99.0% (all {c['n']:,} test {_items(out)}) | {pct(c['correct'], c['n'])} | {acc_v} |",
-            f"| clean FPR <= 5% (all {c['n']:,} test {_items(out)}, deployed thresholds) | "
+            f"| clean accuracy >= {100 * t['clean_accuracy']:.1f}% (all {c['n']:,} test {_items(out)}) | "
+            f"{pct(c['correct'], c['n'])} | {acc_v} |",
+            f"| clean FPR <= {100 * t['clean_fpr']:.0f}% (all {c['n']:,} test {_items(out)}, deployed thresholds) | "
             f"{pct(c['flagged'], c['n'])} | "
             f"{fpr_v} |",
         ]
     rows = _adaptive(out)
     if rows:
         r = rows[0]
-        v = doc_verdict(r)
+        v = doc_verdict(r, t)
         if v.startswith("not decided"):
-            v = "not decided: the lower bound is under 98%"
+            v = f"not decided: the lower bound is under {100 * t['detect_or_correct']:.0f}%"
         lines.append(
-            f"| detect-or-correct >= 98% under the worst adaptive attack per input, eps {r['eps']:g} | "
+            f"| detect-or-correct >= {100 * t['detect_or_correct']:.0f}% under the worst adaptive attack per input, "
+            f"eps {r['eps']:g} | "
             f"{pct(r['detect_or_correct_count'], r['attacked'])}, {r['attacked']} attacked of the first "
             f"{r['inputs']} {_items(out)} | {v} |"
         )
