@@ -25,16 +25,22 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from training.adversarial import pgd_linf
-from training.artifacts import ArtifactError, atomic_write_bytes, atomic_write_json, read_json, sha256_bytes
+from training.artifacts import (
+    ArtifactError,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+    sha256_bytes,
+    state_to_cpu,
+)
 from training.data import Split
 from training.model import Classifier
 from training.modes import eval_mode
 
 BEST_WEIGHTS = "best.safetensors"
 BEST_META = "best.json"
-CHECK_SEED = (
-    1234  # the held-out check's random starts: the same every epoch, so epochs compare like with like
-)
+# The held-out check's random starts: the same every epoch, so epochs compare like with like.
+CHECK_SEED = 1234
 
 
 def heldout_pgd_accuracy(
@@ -79,7 +85,7 @@ class BestKeeper:
         best = self.best()
         if best is not None and score <= best["heldout_pgd_accuracy"]:
             return False
-        blob = st_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+        blob = st_save(state_to_cpu(model))
         atomic_write_bytes(self.out / BEST_WEIGHTS, blob)
         atomic_write_json(
             self.out / BEST_META,
