@@ -213,9 +213,9 @@ def merged(folder: Path) -> dict:
 
 def report(args: argparse.Namespace) -> dict:
     """Merge the cached chunks into ``--out/report.json`` (+ ``provenance.json``) and print its tables."""
-    card = dataset_card(args.artifact)
+    meta = json.loads((Path(args.artifact) / "model.json").read_text())  # the card, read once
+    card, shape = meta["dataset"], meta.get("arch", {}).get("input_shape")
     name = card["name"]
-    shape = json.loads((Path(args.artifact) / "model.json").read_text()).get("arch", {}).get("input_shape")
     out: dict = {
         "targets": TARGETS.get(literature(card, shape) or ""),
         "benchmark": f"{name}_detector",
