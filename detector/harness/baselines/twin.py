@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,9 @@ def twin_matches(tdir: Path, meta: dict[str, Any]) -> bool:
         tmeta = load_meta(tdir)
     except ValueError:
         return False
-    a, b = tmeta.get("train", {}), meta.get("train", {})
-    keys = (set(a) | set(b)) - TWIN_IRRELEVANT
+    # Both through TrainConfig, so that an option added after either was trained counts at its default.
+    a, b = (asdict(TrainConfig.from_dict(m.get("train", {}))) for m in (tmeta, meta))
+    keys = set(a) - TWIN_IRRELEVANT
     return tmeta.get("arch", {}).get("head") == "softmax" and all(a.get(k) == b.get(k) for k in keys)
 
 
