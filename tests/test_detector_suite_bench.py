@@ -52,3 +52,16 @@ def test_targets_follow_the_dataset() -> None:
     other = detector_suite.format_report(_report(None))
     assert "Target" not in other and "80.00%" in other
     assert detector_suite.target_rows(_report(None)) == ""
+
+
+def test_report_folder_follows_the_published_rows_key() -> None:
+    """An image-folder copy of CIFAR-10 reports under ``reports/cifar10_detector``, MNIST under its record's name,
+    any other dataset under its card's name."""
+    from bench.detection.autoattack_rows import CIFAR10_CLASSES
+
+    folder = {"name": "folder", "class_names": CIFAR10_CLASSES}
+    assert detector_suite.default_out(folder, [3, 32, 32]) == Path("reports/cifar10_detector")
+    assert detector_suite.default_out({"name": "mnist"}, [1, 28, 28]) == Path("reports/mnist_detector")
+    assert detector_suite.default_out({"name": "folder", "class_names": ["a", "b"]}) == Path(
+        "reports/folder_detector"
+    )

@@ -49,7 +49,7 @@ if __name__ == "__main__":  # run as a script: import from the repository root, 
 
 from bench import provenance
 from bench.detection.autoattack import TARGET_HEADER, default_eps, order, pct, wilson
-from bench.detection.autoattack_rows import items, literature
+from bench.detection.autoattack_rows import items, literature, title
 
 ADAPTIVE = ("adaptive", "adaptive_multitarget", "adaptive_orthogonal")
 # The project's targets by dataset (autoattack_rows.literature's keys): MNIST's for the shipped robust MNIST model,
@@ -70,11 +70,6 @@ def _set_for(t: dict) -> str:
 
 
 SANITY_EPS = (1, 4 / 3, 5 / 3, 2)  # PGD's eps as multiples of the budget (MNIST's 0.3: 0.3, 0.4, 0.5, 0.6)
-
-
-def dataset_card(artifact: str) -> dict:
-    """The dataset entry of the artifact's card (model.json): name, class names, split sizes."""
-    return json.loads((Path(artifact) / "model.json").read_text())["dataset"]
 
 
 def eps_order(folder: Path, budget: float) -> list[float]:
@@ -215,12 +210,12 @@ def report(args: argparse.Namespace) -> dict:
     """Merge the cached chunks into ``--out/report.json`` (+ ``provenance.json``) and print its tables."""
     meta = json.loads((Path(args.artifact) / "model.json").read_text())  # the card, read once
     card, shape = meta["dataset"], meta.get("arch", {}).get("input_shape")
-    name = card["name"]
+    key = literature(card, shape)
     out: dict = {
-        "targets": TARGETS.get(literature(card, shape) or ""),
-        "benchmark": f"{name}_detector",
+        "targets": TARGETS.get(key or ""),
+        "benchmark": default_out(card, shape).name,
         "artifact": args.artifact,
-        "split": "the official MNIST test set" if name == "mnist" else f"the {name} test split",
+        "split": "the official MNIST test set" if key == "mnist" else f"the {title(card, shape)}",
         "items": items(card),
         "order": f"default_rng({args.seed})",
         "threads": args.threads,
@@ -261,7 +256,7 @@ def report(args: argparse.Namespace) -> dict:
     write_json(Path(args.out) / "report.json", out)
     extra = {"chunk_commits": sorted(commits)}
     cmd = f".venv/bin/python bench/detection/detector_suite.py {args.artifact} report"
-    if Path(args.out) != default_out(name):
+    if Path(args.out) != default_out(card, shape):
         cmd += f" --out {args.out}"
     if args.threads != 2:  # the header states the threads: say where it came from
         cmd += f" --threads {args.threads}"
@@ -390,9 +385,11 @@ def target_rows(out: dict) -> str:
     return TARGET_HEADER + "\n".join(lines)
 
 
-def default_out(dataset: str) -> Path:
-    """``reports/DATASET_detector``: ``reports/mnist_detector`` (the record ``mnist_detector``) for MNIST."""
-    return Path("reports") / f"{dataset}_detector"
+def default_out(card: dict, input_shape: list[int] | None = None) -> Path:
+    """``reports/KEY_detector``, KEY the published rows' dataset (``autoattack_rows.literature``: an image-folder copy
+    of CIFAR-10 is ``cifar10``) or else the card's name: ``reports/mnist_detector`` (the record ``mnist_detector``)
+    for MNIST."""
+    return Path("reports") / f"{literature(card, input_shape) or card['name']}_detector"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,10 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None, help="chunk folder (default: OUT/chunks)")
     p.add_argument("--out", default=None, help="report folder (default: reports/DATASET_detector)")
     args = p.parse_args(argv)
-    card = dataset_card(args.artifact)
-    name = card["name"]
+    meta = json.loads((Path(args.artifact) / "model.json").read_text())
+    card = meta["dataset"]
     args.eps = args.eps or default_eps(card)
-    args.out = args.out or str(default_out(name))
+    args.out = args.out or str(default_out(card, meta.get("arch", {}).get("input_shape")))
     args.cache = args.cache or Path(args.out) / "chunks"
     torch.set_num_threads(args.threads)
     np.seterr(all="ignore")
