@@ -47,6 +47,9 @@ def test_reports_each_statistic_of_each_calibration(two_calibrations, tmp_path, 
     # DeepFool stops just across a boundary: the boundary statistic sees it
     assert plain["attacks"]["deepfool"]["boundary"]["auroc"] > 0.8
     assert (out / "provenance.json").is_file() and "| stability |" in (out / "report.md").read_text()
+    for ood in ablation.OOD:  # garbage inputs: every one counted, scored by every statistic
+        row = plain["attacks"][ood]
+        assert row["successes"] == row["attacked"] == 24 and 0.0 <= row["score"]["auroc"] <= 1.0
     capsys.readouterr()
     assert run(monkeypatch, [*argv, "--out", str(out)]) == 0  # again: the cached sets, no attack runs
     assert " s\n" not in capsys.readouterr().out
