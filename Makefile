@@ -67,8 +67,8 @@ run-cifar10: install
 # Retrain the shipped model from scratch with the training line its provenance.json records (about an hour on
 # 2 CPU cores, minutes on a GPU), calibrate it, and compare the weights with the shipped ones.
 reproduce: install
-	$(BIN)/$$($(BIN)/python -c "import json; print(json.load(open('$(SHIPPED)/provenance.json'))['train_command'])") $(TRAIN_EXTRA) --out $(REPRODUCE) --resume
-	$(BIN)/lgm calibrate $(REPRODUCE)
+	$(BIN)/$$($(BIN)/python models/recorded.py $(SHIPPED) train) $(TRAIN_EXTRA) --out $(REPRODUCE) --resume
+	$(BIN)/$$($(BIN)/python models/recorded.py $(SHIPPED) calibrate $(REPRODUCE))
 	@$(BIN)/python -c "import json, sys; a, b = (json.load(open(d + '/model.json')) for d in sys.argv[1:]); same = a['weights_sha256'] == b['weights_sha256']; print(('bit-identical to' if same else 'differs from'), 'the shipped weights; test accuracy', a['metrics']['test_accuracy'], 'against', b['metrics']['test_accuracy'])" $(REPRODUCE) $(SHIPPED)
 
 # The same for the CIFAR-10 model, from the image folder CIFAR10 (its digest is compared with the shipped card's).

@@ -1,9 +1,11 @@
-"""Checks shared by the tests of the shipped models (models/*): the recorded training line made the weights."""
+"""Checks shared by the tests of the shipped models (models/*): the recorded training line made the weights, the
+recorded calibration line the detector."""
 
 from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 from typing import Any
 
 
@@ -28,3 +30,17 @@ def assert_trained_with(trained: dict[str, Any], cfg: Any) -> None:
     added = set(now) - set(trained)
     assert all(now[k] == getattr(TrainConfig(), k) for k in added), added
     assert trained == {k: v for k, v in now.items() if k not in added}
+
+
+def assert_calibrated_as_recorded(shipped: Path) -> None:
+    """The recorded ``lgm calibrate`` line, parsed by lgm's own parser, gives the settings detector.json was
+    calibrated with, and ``models/recorded.py`` (what ``make reproduce`` runs) aims it at another folder."""
+    from models.recorded import command
+    from service.cli import build_parser
+
+    argv = shlex.split(command(shipped, "calibrate", "elsewhere"))
+    assert argv[:2] == ["lgm", "calibrate"] and "elsewhere" in argv and str(shipped) not in argv
+    given = vars(build_parser().parse_args(argv[1:]))
+    config = json.loads((shipped / "detector.json").read_text())["config"]
+    assert {k: v for k, v in config.items() if k in given} == {k: given[k] for k in config if k in given}
+    assert "statistics" in given and "statistics" in config

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from shipped_checks import assert_trained_with, recorded_config
+from shipped_checks import assert_calibrated_as_recorded, assert_trained_with, recorded_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "cifar10"
@@ -26,6 +26,10 @@ def test_every_shipped_file_matches_its_recorded_sha256() -> None:
     for name, digest in files.items():
         assert hashlib.sha256((SHIPPED / name).read_bytes()).hexdigest() == digest, name
     assert sum((SHIPPED / name).stat().st_size for name in files) < 8 * 2**20  # a few MB
+
+
+def test_the_detector_was_made_by_the_recorded_calibration_line() -> None:
+    assert_calibrated_as_recorded(SHIPPED)
 
 
 def test_the_model_was_made_by_the_recorded_training_line_on_the_named_data() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from shipped_checks import assert_trained_with, recorded_config
+from shipped_checks import assert_calibrated_as_recorded, assert_trained_with, recorded_config
 
 from training import mnist_wheel
 
@@ -26,6 +26,10 @@ def test_every_shipped_file_matches_its_recorded_sha256() -> None:
     assert size < 8 * 2**20  # a few MB in the repository
 
 
+def test_the_detector_was_made_by_the_recorded_calibration_line() -> None:
+    assert_calibrated_as_recorded(SHIPPED)
+
+
 def test_the_model_was_made_by_the_recorded_training_line() -> None:
     """Parse the recorded ``lgm train`` line with lgm's own parser: the config it yields is the one model.json
     says the weights were trained with, and the line is what ``make reproduce`` runs."""
@@ -39,7 +43,8 @@ def test_the_model_was_made_by_the_recorded_training_line() -> None:
     detector = json.loads((SHIPPED / "detector.json").read_text())
     assert detector["model_sha256"] == meta["weights_sha256"]
     makefile = (SHIPPED.parents[1] / "Makefile").read_text()
-    assert "provenance.json" in makefile.split("reproduce:", 1)[1].split("\n\n", 1)[0]
+    rule = makefile.split("reproduce:", 1)[1].split("\n\n", 1)[0]
+    assert "models/recorded.py $(SHIPPED) train" in rule and "models/recorded.py $(SHIPPED) calibrate" in rule
 
 
 def test_shipped_detector_loads_and_scores_real_test_digits() -> None:
