@@ -4,8 +4,8 @@ runs to retrain and recalibrate it.
     python models/recorded.py models/cifar10 train                   # the lgm train line (make adds --out)
     python models/recorded.py models/cifar10 calibrate artifacts/x   # the lgm calibrate line, on artifacts/x
 
-The calibrate line names the shipped folder (``models/ship.py`` writes it so); here that folder is swapped for the
-one given, and every other option (e.g. ``--statistics``) is kept, so a reproduction is calibrated as shipped.
+The calibrate line is ``lgm calibrate FOLDER [OPTIONS]`` (``models/ship.py`` writes it so, FOLDER the shipped one);
+here FOLDER is swapped for the one given, and every other option (e.g. ``--statistics``) is kept, so a reproduction is calibrated as shipped.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from pathlib import Path
 
 
 def command(shipped: Path, which: str, folder: str | None = None) -> str:
-    """The recorded ``lgm train`` line, or the ``lgm calibrate`` line with ``shipped`` replaced by ``folder``."""
+    """The recorded ``lgm train`` line, or the ``lgm calibrate`` line aimed at ``folder``."""
     line = json.loads((shipped / "provenance.json").read_text())[f"{which}_command"]
     if which == "train":
         return line
     argv = shlex.split(line)
-    if str(shipped) not in argv or folder is None:
-        raise ValueError(f"{shipped}/provenance.json: the calibrate line {line!r} does not name {shipped}")
-    return shlex.join([folder if a == str(shipped) else a for a in argv])
+    if argv[:2] != ["lgm", "calibrate"] or len(argv) < 3 or argv[2].startswith("-") or folder is None:
+        raise ValueError(f"{shipped}/provenance.json: {line!r} is not 'lgm calibrate FOLDER [OPTIONS]'")
+    return shlex.join([*argv[:2], folder, *argv[3:]])
 
 
 def main(argv: list[str] | None = None) -> int:
