@@ -19,8 +19,9 @@ digits, 8/255 for colour images).
 
 It does not run ``lgm evaluate``, whose baselines need a softmax twin trained the same way (another hour of
 adversarial training): this script measures the L-GM detector alone. Chunks are cached as JSON (``--cache``), so
-locked runs stay short; the table covers every input any chunk has done. Report: ``reports/DATASET_detector``
-(MNIST: ``reports/mnist_detector``, the record ``mnist_detector``), chunks in its ``chunks/``.
+locked runs stay short; the table covers every input any chunk has done. Report: ``reports/KEY_detector``, KEY
+``mnist`` (the record ``mnist_detector``), ``cifar10`` for any copy of CIFAR-10, else the card's dataset name;
+chunks in its ``chunks/``.
 
     .venv/bin/python bench/detection/detector_suite.py models/mnist-robust clean
     .venv/bin/python bench/detection/detector_suite.py models/mnist-robust adaptive --eps 0.3 --start 0 --limit 40
@@ -406,7 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--cache", type=Path, default=None, help="chunk folder (default: OUT/chunks)")
-    p.add_argument("--out", default=None, help="report folder (default: reports/DATASET_detector)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="report folder (default: reports/KEY_detector: mnist, cifar10 or the card's name)",
+    )
     args = p.parse_args(argv)
     meta = json.loads((Path(args.artifact) / "model.json").read_text())
     card = meta["dataset"]
