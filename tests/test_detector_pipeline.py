@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from detector import Detector, NotCalibratedError
 from detector.calibration import calibrate
 from detector.harness.evaluation import EvalConfig, evaluate
+from detector.harness.report import markdown
 from training.artifacts import ArtifactError
 from training.data import load_digits, stratified_split
 from training.trainer import train
@@ -172,6 +173,12 @@ def test_report_schema(report):
     for key in ("dataset", "n_clean", "clean_accuracy", "attacks", "worst_case"):
         assert key in rep
     assert rep["dataset"] == "digits" and rep["n_clean"] == 48
+    assert rep["data_root"] is None and (out / "report.md").read_text().startswith(
+        "# Detection report: digits\n"
+    )
+    # a folder dataset's report names its files by the card's digest
+    folder = markdown({**rep, "data_root": "data/x", "data_digest": "ab" * 32})
+    assert folder.startswith("# Detection report: digits `data/x` (sha256 abababababab)\n")
     for name, a in rep["attacks"].items():
         assert set(a) >= {"budget", "success_rate", "n_success", "seen_in_calibration", "detectors"}
         assert a["seen_in_calibration"] is False and a["budget"]["eps"] == 0.3

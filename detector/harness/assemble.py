@@ -131,6 +131,9 @@ def build_report(
     return {
         "format_version": 2,
         "dataset": ctx.det.meta["dataset"]["name"],
+        # which files a folder dataset read: its root and the card's digest of them (None for packaged data)
+        "data_root": ctx.det.meta["dataset"].get("root"),
+        "data_digest": ctx.det.meta["dataset"].get("digest"),
         "artifact": str(cfg.artifact),
         "split": "test",
         "n_clean": int(len(inputs.idx)),

@@ -160,8 +160,12 @@ def markdown(report: dict[str, Any]) -> str:
             "Positives are successful adversarials against the L-GM model."
         )
         baselines = ". Baselines: not run (`--baselines none`)."
+    data = report["dataset"]
+    if report.get("data_root"):  # a folder dataset: say which files, by the card's digest
+        digest = report.get("data_digest")
+        data += f" `{report['data_root']}`" + (f" (sha256 {digest[:12]})" if digest else "")
     out = [
-        f"# Detection report: {report['dataset']}",
+        f"# Detection report: {data}",
         "",
         f"Test split: {report['n_clean']} clean inputs, L-GM accuracy {report['clean_accuracy']:.4f}, {inputs} "
         "Brackets: 95% bootstrap intervals.",
