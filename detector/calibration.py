@@ -117,7 +117,10 @@ class CalibrationConfig:
         ["fgsm", "pgd"], "roc mode: attacks run on the calibration split", group="calibration"
     )
     limit: int | None = option(
-        None, "roc mode: attack at most N calibration inputs", group="calibration", ge=1
+        None,
+        "roc mode: attack at most N calibration inputs (a seeded random subset of the correct ones)",
+        group="calibration",
+        ge=1,
     )
     device: str = option("auto", "auto (CUDA when present) | cpu | cuda", group="run")
     seed: int = option(0, "seed of the attacks' random starts", group="run")

@@ -89,3 +89,30 @@ def test_a_fresh_run_forgets_an_earlier_best(tiny_config_factory, tmp_path: Path
 def test_keep_best_needs_adversarial_training(tiny_config_factory) -> None:
     with pytest.raises(ValueError, match="--keep-best pgd needs adversarial training"):
         tiny_config_factory(keep_best="pgd").validate()
+
+
+class _AlwaysZero(torch.nn.Module):
+    """Predicts class 0 for every input (a weight keeps it a module with parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(len(x), 10)
+        logits[:, 0] = 1.0
+        return logits + self.w * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_the_check_draws_from_every_class_of_a_class_sorted_split() -> None:
+    """An image folder's calibration split is sorted by class: the check must not read only its first class (it
+    did, and a classifier of airplanes alone scored 100%)."""
+    from training.data import Split, subset
+
+    y = torch.arange(10).repeat_interleave(50)  # 10 classes x 50, class by class
+    split = Split(torch.zeros(500, 1, 4, 4, dtype=torch.uint8), y)
+    acc = heldout_pgd_accuracy(_AlwaysZero(), split, eps=0.0, steps=1, n=100, device=torch.device("cpu"))
+    assert 0.0 < acc < 0.3  # about the share of class 0, not 1.0
+    picked = subset(500, 100, 1234)
+    assert len(set(y[picked].tolist())) == 10 and list(picked) == sorted(picked)
+    assert list(subset(5, None, 0)) == list(range(5)) and list(subset(5, 9, 0)) == list(range(5))

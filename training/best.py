@@ -4,8 +4,9 @@ Rice, Wong & Kolter, "Overfitting in adversarially robust deep learning" (ICML 2
 robust test accuracy peaks soon after the first learning-rate decay and then falls while the training loss keeps
 improving ("robust overfitting"); early stopping on a held-out PGD check recovers the peak. Here the check is
 PGD with ``--best-check-steps`` steps at the full ``--adv-eps`` (step 2.5 eps / steps, one random start drawn from
-a fixed seed, cross-entropy on the logits) on the first ``--best-check-inputs`` inputs of the *calibration*
-split, after every epoch. The test split is never read. The calibration split also sets the detector's
+a fixed seed, cross-entropy on the logits) on ``--best-check-inputs`` inputs of the *calibration* split drawn
+once from a fixed seed (``training.data.subset``: an image folder's split is sorted by class, so its first inputs
+would be one class), after every epoch. The test split is never read. The calibration split also sets the detector's
 thresholds later; choosing one of a few dozen checkpoints on it is a mild reuse, stated in docs/training.md.
 
 Files beside the checkpoint: ``best.safetensors`` (the weights of the best epoch so far) and ``best.json``
@@ -33,7 +34,7 @@ from training.artifacts import (
     sha256_bytes,
     state_to_cpu,
 )
-from training.data import Split
+from training.data import Split, subset
 from training.model import Classifier
 from training.modes import eval_mode
 
@@ -52,10 +53,13 @@ def heldout_pgd_accuracy(
     device: torch.device,
     batch_size: int = 250,
 ) -> float:
-    """Share of the first ``n`` inputs of ``split`` classified correctly after L-inf PGD (Madry et al. 2018) at
+    """Share of ``n`` inputs of ``split`` (a fixed random subset) classified correctly after L-inf PGD (Madry et al. 2018) at
     ``eps`` with ``steps`` steps of 2.5 eps / steps; in eval mode (the model's own mode is restored)."""
     gen = torch.Generator().manual_seed(CHECK_SEED)
-    x_all, y_all = split.x[:n], split.y[:n]
+    pick = torch.from_numpy(
+        subset(len(split.y), n, CHECK_SEED)
+    )  # not the first n: a folder's split is class-sorted
+    x_all, y_all = split.x[pick], split.y[pick]
     correct = 0
     with eval_mode(model):
         for i in range(0, len(y_all), batch_size):

@@ -97,6 +97,15 @@ def stratified_split(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> 
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
+def subset(n_total: int, n: int | None, seed: int) -> np.ndarray:
+    """Sorted positions of ``n`` of ``n_total`` items drawn at random (seeded; all of them when ``n`` is None or
+    not smaller). A split keeps its source's order, which for an image folder is class by class: "the first n" of
+    it would be one class, so checks that look at part of a split draw that part with this."""
+    if n is None or n >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
+
+
 def stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(rest, held-out) indices; the held-out part is round(fraction * N) in all, shared among the classes in
     proportion to their sizes (largest remainder), each class's members drawn at random. Deterministic."""

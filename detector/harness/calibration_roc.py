@@ -31,6 +31,7 @@ from detector.harness.attacks import AttackTarget, DetectorObjective, budget_of,
 from detector.harness.budgets import resolve_budgets
 from detector.scoring import Detector, deployed_thresholds
 from training.artifacts import load_meta
+from training.data import subset
 
 
 def fit_logistic(clean: np.ndarray, adv: np.ndarray) -> tuple[list[float], float]:
@@ -51,7 +52,9 @@ def attack_calibration_split(
     adversarials' statistics (pooled) and per-attack figures. ``adaptive`` aims at ``det``."""
     names = cfg.attacks  # expanded by calibrate_roc()
     b = resolve_budgets(dataset, cfg.budgets, tuple(x.shape[1:]))
-    keep = torch.from_numpy(pred == y.numpy()).nonzero().squeeze(1)[: cfg.limit]
+    # --limit: a seeded subset of the correct inputs, not the first (an image folder's split is class-sorted)
+    correct = np.flatnonzero(pred == y.numpy())
+    keep = torch.from_numpy(correct[subset(len(correct), cfg.limit, cfg.seed)])
     xs, ys = x[keep], y[keep]
     target = AttackTarget("lgm", det.model, DetectorObjective(det, b.adaptive_margin))
     stats, preds, figures = [], [], {}
