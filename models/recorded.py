@@ -4,8 +4,9 @@ runs to retrain and recalibrate it.
     python models/recorded.py models/cifar10 train                   # the lgm train line (make adds --out)
     python models/recorded.py models/cifar10 calibrate artifacts/x   # the lgm calibrate line, on artifacts/x
 
-The calibrate line is ``lgm calibrate FOLDER [OPTIONS]`` (``models/ship.py`` writes it so, FOLDER the shipped one);
-here FOLDER is swapped for the one given, and every other option (e.g. ``--statistics``) is kept, so a reproduction is calibrated as shipped.
+The calibrate line is ``lgm calibrate FOLDER [OPTIONS]`` (``models/ship.py`` writes it so, FOLDER the shipped
+one); here FOLDER is swapped for the one given, and every other option (e.g. ``--statistics``) is kept, so a
+reproduction is calibrated as shipped.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ robust test accuracy peaks soon after the first learning-rate decay and then fal
 improving ("robust overfitting"); early stopping on a held-out PGD check recovers the peak. Here the check is
 PGD with ``--best-check-steps`` steps at the full ``--adv-eps`` (step 2.5 eps / steps, one random start drawn from
 a fixed seed, cross-entropy on the logits) on ``--best-check-inputs`` inputs of the *calibration* split drawn
-once from a fixed seed (``training.data.subset``: an image folder's split is sorted by class, so its first inputs
-would be one class), after every epoch. The test split is never read. The calibration split also sets the detector's
-thresholds later; choosing one of a few dozen checkpoints on it is a mild reuse, stated in docs/training.md.
+once from a fixed seed (``training.data.subset``: an image folder's split is sorted by class, so its first
+inputs would be one class), after every epoch. The test split is never read. The calibration split also sets
+the detector's thresholds later; choosing one of a few dozen checkpoints on it is a mild reuse, stated in
+docs/training.md.
 
 Files beside the checkpoint: ``best.safetensors`` (the weights of the best epoch so far) and ``best.json``
 (``{"epoch": e, "heldout_pgd_accuracy": a, "sha256": ...}``), both written atomically before the epoch's
@@ -53,8 +54,8 @@ def heldout_pgd_accuracy(
     device: torch.device,
     batch_size: int = 250,
 ) -> float:
-    """Share of ``n`` inputs of ``split`` (a fixed random subset) classified correctly after L-inf PGD (Madry et al. 2018) at
-    ``eps`` with ``steps`` steps of 2.5 eps / steps; in eval mode (the model's own mode is restored)."""
+    """Share of ``n`` inputs of ``split`` (a fixed random subset) classified correctly after L-inf PGD (Madry et
+    al. 2018) at ``eps`` with ``steps`` steps of 2.5 eps / steps; in eval mode (the model's own mode is restored)."""
     gen = torch.Generator().manual_seed(CHECK_SEED)
     pick = torch.from_numpy(
         subset(len(split.y), n, CHECK_SEED)
