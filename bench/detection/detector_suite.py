@@ -73,6 +73,12 @@ def _set_for(t: dict) -> str:
 SANITY_EPS = (1, 4 / 3, 5 / 3, 2)  # PGD's eps as multiples of the budget (MNIST's 0.3: 0.3, 0.4, 0.5, 0.6)
 
 
+def card_of(artifact: str) -> tuple[dict, list[int] | None]:
+    """The dataset entry of the artifact's card (model.json) and the network's input shape (C, H, W)."""
+    meta = json.loads((Path(artifact) / "model.json").read_text())
+    return meta["dataset"], meta.get("arch", {}).get("input_shape")
+
+
 def eps_order(folder: Path, budget: float) -> list[float]:
     """The eps of the ``adaptive-eps*`` chunk folders: the budget's first (the target's row), then the largest."""
     found = {float(p.name.removeprefix("adaptive-eps")) for p in folder.glob("adaptive-eps*") if p.is_dir()}
@@ -209,8 +215,7 @@ def merged(folder: Path) -> dict:
 
 def report(args: argparse.Namespace) -> dict:
     """Merge the cached chunks into ``--out/report.json`` (+ ``provenance.json``) and print its tables."""
-    meta = json.loads((Path(args.artifact) / "model.json").read_text())  # the card, read once
-    card, shape = meta["dataset"], meta.get("arch", {}).get("input_shape")
+    card, shape = card_of(args.artifact)
     key = literature(card, shape)
     out: dict = {
         "targets": TARGETS.get(key or ""),
@@ -413,10 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         help="report folder (default: reports/KEY_detector: mnist, cifar10 or the card's name)",
     )
     args = p.parse_args(argv)
-    meta = json.loads((Path(args.artifact) / "model.json").read_text())
-    card = meta["dataset"]
+    card, shape = card_of(args.artifact)
     args.eps = args.eps or default_eps(card)
-    args.out = args.out or str(default_out(card, meta.get("arch", {}).get("input_shape")))
+    args.out = args.out or str(default_out(card, shape))
     args.cache = args.cache or Path(args.out) / "chunks"
     torch.set_num_threads(args.threads)
     np.seterr(all="ignore")
