@@ -35,6 +35,24 @@ def test_pgd_stays_in_the_ball_and_raises_the_loss() -> None:
     assert pgd_linf(loss, x, 0.0, 10, 0.1) is not None and torch.equal(pgd_linf(loss, x, 0.0, 10, 0.1), x)
 
 
+def test_nfgsm_leaves_the_ball_by_at_most_three_eps_and_raises_the_loss() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = 0.25 + 0.5 * torch.rand(64, 1, 4, 4), torch.randint(0, 3, (64,))  # inside [3 eps, 1 - 3 eps]
+
+    def loss(xa: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(net(xa), y, reduction="sum")
+
+    gen = torch.Generator().manual_seed(1)
+    xa = pgd_linf(loss, x, 0.05, 1, 0.05, gen, start_frac=2.0, project=False)
+    gap = (xa - x).abs().max().item()
+    assert 0.05 < gap <= 0.15 + 1e-6  # noise up to 2 eps plus a step of eps, never projected back
+    projected = pgd_linf(loss, x, 0.05, 1, 0.05, torch.Generator().manual_seed(1), start_frac=2.0)
+    assert (projected - x).abs().max() <= 0.05 + 1e-6
+    clean_start = pgd_linf(loss, x, 0.05, 1, 0.05, random_start=False, project=False)
+    assert loss(clean_start) > loss(x)
+
+
 def test_eps_warms_up_linearly_per_iteration() -> None:
     cfg = TrainConfig(adv_eps=0.3, adv_warmup=2)
     assert [round(eps_at(cfg, it, 10), 6) for it in (0, 9, 19, 20, 500)] == [0.015, 0.15, 0.3, 0.3, 0.3]

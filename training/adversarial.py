@@ -3,7 +3,9 @@
 - ``pgd``: Madry, Makelov, Schmidt, Tsipras, Vladu, "Towards Deep Learning Models Resistant to Adversarial
   Attacks", ICLR 2018. A fraction ``1 - adv_clean_fraction`` of each batch is replaced by its L-inf PGD examples,
   made against the current network (cross-entropy ascent, random start in the ball, signed-gradient steps of
-  ``adv_step_frac * eps / adv_steps``, projection), and the whole batch is trained with the usual loss.
+  ``adv_step_frac * eps / adv_steps``, projection), and the whole batch is trained with the usual loss. One
+  step is FGSM with a random start (Wong, Rice, Kolter, "Fast is better than free", ICLR 2020); with
+  ``adv_start_frac = 2``, ``adv_step_frac = 1`` and no projection it is N-FGSM (de Jorge et al., NeurIPS 2022).
 - ``trades``: Zhang, Yu, Jiao, Xing, El Ghaoui, Jordan, "Theoretically Principled Trade-off between Robustness
   and Accuracy", ICML 2019. The clean loss plus ``trades_beta * KL(p(x) || p(x'))`` where x' maximises that KL
   in the ball (the same PGD, started uniformly in the ball rather than at x + 0.001 N(0, 1)).
@@ -48,24 +50,33 @@ def pgd_linf(
     step_size: float,
     generator: torch.Generator | None = None,
     random_start: bool = True,
+    start_frac: float = 1.0,
+    project: bool = True,
 ) -> torch.Tensor:
     """Projected gradient ascent of ``loss_fn`` (x' (N, C, H, W) -> scalar) in {x' : |x' - x|_inf <= eps} n [0, 1].
 
-    The random start is uniform in the ball, drawn on the CPU from ``generator`` (reproducible on any device).
+    The random start is uniform in the ball of radius ``start_frac * eps``, drawn on the CPU from ``generator``
+    (reproducible on any device). ``project=False`` keeps only the [0, 1] box, so x' may leave the eps-ball:
+    with one step of size eps and ``start_frac=2`` this is N-FGSM (de Jorge, Bibi, Volpi, Sanyal, Torr, Rogez,
+    Dokania, "Make Some Noise: Reliable and Efficient Single-Step Adversarial Training", NeurIPS 2022), whose
+    larger noise and missing projection avoid the catastrophic overfitting of FGSM with a random start (Wong,
+    Rice, Kolter, ICLR 2020) at the same cost; |x' - x|_inf <= 3 eps then.
     Returns x' (N, C, H, W), detached; x itself when eps or steps is 0."""
     x = x.detach()
     if eps <= 0 or steps <= 0:
         return x
     if random_start:
         noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-        x_adv = (x + (2 * noise - 1) * eps).clamp(0.0, 1.0)
+        x_adv = (x + (2 * noise - 1) * (start_frac * eps)).clamp(0.0, 1.0)
     else:
         x_adv = x.clone()
     for _ in range(steps):
         x_adv.requires_grad_(True)
         (grad,) = torch.autograd.grad(loss_fn(x_adv), x_adv)
         x_adv = x_adv.detach() + step_size * grad.sign()
-        x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+        if project:
+            x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps)
+        x_adv = x_adv.clamp(0.0, 1.0)
     return x_adv.detach()
 
 
@@ -127,6 +138,8 @@ class AdversarialObjective:
                 cfg.adv_steps,
                 cfg.adv_step_frac * eps / cfg.adv_steps,
                 gen,
+                start_frac=cfg.adv_start_frac,
+                project=cfg.adv_project,
             )
 
     # -- losses -----------------------------------------------------------------------------------------

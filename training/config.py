@@ -87,6 +87,16 @@ class TrainConfig:
     adv_step_frac: float = _adv(
         2.5, "PGD step size = adv_step_frac * eps / adv_steps (Madry et al.: 2.5)", gt=0, le=10
     )
+    adv_start_frac: float = _adv(
+        1.0,
+        "random start uniform in +-adv_start_frac * eps (N-FGSM, de Jorge et al. 2022: 2, with --adv-steps 1 "
+        "--adv-step-frac 1 --no-adv-project)",
+        gt=0,
+        le=10,
+    )
+    adv_project: bool = _adv(
+        True, "project the training examples onto the eps-ball (off: only onto [0, 1] pixels, as N-FGSM)"
+    )
     adv_warmup: int = _adv(3, "epochs over which eps grows linearly from 0 to --adv-eps", ge=0)
     adv_clean_fraction: float = _adv(
         0.5, "pgd: fraction of each batch kept clean; the rest is replaced by its PGD examples", ge=0, lt=1
