@@ -34,7 +34,7 @@ from detector.gaussians import KINDS as GAUSSIAN_KINDS
 from detector.gaussians import SHRINKAGE, ClassGaussians
 from detector.layers import split_layers
 from detector.scoring import THRESHOLD_UNITS, Detector, deployed_thresholds, lgm_head
-from detector.statistics import DEFAULT_GROUPS, GROUPS, ScoreModel
+from detector.statistics import DEFAULT_GROUPS, GROUPS, ScoreModel, pooled_layers
 from detector.store import save_detector
 from detector.tails import TailModel
 from training.artifacts import load_artifact
@@ -134,6 +134,8 @@ class CalibrationConfig:
         check_options(self)
         if not self.statistics:
             raise ValueError(f"--statistics must name at least one of {', '.join(GROUPS)}")
+        if "layers" in self.statistics and "layers-joint" in self.statistics:
+            raise ValueError("--statistics takes layers or layers-joint, not both (the same block outputs)")
         if self.mode == "roc" and not self.attacks:
             raise ValueError("--attacks must name at least one attack for --mode roc")
         if self.mode == "clean" and self.rule == "youden":
@@ -207,8 +209,7 @@ def fit_gaussians(model: Classifier, train: Split, cfg: CalibrationConfig) -> Sc
     """The score model's Gaussians, fitted to the training split (no tails yet)."""
     k = int(model.spec.num_classes)
     _, feats, layers = split_layers(model, train.x)
-    if "layers" not in cfg.statistics:
-        layers = []
+    layers = pooled_layers(list(cfg.statistics), layers)
     y = train.y.numpy()
     if cfg.gaussians == "head":
         final = ClassGaussians.from_head(lgm_head(model))

@@ -12,6 +12,10 @@ and predicted class k = argmax z, each statistic is larger when x looks less lik
 - ``layer<l>``: -log N(h_l(x); mu^l_k, Sigma^l), the likelihood of block l's output under class k's Gaussian
   (Lee et al. 2018's feature ensemble, scored under the predicted class rather than the closest one: early
   layers of an adversarial input still look like its true class).
+- ``layers-joint`` (opt-in, instead of ``layers``): one statistic, ``layers``, the likelihood under class k of
+  the tapped outputs concatenated, [h_1(x), .., h_L(x)], with one Gaussian (tied covariance) over the whole
+  vector: the feature ensemble pooled into a single Mahalanobis test, so that the max below tests one layer
+  statistic, not L, at its share of the false-positive rate;
 - ``stability`` (opt-in): how much of the predicted class's logit margin m(x) = z_k(x) - max_{j != k} z_j(x)
   the input loses under small fixed noise, mean_i (m(x) - m(clip(x + n_i))) / (|m(x)| + 1), for M noise patterns
   n_i ~ N(0, sigma^2 I) drawn once at calibration and stored with the detector (so the score is deterministic and
@@ -40,7 +44,7 @@ from detector.tails import TailModel, TailStack
 from training.model import Classifier
 from training.modes import eval_mode
 
-GROUPS = ("likelihood", "boundary", "layers", "stability")
+GROUPS = ("likelihood", "boundary", "layers", "layers-joint", "stability")
 DEFAULT_GROUPS = ("likelihood", "boundary", "layers")  # what `lgm calibrate` scores unless told
 COMBINERS = ("max", "logistic")
 MIN_ODDS = 1e-6  # log-odds floor of the boundary statistic (caps it at -log(1e-6) = 13.8)
@@ -51,9 +55,24 @@ def statistic_names(groups: list[str], n_layers: int) -> list[str]:
     names = [g for g in ("likelihood", "boundary") if g in groups]
     if "layers" in groups:
         names += [f"layer{i + 1}" for i in range(n_layers)]
+    if "layers-joint" in groups:
+        names.append("layers")
     if "stability" in groups:
         names.append("stability")
     return names
+
+
+def taps_layers(groups: list[str]) -> bool:
+    """Whether these statistics need the tapped blocks' outputs."""
+    return "layers" in groups or "layers-joint" in groups
+
+
+def pooled_layers(groups: list[str], layers: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The block outputs as the layer Gaussians see them: each on its own (``layers``), all concatenated into
+    one (N, sum C_l) vector (``layers-joint``), or none."""
+    if "layers-joint" in groups:
+        return [torch.cat(layers, dim=1)]
+    return layers if "layers" in groups else []
 
 
 def margin(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -122,8 +141,9 @@ class ScoreModel:
         caller left it in, and is given its mode back (``training/modes.py``): every score and every calibration
         statistic goes through here."""
         with eval_mode(model):
-            if "layers" in self.groups:
+            if taps_layers(self.groups):
                 logits, feats, layers = forward_with_layers(model, x)
+                layers = pooled_layers(self.groups, layers)
             else:
                 logits, feats = model(x, return_features=True)
                 layers = []

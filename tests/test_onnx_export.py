@@ -250,6 +250,7 @@ VARIANTS = {
         gaussians="per_class", statistics=["boundary", "layers"], kind="global"
     ),
     "the head's own Gaussians, likelihood only": dict(gaussians="head", statistics=["likelihood"]),
+    "the tapped layers pooled into one Gaussian": dict(statistics=["likelihood", "boundary", "layers-joint"]),
 }
 
 
