@@ -172,7 +172,9 @@ def test_the_chain_breaks_an_undefended_colour_model(colour_artifact: Path, tmp_
     assert rep["robust_accuracy"] < rep["clean_accuracy"]  # and easy to swap at eps 0.3
     assert list(rep["robust_after"].values()) == sorted(rep["robust_after"].values(), reverse=True)
     prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
-    assert prov["command"].endswith("--report-only --n 32 --eps 0.3")
+    assert prov["command"].endswith(
+        f"--report-only --n 32 --eps 0.3 --cache {tmp_path / 'cache'} --out {tmp_path / 'out'}"
+    )
 
 
 CIFAR = {"name": "cifar10", "class_names": aa.rows.CIFAR10_CLASSES}

@@ -316,6 +316,10 @@ def report(args: argparse.Namespace) -> dict:
         cmd += f" --n {args.n}"
     if args.eps != default_eps(card):
         cmd += f" --eps {args.eps}"
+    if Path(args.cache) != rows.default_out(card, shape) / "chunks":
+        cmd += f" --cache {args.cache}"
+    if Path(args.out) != rows.default_out(card, shape):  # e.g. a second model of the same dataset
+        cmd += f" --out {args.out}"
     # the chunks' own attack time is the measurement's; the report step itself takes a second
     extra = {"report_seconds": round(time.perf_counter() - t0, 1), "chunk_commits": got["commits"]}
     provenance.write(dest, cmd, got["wall"], extra)
