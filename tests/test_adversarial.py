@@ -93,6 +93,14 @@ def test_bad_adversarial_options(tiny_config_factory, overrides: dict, message: 
         {"adversarial": "pgd", "adv_lkd": "push", "adv_clean_fraction": 0.25},
         {"adversarial": "trades", "variance": "diagonal", "lkd_form": "paper"},
         {"adversarial": "pgd", "head": "softmax", "adv_clean_fraction": 0.0},
+        {  # N-FGSM: one step, a start twice as wide as the ball, no projection
+            "adversarial": "pgd",
+            "adv_steps": 1,
+            "adv_step_frac": 1.0,
+            "adv_start_frac": 2.0,
+            "adv_project": False,
+            "adv_clean_fraction": 0.0,
+        },
     ],
 )
 def test_resume_of_an_adversarial_run_equals_the_uninterrupted_run(
@@ -100,7 +108,7 @@ def test_resume_of_an_adversarial_run_equals_the_uninterrupted_run(
 ) -> None:
     """Killed after epoch 2 (inside the eps warm-up) of 3 and resumed: the same weights, BatchNorm statistics,
     optimiser state and history as a run never interrupted (the attack's random start replays too)."""
-    cfg = tiny_config_factory(epochs=3, adv_eps=0.1, adv_steps=3, adv_warmup=2, **overrides)
+    cfg = tiny_config_factory(**{"epochs": 3, "adv_eps": 0.1, "adv_steps": 3, "adv_warmup": 2, **overrides})
     full, killed = tmp_path / "full", tmp_path / "killed"
     train(cfg, full)
     assert train(cfg, killed, stop_after=2) == {"stopped_at_epoch": 2}
