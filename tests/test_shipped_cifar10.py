@@ -62,6 +62,14 @@ def test_the_model_was_made_by_the_recorded_training_line_on_the_named_data(ship
     assert MAKE_VARIABLE[shipped] in makefile and MAKE_TARGET[shipped] in makefile
 
 
+def _pngs(*paths: Path) -> torch.Tensor:
+    x = [
+        np.asarray(Image.open(io.BytesIO(p.read_bytes())).convert("RGB"), dtype=np.float32) / 255.0
+        for p in paths
+    ]
+    return torch.from_numpy(np.stack(x).transpose(0, 3, 1, 2).copy())
+
+
 def test_shipped_model_classifies_its_example_image() -> None:
     from detector.scoring import Detector
 
@@ -70,25 +78,13 @@ def test_shipped_model_classifies_its_example_image() -> None:
     clean = [p for p in (ROOT / "examples").glob("cifar10_*.png") if not p.stem.endswith("_adversarial")]
     assert len(clean) == 1
     label = clean[0].stem.removeprefix("cifar10_")
-    x = [
-        np.asarray(Image.open(io.BytesIO(p.read_bytes())).convert("RGB"), dtype=np.float32) / 255.0
-        for p in (clean[0], clean[0].with_name(clean[0].stem + "_adversarial.png"))
-    ]
-    batch = torch.from_numpy(np.stack(x).transpose(0, 3, 1, 2).copy())
+    batch = _pngs(clean[0], clean[0].with_name(clean[0].stem + "_adversarial.png"))
     scores = det.score(batch)
     assert det.class_names[int(scores.pred[0])] == label  # the clean image: its own class
     assert det.class_names[int(scores.pred[1])] != label  # its attacked copy: another class
     assert float((batch[1] - batch[0]).abs().max()) <= 8 / 255 + 1e-6  # within the stated budget
     noise = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert float(det.score(noise).is_adversarial.float().mean()) >= 0.75  # far out-of-distribution: flagged
-
-
-def _pngs(*paths: Path) -> torch.Tensor:
-    x = [
-        np.asarray(Image.open(io.BytesIO(p.read_bytes())).convert("RGB"), dtype=np.float32) / 255.0
-        for p in paths
-    ]
-    return torch.from_numpy(np.stack(x).transpose(0, 3, 1, 2).copy())
 
 
 def test_robust_model_classifies_the_example_and_the_copy_attacked_against_the_other_model() -> None:
