@@ -33,6 +33,7 @@ PUBLISHED = {
         "eps": 0.3,
         "source": None,  # stated in docs/mnist-benchmark.md, whose table predates this field
         "target": 0.93,  # the project's: above TRADES' published 92.81%
+        "target_note": "above TRADES' 92.81%",
         "rows": [
             {"model": "Madry et al. 2018 (PGD adversarial training)", "clean": 98.53, "autoattack": 88.50},
             {"model": "Zhang et al. 2019 (TRADES)", "clean": 99.48, "autoattack": 92.81},
@@ -42,7 +43,10 @@ PUBLISHED = {
     "cifar10": {
         "eps": 8 / 255,
         "source": "RobustBench's CIFAR-10 L-inf 8/255 leaderboard, models trained without extra data",
-        "target": None,
+        # the project's, set for an adversarially trained CIFAR-10 model whose network is far smaller than these
+        # rows' (a network without adversarial training misses it, as it misses detector_suite's CIFAR targets)
+        "target": 0.40,
+        "target_note": "set for an adversarially trained CIFAR-10 model",
         "rows": [
             {
                 "model": "Wong et al. 2020 (fast is better than free)",
@@ -109,7 +113,8 @@ def published(key: str | None, eps: float) -> dict:
     """The row set of ``PUBLISHED`` for that dataset at that budget; no rows where none was published."""
     rows = PUBLISHED.get(key or "")
     if rows is None or abs(rows["eps"] - eps) > 1e-4:  # 8/255 written 0.03137 is still 8/255
-        return {"eps": eps, "source": None, "target": rows and rows["target"], "rows": []}
+        # the targets were set at the rows' budget: none at another
+        return {"eps": eps, "source": None, "target": None, "target_note": "", "rows": []}
     return rows
 
 
@@ -230,5 +235,7 @@ def target_row(out: dict) -> str:
         "met": "met",
         "missed": "missed",
     }.get(out["target"], f"not decided: the interval straddles {t:.0f}%")
-    row = f"| AutoAttack robust accuracy >= {t:.0f}% (above TRADES' 92.81%) | {figure} | {verdict} |"
+    # records written before the report carried its note are MNIST's
+    note = out.get("target_note", PUBLISHED["mnist"]["target_note"])
+    row = f"| AutoAttack robust accuracy >= {t:.0f}%{f' ({note})' if note else ''} | {figure} | {verdict} |"
     return TARGET_HEADER + row
