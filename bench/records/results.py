@@ -31,8 +31,8 @@ if __name__ == "__main__":  # run as a script: import from the repository root, 
 from bench.detection import robust_report  # bench/detection/robust.py's tables
 from bench.records import (
     results_detect_scores,  # bench/detection/detect_scores.py
-    results_mnist,  # bench/detection/autoattack.py, bench/detection/detector_suite.py
     results_query,  # bench/query/attacks.py, bench/query/fingerprints.py
+    results_robust_eval,  # bench/detection/autoattack.py, bench/detection/detector_suite.py
     results_serve,  # bench/serving/serve.py
     results_train,  # bench/training/train.py, bench/training/stability.py, bench/training/robust_train.py
 )
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 FAMILIES = (
     results_detect_scores,
-    results_mnist,
+    results_robust_eval,
     results_query,
     results_serve,
     results_train,
