@@ -1,7 +1,8 @@
-"""The results blocks of ``bench/detection/autoattack.py`` and ``bench/detection/detector_suite.py`` (docs/mnist-benchmark.md): each
-renders with the benchmark's own table function from its report.json, so the page and the script's output are
-the same text. Both benchmarks merge cached chunks; the record holds whatever sample the chunks cover and every
-table states its n.
+"""The results blocks of ``bench/detection/autoattack.py`` and ``bench/detection/detector_suite.py``: the shipped
+robust MNIST model's (docs/mnist-benchmark.md) and the robust CIFAR-10 model's (docs/detector.md). Each renders
+with the benchmark's own table function from its report.json, so the page and the script's output are the same
+text. Both benchmarks merge cached chunks; the record holds whatever sample the chunks cover and every table
+states its n.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ Record = dict[str, Any]
 COLLECT = {
     "autoattack": ".venv/bin/python bench/records/results.py collect autoattack reports/autoattack",
     "mnist_detector": ".venv/bin/python bench/records/results.py collect mnist_detector reports/mnist_detector",
+    "autoattack_cifar10_robust": (
+        ".venv/bin/python bench/records/results.py collect autoattack_cifar10_robust reports/autoattack_cifar10-robust"
+    ),
+    "cifar10_robust_detector": (
+        ".venv/bin/python bench/records/results.py collect cifar10_robust_detector reports/cifar10-robust_detector"
+    ),
 }
 
 
@@ -40,4 +47,8 @@ RENDERERS: dict[str, Callable[[Record], str]] = {
     "autoattack.target": _aa("target_row"),
     "mnist_detector.table": _det("format_report"),
     "mnist_detector.targets": _det("target_rows"),
+    "autoattack_cifar10_robust.table": _aa("format_report"),
+    "autoattack_cifar10_robust.target": _aa("target_row"),
+    "cifar10_robust_detector.table": _det("format_report"),
+    "cifar10_robust_detector.targets": _det("target_rows"),
 }
