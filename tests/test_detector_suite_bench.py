@@ -65,3 +65,24 @@ def test_report_folder_follows_the_published_rows_key() -> None:
     assert detector_suite.default_out({"name": "folder", "class_names": ["a", "b"]}) == Path(
         "reports/folder_detector"
     )
+
+
+def test_sanity_runs_pgd_at_the_scales_asked(tiny_artifact: Path, tmp_path: Path) -> None:
+    """``--scales`` sets the multiples of the budget PGD runs at (Square at the budget alone); success on an
+    undefended tiny network does not fall as eps grows; scales that do not start at 1 and rise are refused."""
+    import pytest
+
+    from detector.calibration import calibrate
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    calibrate(art)
+    common = [str(art), "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--threads", "1"]
+    detector_suite.main([*common, "sanity", "--limit", "8", "--eps", "0.1", "--scales", "1,3"])
+    rows = json.loads((tmp_path / "o" / "report.json").read_text())["sanity"]["rows"]
+    assert [r["eps"] for r in rows] == [0.1, 0.3]
+    assert "square" in rows[0] and "square" not in rows[1]  # Square at the budget only
+    assert rows[1]["pgd"] >= rows[0]["pgd"] and rows[1]["pgd"] > 0.5
+    for bad in ("2,3", "1,3,2", "1,x"):
+        with pytest.raises(SystemExit):
+            detector_suite.main([*common, "sanity", "--scales", bad])
