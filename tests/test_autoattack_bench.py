@@ -233,7 +233,6 @@ def test_published_rows_follow_the_dataset(card, eps, rows, split, folder, colou
         assert ("Target" in table) == bool(rows)
     if rows == ROBUSTBENCH:
         assert "| AutoAttack robust accuracy >= 40% (set for an adversarially trained" in aa.target_row(rep)
-    if rows == ROBUSTBENCH:
         for arch in ("PreAct ResNet-18 (11.2M)", "ResNet-50 (23.5M)", "WideResNet-34-20 (184.5M)"):
             assert arch in table
         assert "L-inf 8/255, CIFAR-10 test split: 4 images" in table

@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from bench.detection import detector_suite
 
 
@@ -70,8 +72,6 @@ def test_report_folder_follows_the_published_rows_key() -> None:
 def test_sanity_runs_pgd_at_the_scales_asked(tiny_artifact: Path, tmp_path: Path) -> None:
     """``--scales`` sets the multiples of the budget PGD runs at (Square at the budget alone); success on an
     undefended tiny network does not fall as eps grows; scales that do not start at 1 and rise are refused."""
-    import pytest
-
     from detector.calibration import calibrate
 
     art = tmp_path / "art"
