@@ -45,20 +45,25 @@ FAMILIES = (
     results_query,
     results_serve,
     results_train,
-)  # modules with their own COLLECT and RENDERERS
+)  # modules with their own REPORTS and RENDERERS
 
 DATA = ROOT / "docs" / "results" / "data"
 RECORD_VERSION = 1
-# How a record is published again after its benchmark ran (the benchmark's own command is in the provenance).
-COLLECT = {
-    "detect": ".venv/bin/python bench/records/results.py collect detect reports/bench_detect",
+# Each record and the folder it is collected from (its benchmark's --out); the families add theirs.
+REPORTS = {
+    "detect": "reports/bench_detect",
     # the same suite on the shipped full-MNIST model, L-GM only (its softmax twin would need the hour of
     # adversarial training again): bench/detection/detect.py --artifact models/mnist-robust --baselines none
-    "detect_mnist": ".venv/bin/python bench/records/results.py collect detect_mnist reports/bench_detect_mnist",
-    "robust": ".venv/bin/python bench/records/results.py collect robust reports/bench_robust",
+    "detect_mnist": "reports/bench_detect_mnist",
+    "robust": "reports/bench_robust",
 }
 for _family in FAMILIES:
-    COLLECT.update(_family.COLLECT)
+    REPORTS.update(_family.REPORTS)
+# How a record is published again after its benchmark ran (the benchmark's own command is in the provenance).
+COLLECT = {
+    name: f".venv/bin/python bench/records/results.py collect {name} {folder}"
+    for name, folder in REPORTS.items()
+}
 BLOCK = re.compile(r"(<!-- results:([\w.-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
 
 Record = dict[str, Any]
@@ -312,7 +317,7 @@ RENDERERS: dict[str, Renderer] = {
 }
 for _family in FAMILIES:
     RENDERERS.update(_family.RENDERERS)
-    RENDERERS.update({f"{name}.stamp": stamp for name in _family.COLLECT})
+    RENDERERS.update({f"{name}.stamp": stamp for name in _family.REPORTS})
 
 
 def render_text(text: str, records: dict[str, Record], where: str = "") -> tuple[str, list[str], list[str]]:

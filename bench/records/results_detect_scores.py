@@ -10,9 +10,7 @@ from typing import Any
 
 Record = dict[str, Any]
 
-COLLECT = {
-    "detect_scores": ".venv/bin/python bench/records/results.py collect detect_scores reports/bench_detect_scores",
-}
+REPORTS = {"detect_scores": "reports/bench_detect_scores"}  # record -> the folder it is collected from
 
 
 def _table(rec: Record) -> str:

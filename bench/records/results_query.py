@@ -22,10 +22,8 @@ RUNS = (
     "query_adaptive",
     "query_adaptive_robust",
 )  # each's --out: reports/NAME
-COLLECT = {name: f".venv/bin/python bench/records/results.py collect {name} reports/{name}" for name in RUNS}
-COLLECT["fingerprints"] = (
-    ".venv/bin/python bench/records/results.py collect fingerprints reports/bench_fingerprints"
-)
+REPORTS = {name: f"reports/{name}" for name in RUNS}  # record -> the folder it is collected from
+REPORTS["fingerprints"] = "reports/bench_fingerprints"
 BLOCKS = {
     "attacks": ("attacks", "attack_table"),
     "curve": ("attacks", "curve_table"),

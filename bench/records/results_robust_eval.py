@@ -12,15 +12,11 @@ from typing import Any
 
 Record = dict[str, Any]
 
-COLLECT = {
-    "autoattack": ".venv/bin/python bench/records/results.py collect autoattack reports/autoattack",
-    "mnist_detector": ".venv/bin/python bench/records/results.py collect mnist_detector reports/mnist_detector",
-    "autoattack_cifar10_robust": (
-        ".venv/bin/python bench/records/results.py collect autoattack_cifar10_robust reports/autoattack_cifar10-robust"
-    ),
-    "cifar10_robust_detector": (
-        ".venv/bin/python bench/records/results.py collect cifar10_robust_detector reports/cifar10-robust_detector"
-    ),
+REPORTS = {  # record -> the folder it is collected from (the benchmark's --out)
+    "autoattack": "reports/autoattack",
+    "mnist_detector": "reports/mnist_detector",
+    "autoattack_cifar10_robust": "reports/autoattack_cifar10-robust",
+    "cifar10_robust_detector": "reports/cifar10-robust_detector",
 }
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 Record = dict[str, Any]
 
-COLLECT = {
-    name: f".venv/bin/python bench/records/results.py collect {name} reports/bench_{name}"
+REPORTS = {  # record -> the folder it is collected from (the run's --out)
+    name: f"reports/bench_{name}"
     for name in (
         "serve",
         "serve_soak",

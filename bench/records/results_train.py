@@ -11,11 +11,8 @@ from typing import Any
 
 Record = dict[str, Any]
 
-COLLECT = {
-    "train": ".venv/bin/python bench/records/results.py collect train reports/bench_train",
-    "train_cifar": ".venv/bin/python bench/records/results.py collect train_cifar reports/bench_train_cifar",
-    "robust_train": ".venv/bin/python bench/records/results.py collect robust_train reports/bench_robust_train",
-    "stability": ".venv/bin/python bench/records/results.py collect stability reports/bench_stability",
+REPORTS = {  # record -> the folder it is collected from (the benchmark's --out)
+    name: f"reports/bench_{name}" for name in ("train", "train_cifar", "robust_train", "stability")
 }
 
 
