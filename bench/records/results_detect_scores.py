@@ -8,15 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench.records import table_of
+
 Record = dict[str, Any]
 
 REPORTS = {"detect_scores": "reports/bench_detect_scores"}  # record -> the folder it is collected from
 
 
-def _table(rec: Record) -> str:
-    from bench.detection import detect_scores
-
-    return detect_scores.table(rec["report"])
-
-
-RENDERERS: dict[str, Callable[[Record], str]] = {"detect_scores.table": _table}
+RENDERERS: dict[str, Callable[[Record], str]] = {
+    "detect_scores.table": table_of("bench.detection.detect_scores", "table")
+}

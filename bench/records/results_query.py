@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench.records import table_of
+
 Record = dict[str, Any]
 
 RUNS = (
@@ -45,13 +47,7 @@ def _block(key: str, fn: str) -> Callable[[Record], str]:
     return render
 
 
-def _fingerprints(rec: Record) -> str:
-    from bench.query import fingerprints
-
-    return fingerprints.table(rec["report"])
-
-
 RENDERERS: dict[str, Callable[[Record], str]] = {
     f"{name}.{block}": _block(key, fn) for name in RUNS for block, (key, fn) in BLOCKS.items()
 }
-RENDERERS["fingerprints.table"] = _fingerprints
+RENDERERS["fingerprints.table"] = table_of("bench.query.fingerprints", "table")

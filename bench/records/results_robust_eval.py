@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench.records import table_of
+
 Record = dict[str, Any]
+AA, DET = "bench.detection.autoattack", "bench.detection.detector_suite"
 
 REPORTS = {  # record -> the folder it is collected from (the benchmark's --out)
     "autoattack": "reports/autoattack",
@@ -20,31 +23,13 @@ REPORTS = {  # record -> the folder it is collected from (the benchmark's --out)
 }
 
 
-def _aa(fn: str) -> Callable[[Record], str]:
-    def render(rec: Record) -> str:
-        from bench.detection import autoattack
-
-        return getattr(autoattack, fn)(rec["report"])
-
-    return render
-
-
-def _det(fn: str) -> Callable[[Record], str]:
-    def render(rec: Record) -> str:
-        from bench.detection import detector_suite
-
-        return getattr(detector_suite, fn)(rec["report"])
-
-    return render
-
-
 RENDERERS: dict[str, Callable[[Record], str]] = {
-    "autoattack.table": _aa("format_report"),
-    "autoattack.target": _aa("target_row"),
-    "mnist_detector.table": _det("format_report"),
-    "mnist_detector.targets": _det("target_rows"),
-    "autoattack_cifar10_robust.table": _aa("format_report"),
-    "autoattack_cifar10_robust.target": _aa("target_row"),
-    "cifar10_robust_detector.table": _det("format_report"),
-    "cifar10_robust_detector.targets": _det("target_rows"),
+    "autoattack.table": table_of(AA, "format_report"),
+    "autoattack.target": table_of(AA, "target_row"),
+    "mnist_detector.table": table_of(DET, "format_report"),
+    "mnist_detector.targets": table_of(DET, "target_rows"),
+    "autoattack_cifar10_robust.table": table_of(AA, "format_report"),
+    "autoattack_cifar10_robust.target": table_of(AA, "target_row"),
+    "cifar10_robust_detector.table": table_of(DET, "format_report"),
+    "cifar10_robust_detector.targets": table_of(DET, "target_rows"),
 }

@@ -16,7 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench.records import table_of
+
 Record = dict[str, Any]
+SERVE = "bench.serving.report"
 
 REPORTS = {  # record -> the folder it is collected from (the run's --out)
     name: f"reports/bench_{name}"
@@ -30,20 +33,11 @@ REPORTS = {  # record -> the folder it is collected from (the run's --out)
 }
 
 
-def _use(fn: str) -> Callable[[Record], str]:
-    def render(rec: Record) -> str:
-        from bench.serving import report as serve_report
-
-        return getattr(serve_report, fn)(rec["report"])
-
-    return render
-
-
 RENDERERS: dict[str, Callable[[Record], str]] = {
-    "serve.table": _use("load_table"),
-    "serve_soak.soak": _use("soak_text"),
-    "serve_protocols.table": _use("protocols_table"),
-    "serve_protocols.targets": _use("protocols_targets"),
-    "serve_protocols_off.table": _use("protocols_table"),
-    "serve_query.table": _use("load_table"),
+    "serve.table": table_of(SERVE, "load_table"),
+    "serve_soak.soak": table_of(SERVE, "soak_text"),
+    "serve_protocols.table": table_of(SERVE, "protocols_table"),
+    "serve_protocols.targets": table_of(SERVE, "protocols_targets"),
+    "serve_protocols_off.table": table_of(SERVE, "protocols_table"),
+    "serve_query.table": table_of(SERVE, "load_table"),
 }

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench.records import table_of
+
 Record = dict[str, Any]
 
 REPORTS = {  # record -> the folder it is collected from (the benchmark's --out)
@@ -16,33 +18,9 @@ REPORTS = {  # record -> the folder it is collected from (the benchmark's --out)
 }
 
 
-def _train(rec: Record) -> str:
-    from bench.training import train
-
-    return train.mnist_table(rec["report"])
-
-
-def _train_cifar(rec: Record) -> str:
-    from bench.training import train
-
-    return train.cifar_table(rec["report"])
-
-
-def _robust_train(rec: Record) -> str:
-    from bench.training import robust_train
-
-    return robust_train.table(rec["report"])
-
-
-def _stability(rec: Record) -> str:
-    from bench.training import stability
-
-    return stability.table(rec["report"])
-
-
 RENDERERS: dict[str, Callable[[Record], str]] = {
-    "train.table": _train,
-    "train_cifar.table": _train_cifar,
-    "robust_train.table": _robust_train,
-    "stability.table": _stability,
+    "train.table": table_of("bench.training.train", "mnist_table"),
+    "train_cifar.table": table_of("bench.training.train", "cifar_table"),
+    "robust_train.table": table_of("bench.training.robust_train", "table"),
+    "stability.table": table_of("bench.training.stability", "table"),
 }
